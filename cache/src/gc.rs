@@ -1,0 +1,155 @@
+//! `cache verify` (re-hash, quarantine what is corrupt) and `gc` (drop what nothing references).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::error::{IoContext, Result};
+use crate::fsutil::{self, unique_name};
+use crate::object::ObjectHash;
+use crate::record::{CacheKey, OutputKind, StageRecord};
+use crate::store::{Store, list_files};
+
+/// What `cache verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub objects_checked: usize,
+    pub records_checked: usize,
+    /// Objects whose bytes do not match their name, moved to `quarantine/`.
+    pub corrupt_objects: Vec<ObjectHash>,
+    /// Records that did not parse, moved to `quarantine/`.
+    pub corrupt_records: Vec<PathBuf>,
+    /// Records naming an object that is missing or was quarantined; removed so that the stage
+    /// reruns instead of failing.
+    pub dangling_records: Vec<CacheKey>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.corrupt_objects.is_empty() && self.corrupt_records.is_empty() && self.dangling_records.is_empty()
+    }
+}
+
+/// What `gc` removed (or would remove, with `dry_run`).
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub records_removed: usize,
+    pub objects_removed: usize,
+    pub bytes_freed: u64,
+    pub tmp_removed: usize,
+    pub objects_kept: usize,
+}
+
+impl Store {
+    /// Re-hashes every object and parses every record. Corrupt ones go to `quarantine/`.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        for path in list_files(&self.root().join("objects"), 1)? {
+            report.objects_checked += 1;
+            let Some(name) = object_name(&path) else { continue };
+            let actual = ObjectHash::from_hash(fsutil::hash_file(&path)?);
+            if actual != name {
+                self.quarantine(&path)?;
+                report.corrupt_objects.push(name);
+            }
+        }
+        for path in list_files(&self.root().join("records"), 1)? {
+            report.records_checked += 1;
+            let parsed: Option<StageRecord> = fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            match parsed {
+                None => {
+                    self.quarantine(&path)?;
+                    report.corrupt_records.push(path);
+                }
+                Some(record) => {
+                    if !self.record_complete(&record) {
+                        self.remove_record(&record.key)?;
+                        report.dangling_records.push(record.key);
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// True when every object a record names (and every file of its dirs) is present.
+    pub fn record_complete(&self, record: &StageRecord) -> bool {
+        record.outputs.values().all(|out| {
+            self.has_object(&out.hash)
+                && (out.kind != OutputKind::Dir
+                    || self.read_manifest(&out.hash).is_ok_and(|m| m.files.iter().all(|f| self.has_object(&f.hash))))
+        })
+    }
+
+    fn quarantine(&self, path: &Path) -> Result<()> {
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let dest = self.root().join("quarantine").join(format!("{name}.{}", unique_name("q")));
+        fs::rename(path, &dest).ctx("quarantine", path)
+    }
+
+    /// Keeps the records of `roots` (keys referenced by run records or the current pipeline)
+    /// and the objects they reach; removes every other record and object, and stale scratch
+    /// directories.
+    pub fn gc(&self, roots: &BTreeSet<CacheKey>, dry_run: bool) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let mut live: BTreeSet<ObjectHash> = BTreeSet::new();
+        for key in self.all_record_keys()? {
+            match self.get_record(&key) {
+                Some(record) if roots.contains(&key) => {
+                    for out in record.outputs.values() {
+                        live.insert(out.hash.clone());
+                        if out.kind == OutputKind::Dir
+                            && let Ok(m) = self.read_manifest(&out.hash)
+                        {
+                            live.extend(m.files.into_iter().map(|f| f.hash));
+                        }
+                    }
+                }
+                _ => {
+                    report.records_removed += 1;
+                    if !dry_run {
+                        self.remove_record(&key)?;
+                    }
+                }
+            }
+        }
+        for path in list_files(&self.root().join("objects"), 1)? {
+            match object_name(&path) {
+                Some(name) if live.contains(&name) => report.objects_kept += 1,
+                _ => {
+                    report.objects_removed += 1;
+                    report.bytes_freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    if !dry_run {
+                        fs::remove_file(&path).ctx("remove", &path)?;
+                    }
+                }
+            }
+        }
+        // Scratch left by crashed runs. A live run's scratch is younger than a day and is left.
+        let tmp = self.root().join("tmp");
+        for entry in fs::read_dir(&tmp).ctx("read directory", &tmp)? {
+            let entry = entry.ctx("read directory", &tmp)?;
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+            if old {
+                report.tmp_removed += 1;
+                if !dry_run {
+                    let p = entry.path();
+                    let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn object_name(path: &Path) -> Option<ObjectHash> {
+    let prefix = path.parent()?.file_name()?.to_str()?;
+    let rest = path.file_name()?.to_str()?;
+    ObjectHash::parse(&format!("{prefix}{rest}"))
+}

@@ -1,0 +1,25 @@
+//! drover-cache: the content-addressed store beside a pipeline (`.drover/`).
+//!
+//! Objects (tables as Parquet, blobs, directory manifests) are named by their blake3 hash;
+//! stage records map a cache key to the objects a stage produced; run records keep history.
+//! Every write is atomic (temporary file, fsync, rename), so a crash at any moment leaves a
+//! store whose records only point at complete objects.
+//!
+//! Architecture invariant: this crate knows nothing of YAML, ops or plans. Keys and recipes are
+//! opaque to it.
+
+mod error;
+mod fsutil;
+mod gc;
+mod object;
+mod record;
+mod runs;
+mod statcache;
+mod store;
+
+pub use error::{CacheError, Result};
+pub use gc::{GcReport, VerifyReport};
+pub use object::{DirEntry, DirManifest, ObjectHash};
+pub use record::{CacheKey, OutputKind, OutputRef, StageRecord};
+pub use runs::{RunRecord, RunStage, StageOutcome};
+pub use store::{KeyLock, Store};

@@ -1,0 +1,71 @@
+//! A stat cache for source files (deps, tables read by `read_table`): a file whose size,
+//! mtime and inode are unchanged is not re-read, as git's index does.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, Result};
+use crate::fsutil::{self, write_atomic};
+use crate::object::ObjectHash;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Entry {
+    size: u64,
+    mtime_ns: i128,
+    ino: u64,
+    hash: ObjectHash,
+}
+
+#[derive(Default)]
+pub(crate) struct StatCache {
+    entries: HashMap<PathBuf, Entry>,
+    dirty: bool,
+}
+
+/// Files modified this recently are hashed every time: a second write within the same mtime
+/// tick could otherwise go unseen.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+impl StatCache {
+    pub(crate) fn load(path: &Path) -> StatCache {
+        let entries = fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        StatCache { entries, dirty: false }
+    }
+
+    pub(crate) fn hash(&mut self, path: &Path) -> Result<ObjectHash> {
+        let abs = fs::canonicalize(path).ctx("resolve", path)?;
+        let meta = fs::metadata(&abs).ctx("stat", path)?;
+        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+        if let Some(e) = self.entries.get(&abs)
+            && e.size == meta.len()
+            && e.mtime_ns == mtime_ns
+            && e.ino == meta.ino()
+        {
+            return Ok(e.hash.clone());
+        }
+        let hash = ObjectHash::from_hash(fsutil::hash_file(&abs)?);
+        let recent = meta
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_none_or(|age| age < RACY_WINDOW);
+        if !recent {
+            self.entries.insert(abs, Entry { size: meta.len(), mtime_ns, ino: meta.ino(), hash: hash.clone() });
+            self.dirty = true;
+        }
+        Ok(hash)
+    }
+
+    pub(crate) fn save(&self, tmp_dir: &Path, path: &Path) {
+        if self.dirty
+            && let Ok(bytes) = serde_json::to_vec(&self.entries)
+        {
+            let _ = write_atomic(tmp_dir, path, &bytes);
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The store: objects, records, per-key locks, stage state and run history under one root.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::{CacheError, IoContext, Result};
+use crate::fsutil::{self, rename_durable, unique_name, write_atomic};
+use crate::object::{DirEntry, DirManifest, ObjectHash};
+use crate::record::{CacheKey, StageRecord};
+use crate::runs::RunRecord;
+use crate::statcache::StatCache;
+
+/// A store rooted at a directory (by default `.drover/` beside the pipeline).
+pub struct Store {
+    root: PathBuf,
+    stat_cache: Mutex<StatCache>,
+}
+
+/// Holds the exclusive lock of one cache key until dropped.
+pub struct KeyLock {
+    _file: File,
+}
+
+const DIRS: [&str; 8] = ["objects", "records", "locks", "runs", "logs", "state", "tmp", "quarantine"];
+
+impl Store {
+    /// Opens (creating if needed) a store at `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        for dir in DIRS {
+            let path = root.join(dir);
+            fs::create_dir_all(&path).ctx("create store directory", &path)?;
+        }
+        let stat_cache = StatCache::load(&root.join("statcache.json"));
+        Ok(Store { root: root.to_path_buf(), stat_cache: Mutex::new(stat_cache) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A fresh directory for a stage's scratch files, inside the store's filesystem so that
+    /// outputs can be renamed into place.
+    pub fn new_work_dir(&self, label: &str) -> Result<PathBuf> {
+        let safe: String = label.chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let dir = self.root.join("tmp").join(unique_name(&safe));
+        fs::create_dir_all(&dir).ctx("create work directory", &dir)?;
+        Ok(dir)
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    // ---- objects ----
+
+    pub fn object_path(&self, hash: &ObjectHash) -> PathBuf {
+        let h = hash.as_str();
+        self.root.join("objects").join(&h[..2]).join(&h[2..])
+    }
+
+    pub fn has_object(&self, hash: &ObjectHash) -> bool {
+        self.object_path(hash).is_file()
+    }
+
+    /// Moves a finished file into the store (it must be on the store's filesystem, e.g. in a
+    /// work dir; otherwise it is copied) and returns its hash and size.
+    pub fn put_file(&self, src: &Path) -> Result<(ObjectHash, u64)> {
+        let hash = ObjectHash::from_hash(fsutil::hash_file(src)?);
+        let size = fs::metadata(src).ctx("stat", src)?.len();
+        let dest = self.object_path(&hash);
+        if dest.exists() {
+            return Ok((hash, size));
+        }
+        let staged = if src.starts_with(&self.root) {
+            src.to_path_buf()
+        } else {
+            let tmp = self.tmp_dir().join(unique_name("copy"));
+            fs::copy(src, &tmp).ctx("copy into store", src)?;
+            tmp
+        };
+        File::open(&staged).and_then(|f| f.sync_all()).ctx("fsync", &staged)?;
+        fs::set_permissions(&staged, fs::Permissions::from_mode(0o444)).ctx("chmod", &staged)?;
+        rename_durable(&staged, &dest)?;
+        Ok((hash, size))
+    }
+
+    /// Stores bytes as an object.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<ObjectHash> {
+        let hash = ObjectHash::from_hash(blake3::hash(bytes));
+        let dest = self.object_path(&hash);
+        if !dest.exists() {
+            let tmp = self.tmp_dir().join(unique_name("bytes"));
+            fs::write(&tmp, bytes).ctx("write", &tmp)?;
+            File::open(&tmp).and_then(|f| f.sync_all()).ctx("fsync", &tmp)?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444)).ctx("chmod", &tmp)?;
+            rename_durable(&tmp, &dest)?;
+        }
+        Ok(hash)
+    }
+
+    /// Stores every file under `dir` and a manifest of them; returns the manifest's hash and
+    /// the total size of the files.
+    pub fn put_dir(&self, dir: &Path) -> Result<(ObjectHash, u64)> {
+        let mut manifest = DirManifest::default();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in fs::read_dir(&d).ctx("read directory", &d)? {
+                let entry = entry.ctx("read directory", &d)?;
+                let path = entry.path();
+                let ft = entry.file_type().ctx("stat", &path)?;
+                if ft.is_dir() {
+                    stack.push(path);
+                } else if ft.is_file() {
+                    let executable = entry.metadata().map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+                    let rel = path.strip_prefix(dir).expect("walked under dir");
+                    let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                    let (hash, size) = self.put_file(&path)?;
+                    manifest.files.push(DirEntry { path: rel, hash, size, executable });
+                } else {
+                    return Err(CacheError::Corrupt {
+                        what: "dir output",
+                        path,
+                        detail: "only regular files and directories can be stored (symlink or special file found)"
+                            .into(),
+                    });
+                }
+            }
+        }
+        let total = manifest.total_size();
+        Ok((self.put_bytes(&manifest.to_bytes())?, total))
+    }
+
+    pub fn read_manifest(&self, hash: &ObjectHash) -> Result<DirManifest> {
+        let path = self.object_path(hash);
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => CacheError::MissingObject(hash.to_string()),
+            _ => CacheError::Io { action: "read", path: path.clone(), source: e },
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| CacheError::Corrupt {
+            what: "dir manifest",
+            path,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Makes an object appear at `dest` (hard link, or a copy across filesystems).
+    pub fn materialize(&self, hash: &ObjectHash, dest: &Path) -> Result<()> {
+        let src = self.object_path(hash);
+        if !src.exists() {
+            return Err(CacheError::MissingObject(hash.to_string()));
+        }
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).ctx("create directory", parent)?;
+        }
+        if fs::hard_link(&src, dest).is_err() {
+            fs::copy(&src, dest).ctx("copy out of store", dest)?;
+            fs::set_permissions(dest, fs::Permissions::from_mode(0o444)).ctx("chmod", dest)?;
+        }
+        Ok(())
+    }
+
+    /// Recreates a `dir` artifact as a plain directory at `dest`.
+    pub fn materialize_dir(&self, manifest: &ObjectHash, dest: &Path) -> Result<()> {
+        let manifest = self.read_manifest(manifest)?;
+        fs::create_dir_all(dest).ctx("create directory", dest)?;
+        for file in &manifest.files {
+            self.materialize(&file.hash, &dest.join(&file.path))?;
+        }
+        Ok(())
+    }
+
+    // ---- records ----
+
+    fn record_path(&self, key: &CacheKey) -> PathBuf {
+        let k = key.as_str();
+        self.root.join("records").join(&k[..2]).join(format!("{k}.json"))
+    }
+
+    /// The record of a key, or `None` if the key was never completed. A record that does not
+    /// parse counts as absent (and `cache verify` quarantines it).
+    pub fn get_record(&self, key: &CacheKey) -> Option<StageRecord> {
+        let bytes = fs::read(self.record_path(key)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Writes a record. Call only after every object it names is stored.
+    pub fn put_record(&self, record: &StageRecord) -> Result<()> {
+        let bytes = serde_json::to_vec(record).expect("records serialise");
+        write_atomic(&self.tmp_dir(), &self.record_path(&record.key), &bytes)
+    }
+
+    pub fn remove_record(&self, key: &CacheKey) -> Result<()> {
+        let path = self.record_path(key);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(CacheError::Io { action: "remove", path, source: e }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every record in the store.
+    pub fn all_record_keys(&self) -> Result<Vec<CacheKey>> {
+        let mut keys = Vec::new();
+        for path in list_files(&self.root.join("records"), 2)? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if let Some(key) = name.strip_suffix(".json").and_then(CacheKey::parse) {
+                keys.push(key);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    // ---- locks ----
+
+    /// Blocks until this process holds the key's lock. Another process computing the same key
+    /// holds it until its record is written (or it dies: the OS drops the lock).
+    pub fn lock_key(&self, key: &CacheKey) -> Result<KeyLock> {
+        let path = self.root.join("locks").join(format!("{}.lock", key.as_str()));
+        let file = File::options().create(true).truncate(false).write(true).open(&path).ctx("open lock", &path)?;
+        file.lock().ctx("lock", &path)?;
+        Ok(KeyLock { _file: file })
+    }
+
+    // ---- stage state: the last key each stage of a pipeline had, to explain changes ----
+
+    fn state_path(&self, pipeline: &str) -> PathBuf {
+        self.root.join("state").join(format!("{}.json", escape(pipeline)))
+    }
+
+    /// Stage id -> the key it had when it last ran or was found cached.
+    pub fn load_state(&self, pipeline: &str) -> BTreeMap<String, CacheKey> {
+        fs::read(self.state_path(pipeline)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// Merges `updates` into the pipeline's state (under a lock, so concurrent runs both land).
+    pub fn update_state(&self, pipeline: &str, updates: &BTreeMap<String, CacheKey>) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let lock_path = self.root.join("locks").join(format!("state-{}.lock", escape(pipeline)));
+        let lock =
+            File::options().create(true).truncate(false).write(true).open(&lock_path).ctx("open lock", &lock_path)?;
+        lock.lock().ctx("lock", &lock_path)?;
+        let mut state = self.load_state(pipeline);
+        let before = state.clone();
+        state.extend(updates.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if state != before {
+            let bytes = serde_json::to_vec(&state).expect("state serialises");
+            write_atomic(&self.tmp_dir(), &self.state_path(pipeline), &bytes)?;
+        }
+        Ok(())
+    }
+
+    // ---- runs and logs ----
+
+    pub fn put_run(&self, run: &RunRecord) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(run).expect("runs serialise");
+        write_atomic(&self.tmp_dir(), &self.root.join("runs").join(format!("{}.json", run.id)), &bytes)
+    }
+
+    /// Every run record, oldest first. Unreadable ones are skipped.
+    pub fn runs(&self) -> Result<Vec<RunRecord>> {
+        let mut runs: Vec<RunRecord> = list_files(&self.root.join("runs"), 0)?
+            .into_iter()
+            .filter_map(|p| serde_json::from_slice(&fs::read(p).ok()?).ok())
+            .collect();
+        runs.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(runs)
+    }
+
+    /// Where a stage's log goes in a run: (absolute path, path relative to the root).
+    pub fn log_path(&self, run_id: &str, stage: &str) -> (PathBuf, String) {
+        let rel = format!("logs/{}/{}.log", run_id, escape(stage));
+        (self.root.join(&rel), rel)
+    }
+
+    // ---- stat cache ----
+
+    /// The content hash of a file outside the store, re-read only when its size, mtime or
+    /// inode changed.
+    pub fn hash_source_file(&self, path: &Path) -> Result<ObjectHash> {
+        let mut cache = self.stat_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.hash(path)
+    }
+
+    /// Saves the stat cache (best effort: it is only a cache).
+    pub fn flush(&self) {
+        let cache = self.stat_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.save(&self.tmp_dir(), &self.root.join("statcache.json"));
+    }
+}
+
+/// A file name for an arbitrary stage or pipeline name: `[A-Za-z0-9_.-]` kept, the rest `%XX`.
+pub(crate) fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Regular files under `dir`, descending `depth` levels of subdirectories.
+pub(crate) fn list_files(dir: &Path, depth: usize) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(CacheError::Io { action: "read directory", path: dir.to_path_buf(), source: e }),
+    };
+    for entry in entries {
+        let entry = entry.ctx("read directory", dir)?;
+        let path = entry.path();
+        if path.is_dir() {
+            if depth > 0 {
+                out.extend(list_files(&path, depth - 1)?);
+            }
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Removes scratch directories of processes that no longer exist (a crashed run's).
+    pub fn clean_stale_tmp(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && pid != std::process::id()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let p = entry.path();
+                let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Diagnostics a person can act on: file, line and column (through miette), the stage, what
+//! was expected, and the nearest valid name for a typo. All errors of a file come at once.
+
+use std::sync::Arc;
+
+use miette::{Diagnostic, NamedSource, SourceSpan};
+
+use crate::yaml::Span;
+
+/// The pipeline file's text, shared by every diagnostic about it.
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: Arc<String>,
+}
+
+impl SourceFile {
+    pub fn named_source(&self) -> NamedSource<Arc<String>> {
+        NamedSource::new(self.name.clone(), self.text.clone()).with_language("yaml")
+    }
+
+    /// 1-based line and column of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+}
+
+/// One problem in a pipeline file.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+#[diagnostic(code(drover::pipeline))]
+pub struct PipelineError {
+    pub message: String,
+    #[source_code]
+    pub src: NamedSource<Arc<String>>,
+    #[label("{label}")]
+    pub span: Option<SourceSpan>,
+    pub label: String,
+    #[help]
+    pub help: Option<String>,
+    /// The stage it is about, if any.
+    pub stage: Option<String>,
+    /// Byte offset, for sorting.
+    pub offset: usize,
+}
+
+/// Every problem found in one pass over a pipeline file, sorted by position.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{} in {file}", count(.errors.len()))]
+#[diagnostic(code(drover::invalid_pipeline))]
+pub struct PipelineErrors {
+    pub file: String,
+    #[related]
+    pub errors: Vec<PipelineError>,
+}
+
+fn count(n: usize) -> String {
+    if n == 1 { "1 error".into() } else { format!("{n} errors") }
+}
+
+/// Collects diagnostics about one file.
+pub struct Diags {
+    pub source: SourceFile,
+    errors: Vec<PipelineError>,
+}
+
+impl Diags {
+    pub fn new(source: SourceFile) -> Diags {
+        Diags { source, errors: Vec::new() }
+    }
+
+    /// Records an error at `span`, about `stage` if given.
+    pub fn error(
+        &mut self,
+        stage: Option<&str>,
+        span: Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: Option<String>,
+    ) {
+        let message = message.into();
+        let message = match stage {
+            Some(s) => format!("stage `{s}`: {message}"),
+            None => message,
+        };
+        self.errors.push(PipelineError {
+            message,
+            src: self.source.named_source(),
+            span: Some(span.into()),
+            label: label.into(),
+            help,
+            stage: stage.map(str::to_string),
+            offset: span.offset,
+        });
+    }
+
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// `Err` with every error so far, sorted by position, or `Ok` if there are none.
+    pub fn finish(mut self) -> Result<(), PipelineErrors> {
+        if self.errors.is_empty() {
+            return Ok(());
+        }
+        self.errors.sort_by_key(|e| e.offset);
+        self.errors.dedup_by(|a, b| a.offset == b.offset && a.message == b.message);
+        Err(PipelineErrors { file: self.source.name.clone(), errors: self.errors })
+    }
+
+    pub fn errors(&self) -> &[PipelineError] {
+        &self.errors
+    }
+}
+
+/// "did you mean `x`?" for the nearest candidate, when one is close enough.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    nearest(name, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+/// The candidate closest to `name` by edit distance, if it is plausibly a typo of it.
+pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(&name.to_lowercase(), &c.to_lowercase());
+        if score > 0.75 && best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// A list of names for a help line: `a`, `b`, `c`.
+pub fn list_names<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<String> = names.into_iter().map(|n| format!("`{n}`")).collect();
+    if names.is_empty() { "none".into() } else { names.join(", ") }
+}

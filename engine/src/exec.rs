@@ -1,0 +1,624 @@
+//! The executor: runs every ready stage as soon as its inputs exist, up to `jobs` at once and
+//! within resource capacities; cached stages are settled without spawning anything. A failed
+//! stage fails only its dependents. One lock per key means two processes never compute the
+//! same key at once.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use drover_cache::{CacheKey, OutputKind, OutputRef, RunRecord, RunStage, StageOutcome, StageRecord, Store};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::error::EngineError;
+use crate::key::{Recipe, recipe_for};
+use crate::op::{Input, InputItem, NoProgress, OpErrorKind, OutputSlot, PortType, Progress, RunCx};
+use crate::plan::{InputEdge, Plan};
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub jobs: usize,
+    /// Stop launching new stages after the first failure (default: independent branches finish).
+    pub fail_fast: bool,
+    /// Nodes to run (a target's closure); every node when empty.
+    pub selected: BTreeSet<usize>,
+    /// Nodes to rerun even if cached.
+    pub forced: BTreeSet<usize>,
+    /// Resource capacities, overriding the pipeline's `resources:`.
+    pub resources: BTreeMap<String, u64>,
+    /// The compute device chosen by the CLI, recorded in run records (not in keys).
+    pub device: Option<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            jobs: 4,
+            fail_fast: false,
+            selected: BTreeSet::new(),
+            forced: BTreeSet::new(),
+            resources: BTreeMap::new(),
+            device: None,
+        }
+    }
+}
+
+/// Something that happened, for the terminal or a log.
+#[derive(Debug)]
+pub enum Event<'a> {
+    Started {
+        run_id: &'a str,
+        stages: usize,
+    },
+    StageStarted {
+        stage: &'a str,
+        attempt: u32,
+    },
+    StageRetry {
+        stage: &'a str,
+        attempt: u32,
+        error: &'a str,
+        delay: Duration,
+    },
+    StageFinished {
+        stage: &'a str,
+        outcome: StageOutcome,
+        duration: Duration,
+        error: Option<&'a str>,
+        log: Option<&'a Path>,
+    },
+}
+
+/// Receives events; `progress` hands an op a sink for its own progress.
+pub trait Reporter: Send + Sync {
+    fn event(&self, event: Event<'_>);
+    fn progress(&self, _stage: &str) -> Arc<dyn Progress> {
+        Arc::new(NoProgress)
+    }
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub record: RunRecord,
+    /// Some stage failed because of the environment (exit code 3 rather than 1).
+    pub environment_failure: bool,
+    pub interrupted: bool,
+}
+
+impl RunSummary {
+    pub fn count(&self, outcome: StageOutcome) -> usize {
+        self.record.stages.iter().filter(|s| s.outcome == outcome).count()
+    }
+}
+
+struct Finished {
+    idx: usize,
+    outcome: StageOutcome,
+    outputs: Option<BTreeMap<String, OutputRef>>,
+    error: Option<String>,
+    env: bool,
+    attempts: u32,
+    duration: Duration,
+    log: Option<String>,
+}
+
+/// Runs the selected part of a plan.
+pub async fn run(
+    plan: Arc<Plan>,
+    store: Arc<Store>,
+    opts: RunOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Result<RunSummary, EngineError> {
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let run_id = RunRecord::new_id(started);
+    store.clean_stale_tmp();
+    let n = plan.nodes.len();
+    let selected: BTreeSet<usize> = if opts.selected.is_empty() { (0..n).collect() } else { opts.selected.clone() };
+    reporter.event(Event::Started { run_id: &run_id, stages: selected.len() });
+
+    let mut capacity = plan.resources.clone();
+    capacity.extend(opts.resources.clone());
+    for node in &plan.nodes {
+        for (r, want) in &node.resources {
+            let cap = capacity.entry(r.clone()).or_insert(*want);
+            *cap = (*cap).max(*want);
+        }
+    }
+    let mut in_use: BTreeMap<String, u64> = BTreeMap::new();
+
+    let mut remaining = vec![0usize; n];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for &i in &selected {
+        for u in plan.upstream(i) {
+            remaining[i] += 1;
+            dependents[u].push(i);
+        }
+    }
+    let mut ready: VecDeque<usize> =
+        plan.order.iter().copied().filter(|i| selected.contains(i) && remaining[*i] == 0).collect();
+    let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; n];
+    let mut results: BTreeMap<usize, RunStage> = BTreeMap::new();
+    let mut keys: Vec<Option<(CacheKey, Recipe)>> = vec![None; n];
+    let mut state_updates: BTreeMap<String, CacheKey> = BTreeMap::new();
+    let mut tasks: JoinSet<Finished> = JoinSet::new();
+    let mut running: BTreeSet<usize> = BTreeSet::new();
+    let mut stop_launching = false;
+    let mut environment_failure = false;
+    let mut interrupted = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    loop {
+        // Settle cached stages and launch what fits.
+        let mut deferred = VecDeque::new();
+        while let Some(idx) = ready.pop_front() {
+            let node = &plan.nodes[idx];
+            if keys[idx].is_none() {
+                let recipe = recipe_for(&plan, idx, &store, &|u| outputs[u].clone())?
+                    .ok_or_else(|| EngineError::Other(format!("inputs of `{}` are not ready", node.id)))?;
+                keys[idx] = Some((recipe.key(), recipe));
+            }
+            let (key, recipe) = keys[idx].clone().expect("just computed");
+            if !opts.forced.contains(&idx)
+                && let Some(record) = store.get_record(&key).filter(|r| store.record_complete(r))
+            {
+                outputs[idx] = Some(record.outputs);
+                state_updates.insert(node.id.clone(), key.clone());
+                results.insert(
+                    idx,
+                    RunStage {
+                        stage: node.id.clone(),
+                        outcome: StageOutcome::Cached,
+                        key: Some(key),
+                        duration_ms: 0,
+                        error: None,
+                        log: None,
+                        device: None,
+                        attempts: 0,
+                    },
+                );
+                reporter.event(Event::StageFinished {
+                    stage: &node.id,
+                    outcome: StageOutcome::Cached,
+                    duration: Duration::ZERO,
+                    error: None,
+                    log: None,
+                });
+                release_dependents(idx, &dependents, &mut remaining, &mut ready);
+                continue;
+            }
+            let fits = node.resources.iter().all(|(r, want)| in_use.get(r).copied().unwrap_or(0) + want <= capacity[r]);
+            if stop_launching || running.len() >= opts.jobs.max(1) || !fits {
+                deferred.push_back(idx);
+                continue;
+            }
+            for (r, want) in &node.resources {
+                *in_use.entry(r.clone()).or_default() += want;
+            }
+            running.insert(idx);
+            let inputs = node
+                .inputs
+                .iter()
+                .map(|(port, edge)| {
+                    let artifact = |s: &crate::plan::Source| {
+                        let out =
+                            outputs[s.node].as_ref().and_then(|o| o.get(&s.port)).cloned().expect("inputs are done");
+                        let ty = plan.nodes[s.node].outputs.get(&s.port).cloned().unwrap_or(PortType::Blob);
+                        (s.node, ty, out)
+                    };
+                    let items = match edge {
+                        InputEdge::One(s) => (false, vec![artifact(s)]),
+                        InputEdge::List(v) => (true, v.iter().map(artifact).collect()),
+                    };
+                    (port.clone(), items)
+                })
+                .collect();
+            let job = StageJob {
+                plan: plan.clone(),
+                store: store.clone(),
+                idx,
+                key,
+                recipe,
+                inputs,
+                run_id: run_id.clone(),
+                forced: opts.forced.contains(&idx),
+                reporter: reporter.clone(),
+            };
+            tasks.spawn(job.run());
+        }
+        ready = deferred;
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            joined = tasks.join_next() => {
+                let Some(joined) = joined else { break };
+                let f = match joined {
+                    Ok(f) => f,
+                    Err(e) => return Err(EngineError::Other(format!("executor task failed: {e}"))),
+                };
+                let idx = f.idx;
+                let node = &plan.nodes[idx];
+                running.remove(&idx);
+                for (r, want) in &node.resources {
+                    *in_use.entry(r.clone()).or_default() -= want;
+                }
+                let key = keys[idx].as_ref().map(|(k, _)| k.clone());
+                reporter.event(Event::StageFinished {
+                    stage: &node.id,
+                    outcome: f.outcome,
+                    duration: f.duration,
+                    error: f.error.as_deref(),
+                    log: f.log.as_ref().map(|l| store.root().join(l)).as_deref(),
+                });
+                match f.outputs {
+                    Some(outs) => {
+                        outputs[idx] = Some(outs);
+                        if let Some(k) = &key {
+                            state_updates.insert(node.id.clone(), k.clone());
+                        }
+                        release_dependents(idx, &dependents, &mut remaining, &mut ready);
+                    }
+                    None => {
+                        environment_failure |= f.env;
+                        stop_launching |= opts.fail_fast;
+                        skip_dependents(idx, &plan, &dependents, &mut results);
+                    }
+                }
+                results.insert(idx, RunStage {
+                    stage: node.id.clone(),
+                    outcome: f.outcome,
+                    key,
+                    duration_ms: f.duration.as_millis() as u64,
+                    error: f.error,
+                    log: f.log,
+                    device: opts.device.clone(),
+                    attempts: f.attempts,
+                });
+            }
+            _ = &mut ctrl_c => {
+                interrupted = true;
+                tasks.abort_all();
+                for &idx in &running {
+                    results.insert(idx, RunStage { stage: plan.nodes[idx].id.clone(), outcome: StageOutcome::Interrupted, key: keys[idx].as_ref().map(|(k, _)| k.clone()), duration_ms: 0, error: Some("interrupted".into()), log: None, device: None, attempts: 1 });
+                }
+                break;
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+
+    // Stages never reached (fail-fast or interrupt) are recorded as such.
+    for &idx in plan.order.iter().filter(|i| selected.contains(i)) {
+        results.entry(idx).or_insert_with(|| RunStage {
+            stage: plan.nodes[idx].id.clone(),
+            outcome: if interrupted { StageOutcome::Interrupted } else { StageOutcome::Skipped },
+            key: None,
+            duration_ms: 0,
+            error: None,
+            log: None,
+            device: None,
+            attempts: 0,
+        });
+    }
+    store.update_state(&plan.pipeline, &state_updates)?;
+    store.flush();
+    let failed = results.values().any(|r| matches!(r.outcome, StageOutcome::Failed | StageOutcome::Skipped));
+    let stages: Vec<RunStage> = plan.order.iter().filter_map(|i| results.remove(i)).collect();
+    let record = RunRecord {
+        id: run_id,
+        pipeline: plan.pipeline.clone(),
+        file: plan.file.display().to_string(),
+        started: started.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        duration_ms: t0.elapsed().as_millis() as u64,
+        status: if interrupted {
+            "interrupted"
+        } else if failed {
+            "failed"
+        } else {
+            "ok"
+        }
+        .into(),
+        stages,
+    };
+    store.put_run(&record)?;
+    Ok(RunSummary { record, environment_failure, interrupted })
+}
+
+fn release_dependents(idx: usize, dependents: &[Vec<usize>], remaining: &mut [usize], ready: &mut VecDeque<usize>) {
+    for &d in &dependents[idx] {
+        remaining[d] -= 1;
+        if remaining[d] == 0 {
+            ready.push_back(d);
+        }
+    }
+}
+
+fn skip_dependents(idx: usize, plan: &Plan, dependents: &[Vec<usize>], results: &mut BTreeMap<usize, RunStage>) {
+    let mut stack = dependents[idx].clone();
+    while let Some(d) = stack.pop() {
+        if results.contains_key(&d) {
+            continue;
+        }
+        results.insert(
+            d,
+            RunStage {
+                stage: plan.nodes[d].id.clone(),
+                outcome: StageOutcome::Skipped,
+                key: None,
+                duration_ms: 0,
+                error: Some(format!("`{}` failed", plan.nodes[idx].id)),
+                log: None,
+                device: None,
+                attempts: 0,
+            },
+        );
+        stack.extend(dependents[d].iter().copied());
+    }
+}
+
+/// An upstream artifact: its node, type and stored output.
+type Upstream = (usize, PortType, OutputRef);
+
+/// One stage's work, moved into its task.
+struct StageJob {
+    plan: Arc<Plan>,
+    store: Arc<Store>,
+    idx: usize,
+    key: CacheKey,
+    recipe: Recipe,
+    /// Port -> (is a list, [(upstream node, type, artifact)]).
+    inputs: BTreeMap<String, (bool, Vec<Upstream>)>,
+    run_id: String,
+    forced: bool,
+    reporter: Arc<dyn Reporter>,
+}
+
+impl StageJob {
+    async fn run(self) -> Finished {
+        let t0 = Instant::now();
+        let idx = self.idx;
+        let mut finished = match self.run_inner().await {
+            Ok(f) => f,
+            Err(e) => Finished {
+                idx,
+                outcome: StageOutcome::Failed,
+                outputs: None,
+                error: Some(e.to_string()),
+                env: true,
+                attempts: 1,
+                duration: Duration::ZERO,
+                log: None,
+            },
+        };
+        finished.duration = t0.elapsed();
+        finished
+    }
+
+    async fn run_inner(&self) -> Result<Finished, EngineError> {
+        let node = &self.plan.nodes[self.idx];
+        let store = self.store.clone();
+        let key = self.key.clone();
+        // Wait for any other process computing this key, then look again.
+        let lock = tokio::task::spawn_blocking(move || store.lock_key(&key))
+            .await
+            .map_err(|e| EngineError::Other(e.to_string()))??;
+        if !self.forced
+            && let Some(record) = self.store.get_record(&self.key).filter(|r| self.store.record_complete(r))
+        {
+            drop(lock);
+            return Ok(self.done(StageOutcome::Cached, Some(record.outputs), None, false, 0, None));
+        }
+        let (log_abs, log_rel) = self.store.log_path(&self.run_id, &node.id);
+        if let Some(parent) = log_abs.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| EngineError::Other(format!("create {}: {e}", parent.display())))?;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.reporter.event(Event::StageStarted { stage: &node.id, attempt });
+            let t0 = Instant::now();
+            let work = self.store.new_work_dir(&node.id)?;
+            let result = self.attempt(&work, &log_abs).await;
+            let log = log_abs.exists().then(|| log_rel.clone());
+            match result {
+                Ok(outputs) => {
+                    let record = StageRecord {
+                        key: self.key.clone(),
+                        stage: node.id.clone(),
+                        recipe: serde_json::to_value(&self.recipe).expect("recipes serialise"),
+                        provenance: json!({ "params": node.used_params }),
+                        outputs: outputs.clone(),
+                        created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                        duration_ms: t0.elapsed().as_millis() as u64,
+                    };
+                    self.store.put_record(&record)?;
+                    let _ = std::fs::remove_dir_all(&work);
+                    drop(lock);
+                    return Ok(self.done(StageOutcome::Ran, Some(outputs), None, false, attempt, log));
+                }
+                Err((message, env)) => {
+                    let _ = std::fs::remove_dir_all(&work);
+                    if attempt <= node.retries {
+                        let delay = Duration::from_millis(500u64.saturating_mul(1 << (attempt - 1).min(6)));
+                        self.reporter.event(Event::StageRetry { stage: &node.id, attempt, error: &message, delay });
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Ok(self.done(StageOutcome::Failed, None, Some(message), env, attempt, log));
+                }
+            }
+        }
+    }
+
+    fn done(
+        &self,
+        outcome: StageOutcome,
+        outputs: Option<BTreeMap<String, OutputRef>>,
+        error: Option<String>,
+        env: bool,
+        attempts: u32,
+        log: Option<String>,
+    ) -> Finished {
+        Finished { idx: self.idx, outcome, outputs, error, env, attempts, duration: Duration::ZERO, log }
+    }
+
+    /// One try: materialise inputs, run the op (panic- and timeout-safe), store its outputs.
+    /// `Err((message, is_environment))`.
+    async fn attempt(&self, work: &Path, log: &Path) -> Result<BTreeMap<String, OutputRef>, (String, bool)> {
+        let node = &self.plan.nodes[self.idx];
+        let env = |e: drover_cache::CacheError| (e.to_string(), true);
+        let mut inputs = BTreeMap::new();
+        for (port, (is_list, items)) in &self.inputs {
+            let mut mats = Vec::new();
+            for (i, (src, ty, out)) in items.iter().enumerate() {
+                let name = if *is_list { format!("{port}/{i}") } else { port.clone() };
+                let path = work.join("in").join(match out.kind {
+                    OutputKind::Table => format!("{name}.parquet"),
+                    _ => name,
+                });
+                match out.kind {
+                    OutputKind::Dir => self.store.materialize_dir(&out.hash, &path).map_err(env)?,
+                    _ => self.store.materialize(&out.hash, &path).map_err(env)?,
+                }
+                let up = &self.plan.nodes[*src];
+                mats.push(InputItem {
+                    path,
+                    ty: ty.clone(),
+                    hash: out.hash.to_string(),
+                    stage: up.id.clone(),
+                    matrix: up.matrix.iter().cloned().collect(),
+                });
+            }
+            let input = if *is_list { Input::List(mats) } else { Input::One(mats.pop().expect("one item")) };
+            inputs.insert(port.clone(), input);
+        }
+        let out_dir = work.join("out");
+        std::fs::create_dir_all(&out_dir).map_err(|e| (format!("create {}: {e}", out_dir.display()), true))?;
+        let mut slots = BTreeMap::new();
+        for (port, ty) in &node.outputs {
+            let path = match ty {
+                PortType::Table(_) => {
+                    out_dir.join(format!("{port}.{}", node.out_formats.get(port).map_or("parquet", String::as_str)))
+                }
+                _ => out_dir.join(port),
+            };
+            if *ty == PortType::Dir {
+                std::fs::create_dir_all(&path).map_err(|e| (format!("create {}: {e}", path.display()), true))?;
+            }
+            slots.insert(port.clone(), OutputSlot { path, ty: ty.clone() });
+        }
+        let scratch = work.join("scratch");
+        let _ = std::fs::create_dir_all(&scratch);
+        let cx = RunCx {
+            stage: node.id.clone(),
+            params: node.params.clone(),
+            inputs,
+            outputs: slots.clone(),
+            pipeline_dir: self.plan.dir.clone(),
+            work_dir: scratch,
+            log_path: log.to_path_buf(),
+            seed: node.seed,
+            progress: self.reporter.progress(&node.id),
+        };
+        let op = node.op.clone();
+        let task = tokio::spawn(async move { op.run(cx).await });
+        let abort = task.abort_handle();
+        let joined = match node.timeout {
+            Some(limit) => match tokio::time::timeout(limit, task).await {
+                Ok(j) => j,
+                Err(_) => {
+                    abort.abort();
+                    return Err((format!("timed out after {}", humanize(limit)), false));
+                }
+            },
+            None => task.await,
+        };
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err((e.message, e.kind == OpErrorKind::Environment)),
+            Err(e) if e.is_panic() => {
+                let msg = e.into_panic();
+                let text = msg
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| msg.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                return Err((format!("op `{}` panicked (a bug in drover): {text}", node.op_name), false));
+            }
+            Err(e) => return Err((format!("stage task ended: {e}"), true)),
+        }
+        // Store every declared output; the record is written only after all are durable.
+        let store = self.store.clone();
+        let slots_vec: Vec<(String, OutputSlot)> = slots.into_iter().collect();
+        tokio::task::spawn_blocking(move || commit_outputs(&store, slots_vec))
+            .await
+            .map_err(|e| (e.to_string(), true))?
+    }
+}
+
+fn commit_outputs(
+    store: &Store,
+    slots: Vec<(String, OutputSlot)>,
+) -> Result<BTreeMap<String, OutputRef>, (String, bool)> {
+    let mut out = BTreeMap::new();
+    for (port, slot) in slots {
+        let missing = || {
+            (
+                format!(
+                    "output `{port}` was not written (expected {} at {})",
+                    slot.ty.kind_name(),
+                    slot.path.display()
+                ),
+                false,
+            )
+        };
+        let (kind, (hash, size)) = match &slot.ty {
+            PortType::Dir => {
+                if !slot.path.is_dir() {
+                    return Err(missing());
+                }
+                (OutputKind::Dir, store.put_dir(&slot.path).map_err(|e| (e.to_string(), true))?)
+            }
+            ty => {
+                if !slot.path.is_file() {
+                    return Err(missing());
+                }
+                let kind = if matches!(ty, PortType::Table(_)) { OutputKind::Table } else { OutputKind::Blob };
+                if kind == OutputKind::Table && !is_parquet(&slot.path) {
+                    return Err((
+                        format!("output `{port}` is not a Parquet file (the op must write tables as Parquet)"),
+                        false,
+                    ));
+                }
+                (kind, store.put_file(&slot.path).map_err(|e| (e.to_string(), true))?)
+            }
+        };
+        out.insert(port, OutputRef { kind, hash, size });
+    }
+    Ok(out)
+}
+
+fn is_parquet(path: &PathBuf) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let mut head = [0u8; 4];
+    let mut tail = [0u8; 4];
+    f.read_exact(&mut head).is_ok()
+        && f.seek(SeekFrom::End(-4)).is_ok()
+        && f.read_exact(&mut tail).is_ok()
+        && &head == b"PAR1"
+        && &tail == b"PAR1"
+}
+
+/// `1.5s`, `2m 03s`.
+pub fn humanize(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 { format!("{s:.1}s") } else { format!("{}m {:02}s", d.as_secs() / 60, d.as_secs() % 60) }
+}

@@ -1,0 +1,21 @@
+//! drover-engine: pipeline specs (YAML with spans), typed plans, cache keys and the executor.
+//!
+//! Architecture invariant: the engine knows the [`op::Op`] trait and never a concrete op, and
+//! depends on `drover-cache` but never on ops, burn or clap.
+
+pub mod diag;
+pub mod error;
+pub mod exec;
+pub mod interp;
+pub mod key;
+pub mod op;
+pub mod plan;
+pub mod spec;
+pub mod status;
+pub mod yaml;
+
+pub use op::{
+    BoxFuture, CheckCx, CheckError, CheckLocation, Checked, Column, Input, InputItem, NoProgress, Op, OpError,
+    OpErrorKind, OpInfo, OpRegistry, OutputSlot, PortDecl, PortType, Ports, Progress, RunCx, TableSchema,
+    params_schema,
+};

@@ -1,0 +1,387 @@
+//! The `Op` trait: what every op declares (ports, params, version) and how it runs.
+//!
+//! The engine knows this trait and never a concrete op (as ripgrep's searcher knows only
+//! `Matcher`). Ops are registered by the CLI into an [`OpRegistry`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A boxed future, so that `Op` stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The type of an artifact flowing along an edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortType {
+    /// A table, stored as Parquet.
+    Table(TableSchema),
+    /// An opaque file.
+    Blob,
+    /// A directory, stored as a manifest of content-addressed files.
+    Dir,
+    /// Every expansion of a matrix stage, as one input (`stage[*]`).
+    List(Box<PortType>),
+}
+
+impl PortType {
+    /// A table whose columns are not known before it is computed.
+    pub fn any_table() -> PortType {
+        PortType::Table(TableSchema::default())
+    }
+
+    /// The short name used in YAML (`table`, `blob`, `dir`, `list<table>`).
+    pub fn kind_name(&self) -> String {
+        match self {
+            PortType::Table(_) => "table".into(),
+            PortType::Blob => "blob".into(),
+            PortType::Dir => "dir".into(),
+            PortType::List(inner) => format!("list<{}>", inner.kind_name()),
+        }
+    }
+}
+
+impl fmt::Display for PortType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortType::Table(TableSchema { columns: Some(cols) }) => {
+                write!(f, "table(")?;
+                for (i, c) in cols.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{}: {}", c.name, c.dtype)?;
+                }
+                write!(f, ")")
+            }
+            other => f.write_str(&other.kind_name()),
+        }
+    }
+}
+
+/// Columns of a table, when known at plan time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TableSchema {
+    /// `None`: the columns are only known once the table exists.
+    pub columns: Option<Vec<Column>>,
+}
+
+impl TableSchema {
+    /// A schema with these columns.
+    pub fn with_columns(columns: Vec<Column>) -> TableSchema {
+        TableSchema { columns: Some(columns) }
+    }
+
+    /// The column of this name, when the schema is known.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.as_ref()?.iter().find(|c| c.name == name)
+    }
+}
+
+/// One column: a name and an Arrow type name as Arrow prints it (`Utf8`, `Int64`, `Float64`),
+/// or `any` in a requirement that accepts every type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Column {
+    pub name: String,
+    pub dtype: String,
+}
+
+impl Column {
+    pub fn new(name: impl Into<String>, dtype: impl Into<String>) -> Column {
+        Column { name: name.into(), dtype: dtype.into() }
+    }
+}
+
+/// A port as an op declares it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PortDecl {
+    pub name: &'static str,
+    /// For an input: what it accepts (a table's columns are the required ones, `any` dtype
+    /// matches every type). For an output: what it produces.
+    pub ty: PortType,
+    pub doc: &'static str,
+    pub optional: bool,
+}
+
+/// The ports on one side of an op.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ports {
+    /// Exactly these ports.
+    Fixed(Vec<PortDecl>),
+    /// Any port names, declared by the stage (the `command` op); the string documents them.
+    Declared(&'static str),
+}
+
+/// What an op says about itself; `drover ops` and `drover schema` print it.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpInfo {
+    pub name: &'static str,
+    /// Bumped whenever the output could change for the same inputs. Enters every key.
+    pub version: u32,
+    pub doc: &'static str,
+    pub inputs: Ports,
+    pub outputs: Ports,
+    /// JSON Schema of the `with:` block.
+    pub params: serde_json::Value,
+    /// Same inputs, params and seed always give the same output bytes.
+    pub deterministic: bool,
+}
+
+/// A problem an op finds at plan time. The engine attaches the YAML location.
+#[derive(Clone, Debug)]
+pub struct CheckError {
+    pub message: String,
+    pub at: CheckLocation,
+    pub help: Option<String>,
+}
+
+/// Where in the stage a [`CheckError`] points.
+#[derive(Clone, Debug)]
+pub enum CheckLocation {
+    /// The stage as a whole.
+    Stage,
+    /// A param, by path inside `with:` (e.g. `["columns", "1"]`).
+    Param(Vec<String>),
+    /// An input port (points at its `in:` entry).
+    Input(String),
+    /// An output port (points at its `out:` entry).
+    Output(String),
+}
+
+impl CheckError {
+    pub fn stage(message: impl Into<String>) -> CheckError {
+        CheckError { message: message.into(), at: CheckLocation::Stage, help: None }
+    }
+    pub fn param(path: &[&str], message: impl Into<String>) -> CheckError {
+        CheckError {
+            message: message.into(),
+            at: CheckLocation::Param(path.iter().map(|s| s.to_string()).collect()),
+            help: None,
+        }
+    }
+    pub fn input(port: &str, message: impl Into<String>) -> CheckError {
+        CheckError { message: message.into(), at: CheckLocation::Input(port.into()), help: None }
+    }
+    pub fn help(mut self, help: impl Into<String>) -> CheckError {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// What an op learns about a stage at plan time.
+pub struct CheckCx<'a> {
+    pub stage: &'a str,
+    /// The `with:` block, interpolated.
+    pub params: &'a serde_json::Value,
+    /// Types of the connected inputs, by port.
+    pub inputs: &'a BTreeMap<String, PortType>,
+    /// The stage's `out:` block (used by ops with declared ports).
+    pub declared_outputs: &'a BTreeMap<String, PortType>,
+    pub pipeline_dir: &'a Path,
+}
+
+impl CheckCx<'_> {
+    /// Deserialises the `with:` block, turning a serde error into a located [`CheckError`].
+    pub fn params<P: DeserializeOwned>(&self) -> Result<P, CheckError> {
+        parse_params(self.params)
+    }
+}
+
+/// Deserialises params, with the path of the offending field in the error.
+pub fn parse_params<P: DeserializeOwned>(value: &serde_json::Value) -> Result<P, CheckError> {
+    serde_path_to_error::deserialize::<_, P>(value).map_err(|e| {
+        let path: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|seg| match seg {
+                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Enum { variant } => Some(variant.clone()),
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        CheckError { message: e.into_inner().to_string(), at: CheckLocation::Param(path), help: None }
+    })
+}
+
+/// What an op's check returns: the types of its outputs and the files its result depends on.
+#[derive(Clone, Debug, Default)]
+pub struct Checked {
+    pub outputs: BTreeMap<String, PortType>,
+    /// Files (relative to the pipeline directory, or absolute) whose content enters the key,
+    /// e.g. the file `read_table` reads.
+    pub file_deps: Vec<PathBuf>,
+}
+
+/// One input artifact, materialised as a read-only path.
+#[derive(Clone, Debug)]
+pub struct InputItem {
+    /// A file (table: a `.parquet` file; blob: the bytes) or a directory.
+    pub path: PathBuf,
+    pub ty: PortType,
+    /// Content hash (hex blake3).
+    pub hash: String,
+    /// The upstream stage id.
+    pub stage: String,
+    /// The upstream stage's matrix values (empty when it has no matrix).
+    pub matrix: BTreeMap<String, serde_json::Value>,
+}
+
+/// An input port's artifact(s).
+#[derive(Clone, Debug)]
+pub enum Input {
+    One(InputItem),
+    /// `stage[*]`: every expansion, in matrix order.
+    List(Vec<InputItem>),
+}
+
+impl Input {
+    /// Every item (one for a single input).
+    pub fn items(&self) -> &[InputItem] {
+        match self {
+            Input::One(item) => std::slice::from_ref(item),
+            Input::List(items) => items,
+        }
+    }
+}
+
+/// Where an op writes one output. Tables must be written as Parquet files at `path`.
+#[derive(Clone, Debug)]
+pub struct OutputSlot {
+    pub path: PathBuf,
+    pub ty: PortType,
+}
+
+/// Progress an op reports while it runs (rows, requests, epochs).
+pub trait Progress: Send + Sync {
+    fn set_total(&self, total: u64);
+    fn advance(&self, n: u64);
+    fn message(&self, msg: &str);
+}
+
+/// A progress sink that drops everything.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn set_total(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn message(&self, _: &str) {}
+}
+
+/// Everything an op may read while it runs: nothing else (no environment, clock or global
+/// random state).
+pub struct RunCx {
+    pub stage: String,
+    pub params: serde_json::Value,
+    pub inputs: BTreeMap<String, Input>,
+    pub outputs: BTreeMap<String, OutputSlot>,
+    pub pipeline_dir: PathBuf,
+    /// A fresh scratch directory, removed after the stage.
+    pub work_dir: PathBuf,
+    /// Where the op's own log (e.g. a child's stdout and stderr) goes.
+    pub log_path: PathBuf,
+    pub seed: u64,
+    pub progress: Arc<dyn Progress>,
+}
+
+impl RunCx {
+    /// Deserialises the params (already checked at plan time).
+    pub fn params<P: DeserializeOwned>(&self) -> Result<P, OpError> {
+        parse_params(&self.params).map_err(|e| OpError::failed(e.message))
+    }
+
+    /// The single input of this port.
+    pub fn input(&self, port: &str) -> Result<&InputItem, OpError> {
+        match self.inputs.get(port) {
+            Some(Input::One(item)) => Ok(item),
+            Some(Input::List(_)) => Err(OpError::failed(format!("input `{port}` is a list"))),
+            None => Err(OpError::failed(format!("input `{port}` is not connected"))),
+        }
+    }
+
+    /// The slot of this output port.
+    pub fn output(&self, port: &str) -> Result<&OutputSlot, OpError> {
+        self.outputs.get(port).ok_or_else(|| OpError::failed(format!("no output port `{port}`")))
+    }
+}
+
+/// Why an op failed. The tier decides the exit code; nothing is cached either way.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct OpError {
+    pub kind: OpErrorKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpErrorKind {
+    /// The stage's own work failed (non-zero exit, bad data): exit code 1.
+    Failed,
+    /// The environment failed (cannot spawn, disk full, server down): exit code 3.
+    Environment,
+}
+
+impl OpError {
+    pub fn failed(message: impl Into<String>) -> OpError {
+        OpError { kind: OpErrorKind::Failed, message: message.into() }
+    }
+    pub fn environment(message: impl Into<String>) -> OpError {
+        OpError { kind: OpErrorKind::Environment, message: message.into() }
+    }
+    /// An I/O error: disk full and permission problems are environment failures.
+    pub fn io(context: impl fmt::Display, err: std::io::Error) -> OpError {
+        OpError::environment(format!("{context}: {err}"))
+    }
+}
+
+/// An op: a named, versioned, typed transformation.
+pub trait Op: Send + Sync + 'static {
+    fn info(&self) -> OpInfo;
+
+    /// Plan time: validate params and input types, say what comes out. No heavy work here.
+    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>>;
+
+    /// Run time: read inputs, write every output slot.
+    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>>;
+}
+
+/// The ops a pipeline may name.
+#[derive(Default, Clone)]
+pub struct OpRegistry {
+    ops: BTreeMap<&'static str, Arc<dyn Op>>,
+}
+
+impl OpRegistry {
+    pub fn new() -> OpRegistry {
+        OpRegistry::default()
+    }
+
+    pub fn register(&mut self, op: impl Op) {
+        let info = op.info();
+        self.ops.insert(info.name, Arc::new(op));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Op>> {
+        self.ops.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.ops.keys().copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Op>> + '_ {
+        self.ops.values()
+    }
+}
+
+/// JSON Schema of a params type, for [`OpInfo::params`].
+pub fn params_schema<P: schemars::JsonSchema>() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(P)).unwrap_or(serde_json::Value::Null)
+}

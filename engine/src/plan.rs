@@ -1,0 +1,716 @@
+//! `Plan`: the pipeline expanded (matrix), resolved (references), typed (ports checked by each
+//! op) and ordered. Building a plan runs nothing and reads only small files.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use petgraph::graphmap::DiGraphMap;
+use serde_json::Value;
+
+use crate::diag::{Diags, PipelineErrors, did_you_mean, list_names};
+use crate::interp::{self, InterpCx};
+use crate::op::{CheckCx, CheckLocation, Op, OpRegistry, PortDecl, PortType, Ports};
+use crate::spec::{PipelineSpec, StageSpec};
+use crate::yaml::{Node, Span};
+
+/// A checked, expanded pipeline.
+pub struct Plan {
+    pub pipeline: String,
+    pub file: PathBuf,
+    pub dir: PathBuf,
+    pub resources: BTreeMap<String, u64>,
+    pub nodes: Vec<PlanNode>,
+    /// Node indices in an order where every node comes after its inputs.
+    pub order: Vec<usize>,
+    pub by_id: HashMap<String, usize>,
+}
+
+/// One stage expansion (a stage without `matrix` has exactly one).
+pub struct PlanNode {
+    /// `train` or `train[size=1]`.
+    pub id: String,
+    pub stage: String,
+    /// Matrix values, axes in source order.
+    pub matrix: Vec<(String, Value)>,
+    pub op: Arc<dyn Op>,
+    pub op_name: String,
+    pub op_version: u32,
+    /// The `with:` block, interpolated.
+    pub params: Value,
+    /// Pipeline params this stage read, and their values (explains changes; not in the key).
+    pub used_params: BTreeMap<String, Value>,
+    pub inputs: BTreeMap<String, InputEdge>,
+    pub outputs: BTreeMap<String, PortType>,
+    /// Per table output, the file format an op is asked to write.
+    pub out_formats: BTreeMap<String, String>,
+    /// Files whose content enters the key, relative to the pipeline directory or absolute.
+    pub deps: Vec<String>,
+    pub retries: u32,
+    pub timeout: Option<Duration>,
+    pub resources: BTreeMap<String, u64>,
+    pub seed: u64,
+    pub span: Span,
+}
+
+/// Where an input comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputEdge {
+    One(Source),
+    /// `stage[*]`.
+    List(Vec<Source>),
+}
+
+impl InputEdge {
+    pub fn sources(&self) -> &[Source] {
+        match self {
+            InputEdge::One(s) => std::slice::from_ref(s),
+            InputEdge::List(v) => v,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub node: usize,
+    pub port: String,
+}
+
+impl Plan {
+    /// Indices of the nodes each node reads from.
+    pub fn upstream(&self, idx: usize) -> BTreeSet<usize> {
+        self.nodes[idx].inputs.values().flat_map(|e| e.sources().iter().map(|s| s.node)).collect()
+    }
+
+    /// The nodes of these stage names or ids, and everything they need.
+    pub fn closure(&self, targets: &[usize]) -> BTreeSet<usize> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<usize> = targets.to_vec();
+        while let Some(n) = stack.pop() {
+            if seen.insert(n) {
+                stack.extend(self.upstream(n));
+            }
+        }
+        seen
+    }
+
+    /// Nodes named by a stage name (every expansion) or an exact id.
+    pub fn select(&self, name: &str) -> Vec<usize> {
+        if let Some(&i) = self.by_id.get(name) {
+            return vec![i];
+        }
+        self.nodes.iter().enumerate().filter(|(_, n)| n.stage == name).map(|(i, _)| i).collect()
+    }
+
+    /// Stage names, for hints.
+    pub fn stage_names(&self) -> BTreeSet<&str> {
+        self.nodes.iter().map(|n| n.stage.as_str()).collect()
+    }
+}
+
+/// Builds the plan, reporting every problem in the file at once.
+pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErrors> {
+    let mut d = Diags::new(spec.source.clone());
+    let params = match spec.params.to_json() {
+        Value::Null => Value::Object(Default::default()),
+        v => v,
+    };
+    let no_ports = BTreeSet::new();
+
+    // 1. Expand every stage into nodes.
+    struct Pending<'s> {
+        spec: &'s StageSpec,
+        op: Option<Arc<dyn Op>>,
+        matrix: Vec<(String, Value)>,
+    }
+    let mut pending: Vec<Pending<'_>> = Vec::new();
+    let mut by_stage: HashMap<&str, Vec<usize>> = HashMap::new();
+    for stage in &spec.stages {
+        let st = Some(stage.name.as_str());
+        let op = ops.get(&stage.op).cloned();
+        if op.is_none() {
+            let help =
+                did_you_mean(&stage.op, ops.names()).unwrap_or_else(|| format!("ops: {}", list_names(ops.names())));
+            d.error(st, stage.op_span, format!("unknown op `{}`", stage.op), "no such op", Some(help));
+        }
+        let mut combos: Vec<Vec<(String, Value)>> = vec![vec![]];
+        for (axis, axis_span, values) in &stage.matrix {
+            let cx = InterpCx { params: &params, matrix: None, in_ports: &no_ports, out_ports: &no_ports };
+            let mut errs = Vec::new();
+            let v = interp::interpolate(values, &cx, &mut BTreeMap::new(), &mut errs);
+            for e in errs {
+                d.error(st, e.span, e.message, "here", e.help);
+            }
+            let list = match v {
+                Value::Array(items) if !items.is_empty() && items.iter().all(|i| !i.is_object() && !i.is_array()) => {
+                    items
+                }
+                _ => {
+                    d.error(
+                        st,
+                        values.span,
+                        format!("matrix axis `{axis}` must be a non-empty list of scalar values"),
+                        "expected e.g. [1, 2, 4]",
+                        None,
+                    );
+                    continue;
+                }
+            };
+            if !crate::spec::valid_name(axis) {
+                d.error(
+                    st,
+                    *axis_span,
+                    format!("invalid matrix axis name `{axis}`"),
+                    "invalid name",
+                    Some("use letters, digits, `_` and `-`".into()),
+                );
+            }
+            let mut seen = BTreeSet::new();
+            for v in &list {
+                if !seen.insert(interp::render(v)) {
+                    d.error(
+                        st,
+                        values.span,
+                        format!("matrix axis `{axis}` lists `{}` twice", interp::render(v)),
+                        "duplicate value",
+                        None,
+                    );
+                }
+            }
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    list.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.push((axis.clone(), v.clone()));
+                        c
+                    })
+                })
+                .collect();
+        }
+        for matrix in combos {
+            by_stage.entry(stage.name.as_str()).or_default().push(pending.len());
+            pending.push(Pending { spec: stage, op: op.clone(), matrix });
+        }
+    }
+    let ids: Vec<String> = pending.iter().map(|p| node_id(&p.spec.name, &p.matrix)).collect();
+
+    // 2. Interpolate params, resolve inputs, check deps.
+    let all_matrices: Vec<Vec<(String, Value)>> = pending.iter().map(|p| p.matrix.clone()).collect();
+    struct Resolved {
+        params: Value,
+        used: BTreeMap<String, Value>,
+        inputs: BTreeMap<String, (InputEdge, Span, Span)>,
+        deps: Vec<String>,
+    }
+    let mut resolved: Vec<Option<Resolved>> = Vec::new();
+    for p in &pending {
+        let stage = p.spec;
+        let st = Some(stage.name.as_str());
+        let matrix_map: BTreeMap<String, Value> = p.matrix.iter().cloned().collect();
+        let in_ports: BTreeSet<String> = stage.inputs.iter().map(|i| i.port.clone()).collect();
+        let out_ports: BTreeSet<String> = match p.op.as_ref().map(|o| o.info().outputs) {
+            Some(Ports::Fixed(decls)) => decls.iter().map(|d| d.name.to_string()).collect(),
+            _ => stage.outputs.iter().map(|o| o.port.clone()).collect(),
+        };
+        let cx = InterpCx {
+            params: &params,
+            matrix: (!stage.matrix.is_empty()).then_some(&matrix_map),
+            in_ports: &in_ports,
+            out_ports: &out_ports,
+        };
+        let mut used = BTreeMap::new();
+        let mut errs = Vec::new();
+        let empty = Node { span: stage.name_span, kind: crate::yaml::NodeKind::Map(vec![]) };
+        let mut with = interp::interpolate(stage.with.as_ref().unwrap_or(&empty), &cx, &mut used, &mut errs);
+        if with.is_null() {
+            with = Value::Object(Default::default());
+        }
+        let templated = p.op.as_ref().is_some_and(|o| matches!(o.info().inputs, Ports::Declared(_)));
+        if !templated {
+            interp::unescape(&mut with);
+        }
+        let mut inputs = BTreeMap::new();
+        for input in &stage.inputs {
+            let r = interp::interpolate(
+                &Node { span: input.ref_span, kind: crate::yaml::NodeKind::Str(input.reference.clone()) },
+                &cx,
+                &mut used,
+                &mut errs,
+            );
+            let r = interp::render(&r);
+            match resolve_ref(&r, &p.matrix, &by_stage, &all_matrices) {
+                Ok(edge) => {
+                    inputs.insert(input.port.clone(), (edge, input.port_span, input.ref_span));
+                }
+                Err((msg, help)) => {
+                    d.error(st, input.ref_span, format!("input `{}`: {msg}", input.port), "bad reference", help)
+                }
+            }
+        }
+        for e in errs {
+            d.error(st, e.span, e.message, "here", e.help);
+        }
+        let mut deps = Vec::new();
+        for (dep, span) in &stage.deps {
+            match normalize_inside(dep) {
+                None => d.error(
+                    st,
+                    *span,
+                    format!("dep `{dep}` is outside the pipeline directory"),
+                    "escapes the pipeline directory",
+                    Some(
+                        "deps are paths inside the pipeline's directory, without leading `/` or `..` that climbs out"
+                            .into(),
+                    ),
+                ),
+                Some(norm) => {
+                    if !spec.dir.join(&norm).exists() {
+                        d.error(
+                            st,
+                            *span,
+                            format!("dep file `{dep}` not found"),
+                            "no such file",
+                            Some(format!("looked for {}", spec.dir.join(&norm).display())),
+                        );
+                    }
+                    deps.push(norm);
+                }
+            }
+        }
+        resolved.push(Some(Resolved { params: with, used, inputs, deps }));
+    }
+
+    // 3. Cycles.
+    let mut graph: DiGraphMap<usize, ()> = DiGraphMap::new();
+    for i in 0..pending.len() {
+        graph.add_node(i);
+    }
+    for (i, r) in resolved.iter().enumerate() {
+        for (edge, _, _) in r.as_ref().map(|r| r.inputs.values().collect::<Vec<_>>()).unwrap_or_default() {
+            for s in edge.sources() {
+                graph.add_edge(s.node, i, ());
+            }
+        }
+    }
+    let mut in_cycle = BTreeSet::new();
+    for scc in petgraph::algo::tarjan_scc(&graph) {
+        let self_loop = scc.len() == 1 && graph.contains_edge(scc[0], scc[0]);
+        if scc.len() > 1 || self_loop {
+            let cycle = describe_cycle(&graph, &scc, &ids);
+            let first = *scc.iter().min().expect("scc is not empty");
+            d.error(
+                Some(&pending[first].spec.name),
+                pending[first].spec.name_span,
+                format!("dependency cycle: {cycle}"),
+                "part of a cycle",
+                Some("a stage cannot depend, directly or not, on its own output".into()),
+            );
+            in_cycle.extend(scc);
+        }
+    }
+    if !in_cycle.is_empty() {
+        return Err(d.finish().unwrap_err());
+    }
+    let order: Vec<usize> = petgraph::algo::toposort(&graph, None).unwrap_or_default();
+
+    // 4. Types, in order: each op checks its params and inputs and says what comes out.
+    let mut outputs: Vec<Option<BTreeMap<String, PortType>>> = vec![None; pending.len()];
+    let mut extra_deps: Vec<Vec<String>> = vec![Vec::new(); pending.len()];
+    let mut out_formats: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); pending.len()];
+    for &idx in &order {
+        let p = &pending[idx];
+        let stage = p.spec;
+        let st = Some(stage.name.as_str());
+        let (Some(op), Some(r)) = (&p.op, &resolved[idx]) else { continue };
+        let info = op.info();
+        // Input types from upstream outputs.
+        let mut input_types = BTreeMap::new();
+        let mut upstream_unknown = false;
+        for (port, (edge, _port_span, ref_span)) in &r.inputs {
+            let mut types = Vec::new();
+            for s in edge.sources() {
+                match outputs[s.node].as_ref() {
+                    None => upstream_unknown = true,
+                    Some(outs) => match outs.get(&s.port) {
+                        Some(t) => types.push(t.clone()),
+                        None => {
+                            let names: Vec<&str> = outs.keys().map(String::as_str).collect();
+                            let help = did_you_mean(&s.port, names.iter().copied()).unwrap_or_else(|| {
+                                format!(
+                                    "stage `{}` has outputs {}",
+                                    pending[s.node].spec.name,
+                                    list_names(names.iter().copied())
+                                )
+                            });
+                            d.error(
+                                st,
+                                *ref_span,
+                                format!(
+                                    "input `{port}`: stage `{}` has no output `{}`",
+                                    pending[s.node].spec.name, s.port
+                                ),
+                                "no such output",
+                                Some(help),
+                            );
+                            upstream_unknown = true;
+                        }
+                    },
+                }
+            }
+            if types.len() == edge.sources().len() {
+                let t = match edge {
+                    InputEdge::One(_) => types.pop().expect("one source"),
+                    InputEdge::List(_) => {
+                        PortType::List(Box::new(types.first().cloned().unwrap_or(PortType::any_table())))
+                    }
+                };
+                input_types.insert(port.clone(), t);
+            }
+        }
+        // Ports the op declares.
+        if let Ports::Fixed(decls) = &info.inputs {
+            for (port, (edge, port_span, ref_span)) in &r.inputs {
+                match decls.iter().find(|d| d.name == port) {
+                    None => {
+                        let help = did_you_mean(port, decls.iter().map(|d| d.name)).unwrap_or_else(|| {
+                            format!("op `{}` takes inputs {}", info.name, list_names(decls.iter().map(|d| d.name)))
+                        });
+                        d.error(
+                            st,
+                            *port_span,
+                            format!("op `{}` has no input port `{port}`", info.name),
+                            "unknown port",
+                            Some(help),
+                        );
+                    }
+                    Some(decl) => {
+                        if let Some(got) = input_types.get(port)
+                            && let Err(msg) = accepts(decl, got)
+                        {
+                            let from =
+                                edge.sources().first().map(|s| pending[s.node].spec.name.as_str()).unwrap_or("?");
+                            d.error(
+                                st,
+                                *ref_span,
+                                format!("input `{port}` from stage `{from}`: {msg}"),
+                                format!("`{from}` produces {got}"),
+                                Some(format!("op `{}` expects {} on `{port}`", info.name, decl.ty)),
+                            );
+                            upstream_unknown = true;
+                        }
+                    }
+                }
+            }
+            for decl in decls.iter().filter(|d| !d.optional) {
+                if !r.inputs.contains_key(decl.name) {
+                    d.error(
+                        st,
+                        stage.name_span,
+                        format!("op `{}` needs input `{}` ({})", info.name, decl.name, decl.doc),
+                        "missing input",
+                        Some(format!("add `in: {{ {}: STAGE }}`", decl.name)),
+                    );
+                }
+            }
+        }
+        let declared: BTreeMap<String, PortType> =
+            stage.outputs.iter().map(|o| (o.port.clone(), o.ty.clone())).collect();
+        if let Ports::Fixed(decls) = &info.outputs {
+            for o in &stage.outputs {
+                if !decls.iter().any(|d| d.name == o.port) {
+                    d.error(
+                        st,
+                        o.port_span,
+                        format!("op `{}` has no output `{}`; its outputs are fixed", info.name, o.port),
+                        "unknown output",
+                        Some(format!("outputs: {}", list_names(decls.iter().map(|d| d.name)))),
+                    );
+                }
+            }
+        }
+        for o in &stage.outputs {
+            if matches!(o.ty, PortType::Table(_)) {
+                out_formats[idx].insert(o.port.clone(), o.format.clone().unwrap_or_else(|| "parquet".into()));
+            }
+        }
+        if upstream_unknown {
+            continue;
+        }
+        let cx = CheckCx {
+            stage: &ids[idx],
+            params: &r.params,
+            inputs: &input_types,
+            declared_outputs: &declared,
+            pipeline_dir: &spec.dir,
+        };
+        match op.check(&cx) {
+            Ok(checked) => {
+                outputs[idx] = Some(checked.outputs);
+                extra_deps[idx] = checked.file_deps.iter().map(|p| p.to_string_lossy().to_string()).collect();
+            }
+            Err(errors) => {
+                for e in errors {
+                    let span = match &e.at {
+                        CheckLocation::Stage => stage.name_span,
+                        CheckLocation::Param(path) => stage
+                            .with
+                            .as_ref()
+                            .and_then(|w| deepest(w, path.as_slice()))
+                            .map_or(stage.name_span, |n| n.span),
+                        CheckLocation::Input(port) => {
+                            stage.inputs.iter().find(|i| &i.port == port).map_or(stage.name_span, |i| i.ref_span)
+                        }
+                        CheckLocation::Output(port) => {
+                            stage.outputs.iter().find(|o| &o.port == port).map_or(stage.name_span, |o| o.port_span)
+                        }
+                    };
+                    let label = match &e.at {
+                        CheckLocation::Param(path) if !path.is_empty() => format!("param `{}`", path.join(".")),
+                        _ => "here".into(),
+                    };
+                    d.error(st, span, e.message, label, e.help);
+                }
+            }
+        }
+        for (res, n) in &stage.resources {
+            if let Some(cap) = spec.resources.get(res)
+                && n > cap
+            {
+                d.error(
+                    st,
+                    stage.name_span,
+                    format!("needs {n} `{res}` but the pipeline has {cap}"),
+                    "asks too much",
+                    Some("raise the pipeline's `resources:` capacity or lower the stage's request".into()),
+                );
+            }
+        }
+    }
+    d.finish()?;
+
+    let mut nodes = Vec::with_capacity(pending.len());
+    for (idx, (p, r)) in pending.into_iter().zip(resolved).enumerate() {
+        let r = r.expect("resolved when there are no errors");
+        let mut deps = r.deps;
+        deps.extend(std::mem::take(&mut extra_deps[idx]));
+        nodes.push(PlanNode {
+            id: ids[idx].clone(),
+            stage: p.spec.name.clone(),
+            matrix: p.matrix,
+            op_name: p.spec.op.clone(),
+            op_version: p.op.as_ref().map_or(0, |o| o.info().version),
+            op: p.op.expect("op exists when there are no errors"),
+            params: r.params,
+            used_params: r.used,
+            inputs: r.inputs.into_iter().map(|(k, (e, _, _))| (k, e)).collect(),
+            outputs: outputs[idx].take().unwrap_or_default(),
+            out_formats: std::mem::take(&mut out_formats[idx]),
+            deps,
+            retries: p.spec.retries,
+            timeout: p.spec.timeout,
+            resources: p.spec.resources.clone(),
+            seed: p.spec.seed.unwrap_or(spec.seed),
+            span: p.spec.name_span,
+        });
+    }
+    let by_id = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+    Ok(Plan {
+        pipeline: spec.name.clone(),
+        file: spec.file.clone(),
+        dir: spec.dir.clone(),
+        resources: spec.resources.clone(),
+        nodes,
+        order,
+        by_id,
+    })
+}
+
+/// `train` or `train[size=1,lr=0.1]`.
+pub fn node_id(stage: &str, matrix: &[(String, Value)]) -> String {
+    if matrix.is_empty() {
+        return stage.to_string();
+    }
+    let parts: Vec<String> = matrix.iter().map(|(k, v)| format!("{k}={}", interp::render(v))).collect();
+    format!("{stage}[{}]", parts.join(","))
+}
+
+/// Resolves `stage`, `stage.port`, `stage[*]`, `stage[k=v,...]` (each optionally `.port`).
+fn resolve_ref(
+    r: &str,
+    own: &[(String, Value)],
+    by_stage: &HashMap<&str, Vec<usize>>,
+    all: &[Vec<(String, Value)>],
+) -> Result<InputEdge, (String, Option<String>)> {
+    let (stage, selector, port) = split_ref(r).ok_or_else(|| {
+        (
+            format!("cannot parse reference `{r}`"),
+            Some("write `stage`, `stage.port`, `stage[*]` or `stage[axis=value]`".into()),
+        )
+    })?;
+    let Some(nodes) = by_stage.get(stage) else {
+        let help = did_you_mean(stage, by_stage.keys().copied())
+            .unwrap_or_else(|| "stages are the keys under `stages:`".into());
+        return Err((format!("there is no stage `{stage}`"), Some(help)));
+    };
+    let port = port.unwrap_or("out").to_string();
+    let matrices: Vec<Vec<(String, Value)>> = nodes.iter().map(|&n| all[n].clone()).collect();
+    let src = |n: usize| Source { node: n, port: port.clone() };
+    match selector {
+        Some("*") => Ok(InputEdge::List(nodes.iter().map(|&n| src(n)).collect())),
+        Some(sel) => {
+            let mut wanted = Vec::new();
+            for pair in sel.split(',') {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| (format!("bad selector `[{sel}]`"), Some("write `[axis=value]` or `[*]`".into())))?;
+                wanted.push((k.trim(), v.trim()));
+            }
+            let hits: Vec<usize> = nodes
+                .iter()
+                .zip(&matrices)
+                .filter(|(_, m)| {
+                    wanted.iter().all(|(k, v)| m.iter().any(|(mk, mv)| mk == k && interp::render(mv) == *v))
+                })
+                .map(|(&n, _)| n)
+                .collect();
+            match hits.as_slice() {
+                [one] => Ok(InputEdge::One(src(*one))),
+                [] => Err((
+                    format!("no expansion of `{stage}` matches `[{sel}]`"),
+                    Some(format!("expansions: {}", expansions(stage, &matrices))),
+                )),
+                _ => Err((
+                    format!("`[{sel}]` matches {} expansions of `{stage}`", hits.len()),
+                    Some("name every axis, or use `[*]` for all of them".into()),
+                )),
+            }
+        }
+        None if nodes.len() == 1 && matrices[0].is_empty() => Ok(InputEdge::One(src(nodes[0]))),
+        None => {
+            // Same values on the axes both stages share.
+            let shared: Vec<&(String, Value)> =
+                own.iter().filter(|(k, _)| matrices[0].iter().any(|(mk, _)| mk == k)).collect();
+            let hits: Vec<usize> = if shared.is_empty() {
+                vec![]
+            } else {
+                nodes
+                    .iter()
+                    .zip(&matrices)
+                    .filter(|(_, m)| shared.iter().all(|(k, v)| m.iter().any(|(mk, mv)| mk == k && mv == v)))
+                    .map(|(&n, _)| n)
+                    .collect()
+            };
+            match hits.as_slice() {
+                [one] => Ok(InputEdge::One(src(*one))),
+                _ => Err((
+                    format!("stage `{stage}` has {} expansions; say which", nodes.len()),
+                    Some(format!(
+                        "use `{stage}[*]` for all of them as a list, or one of {}",
+                        expansions(stage, &matrices)
+                    )),
+                )),
+            }
+        }
+    }
+}
+
+fn expansions(stage: &str, matrices: &[Vec<(String, Value)>]) -> String {
+    let ids: Vec<String> = matrices.iter().take(5).map(|m| format!("`{}`", node_id(stage, m))).collect();
+    let more = if matrices.len() > 5 { format!(" and {} more", matrices.len() - 5) } else { String::new() };
+    format!("{}{more}", ids.join(", "))
+}
+
+/// `(stage, selector, port)`.
+fn split_ref(r: &str) -> Option<(&str, Option<&str>, Option<&str>)> {
+    let r = r.trim();
+    if let Some(open) = r.find('[') {
+        let close = r[open..].find(']')? + open;
+        let rest = &r[close + 1..];
+        let port = match rest {
+            "" => None,
+            p => Some(p.strip_prefix('.')?),
+        };
+        return Some((&r[..open], Some(&r[open + 1..close]), port));
+    }
+    match r.split_once('.') {
+        Some((s, p)) => Some((s, None, Some(p))),
+        None => Some((r, None, None)),
+    }
+}
+
+/// Does an input port declared as `decl` accept an artifact of type `got`?
+pub fn accepts(decl: &PortDecl, got: &PortType) -> Result<(), String> {
+    fn check(want: &PortType, got: &PortType) -> Result<(), String> {
+        match (want, got) {
+            (PortType::Table(req), PortType::Table(have)) => {
+                let (Some(req), Some(have_cols)) = (&req.columns, &have.columns) else { return Ok(()) };
+                for col in req {
+                    match have.column(&col.name) {
+                        None => {
+                            let names: Vec<&str> = have_cols.iter().map(|c| c.name.as_str()).collect();
+                            let hint = did_you_mean(&col.name, names.iter().copied())
+                                .map(|h| format!(" ({h})"))
+                                .unwrap_or_default();
+                            return Err(format!(
+                                "needs column `{}`, which is missing (columns: {}){hint}",
+                                col.name,
+                                list_names(names.iter().copied())
+                            ));
+                        }
+                        Some(c) if col.dtype != "any" && c.dtype != col.dtype => {
+                            return Err(format!("column `{}` is {} but must be {}", col.name, c.dtype, col.dtype));
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            (PortType::List(w), PortType::List(g)) => check(w, g),
+            (PortType::List(w), g) => check(w, g),
+            (PortType::Blob, PortType::Blob) | (PortType::Dir, PortType::Dir) => Ok(()),
+            (w, g) => Err(format!("expected {}, got {}", w.kind_name(), g.kind_name())),
+        }
+    }
+    check(&decl.ty, got)
+}
+
+/// The deepest node along a param path (a missing field points at its parent).
+fn deepest<'n>(root: &'n Node, path: &[String]) -> Option<&'n Node> {
+    (0..=path.len()).rev().find_map(|i| root.at_path(&path[..i]))
+}
+
+/// Normalises a relative path that stays inside its base directory; `None` if it escapes.
+pub fn normalize_inside(p: &str) -> Option<String> {
+    let path = Path::new(p);
+    let mut parts: Vec<String> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_string_lossy().to_string()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+fn describe_cycle(graph: &DiGraphMap<usize, ()>, scc: &[usize], ids: &[String]) -> String {
+    let members: BTreeSet<usize> = scc.iter().copied().collect();
+    let start = *members.iter().next().expect("non-empty");
+    let mut path = vec![start];
+    let mut cur = start;
+    loop {
+        let next = graph.neighbors(cur).filter(|n| members.contains(n)).min().expect("a cycle continues");
+        if next == start || path.contains(&next) {
+            path.push(next);
+            break;
+        }
+        path.push(next);
+        cur = next;
+    }
+    path.iter().map(|&i| ids[i].as_str()).collect::<Vec<_>>().join(" -> ")
+}

@@ -1,0 +1,687 @@
+//! `PipelineSpec`: the pipeline file as written, with source spans, before anything is checked
+//! against ops or other stages.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::diag::{Diags, PipelineErrors, SourceFile, did_you_mean, list_names};
+use crate::op::{Column, PortType, TableSchema};
+use crate::yaml::{self, Node, NodeKind, Span};
+
+/// Keys allowed at the top of a pipeline file.
+pub const TOP_KEYS: &[&str] = &["pipeline", "description", "params", "seed", "resources", "stages"];
+/// Keys allowed in a stage.
+pub const STAGE_KEYS: &[&str] =
+    &["op", "description", "in", "with", "out", "deps", "matrix", "retries", "timeout", "resources", "seed"];
+
+/// A pipeline as written.
+#[derive(Debug)]
+pub struct PipelineSpec {
+    pub name: String,
+    pub file: PathBuf,
+    /// The directory commands run in and relative paths resolve against.
+    pub dir: PathBuf,
+    pub source: SourceFile,
+    /// The `params:` mapping (a `Null` node when absent), after overrides.
+    pub params: Node,
+    pub seed: u64,
+    /// Capacity of each named resource (`gpu: 1`).
+    pub resources: BTreeMap<String, u64>,
+    pub stages: Vec<StageSpec>,
+}
+
+/// A stage as written.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub name: String,
+    pub name_span: Span,
+    pub op: String,
+    pub op_span: Span,
+    pub inputs: Vec<InputSpec>,
+    /// The `with:` block, not yet interpolated.
+    pub with: Option<Node>,
+    pub outputs: Vec<OutputSpec>,
+    pub deps: Vec<(String, Span)>,
+    /// Matrix axes in source order: name, span, and the value list (maybe a `${params.x}`).
+    pub matrix: Vec<(String, Span, Node)>,
+    pub retries: u32,
+    pub timeout: Option<Duration>,
+    pub resources: BTreeMap<String, u64>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub port: String,
+    pub port_span: Span,
+    /// `stage`, `stage.port`, `stage[*]`, `stage[k=v]`, maybe with `${matrix.k}`.
+    pub reference: String,
+    pub ref_span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub port: String,
+    pub port_span: Span,
+    pub ty: PortType,
+    /// For tables: the extension of the file an op is asked to write (`parquet`, `csv`, `jsonl`).
+    pub format: Option<String>,
+}
+
+/// Overrides of params from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct ParamOverrides {
+    /// `-p params.yaml` files, in order (later wins).
+    pub files: Vec<PathBuf>,
+    /// `--set a.b=value`, in order (later wins; after the files).
+    pub sets: Vec<String>,
+}
+
+/// Reads and parses a pipeline file. Every problem in the file is reported at once.
+pub fn load(path: &Path, overrides: &ParamOverrides) -> Result<PipelineSpec, PipelineErrors> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let source = SourceFile { name: path.display().to_string(), text: Arc::new(String::new()) };
+            let mut d = Diags::new(source);
+            d.error(
+                None,
+                Span::default(),
+                format!("cannot read pipeline file {}: {e}", path.display()),
+                "",
+                Some("pass the file to run, or create drover.yaml in this directory".into()),
+            );
+            return Err(d.finish().unwrap_err());
+        }
+    };
+    parse_str(path, text, overrides)
+}
+
+/// Parses pipeline text as if read from `path`.
+pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Result<PipelineSpec, PipelineErrors> {
+    let source = SourceFile { name: path.display().to_string(), text: Arc::new(text) };
+    let mut d = Diags::new(source.clone());
+    let root = match yaml::parse(&source.text) {
+        Ok(root) => root,
+        Err(errors) => {
+            for e in errors {
+                d.error(None, e.span, e.message, "here", e.help);
+            }
+            return Err(d.finish().unwrap_err());
+        }
+    };
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let default_name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into());
+    let mut spec = PipelineSpec {
+        name: default_name,
+        file: path.to_path_buf(),
+        dir,
+        source,
+        params: Node { span: Span::default(), kind: NodeKind::Null },
+        seed: 0,
+        resources: BTreeMap::new(),
+        stages: Vec::new(),
+    };
+    let Some(entries) = root.as_map() else {
+        d.error(
+            None,
+            root.span,
+            format!("a pipeline file is a mapping with `stages:`; found {}", root.type_name()),
+            "expected a mapping",
+            Some("start with `pipeline: NAME` and `stages:`".into()),
+        );
+        return Err(d.finish().unwrap_err());
+    };
+    for (k, v) in entries {
+        match k.as_str().unwrap_or("") {
+            "pipeline" => match v.as_str() {
+                Some(n) if valid_name(n) => spec.name = n.to_string(),
+                _ => d.error(
+                    None,
+                    v.span,
+                    "`pipeline` must be a name of letters, digits, `_` and `-`",
+                    "invalid name",
+                    None,
+                ),
+            },
+            "description" => {}
+            "params" => {
+                if !matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) {
+                    d.error(
+                        None,
+                        v.span,
+                        format!("`params` must be a mapping; found {}", v.type_name()),
+                        "expected a mapping",
+                        None,
+                    );
+                } else {
+                    spec.params = v.clone();
+                }
+            }
+            "seed" => spec.seed = expect_u64(&mut d, None, v, "seed").unwrap_or(0),
+            "resources" => spec.resources = parse_resources(&mut d, None, v),
+            "stages" => {}
+            other => d.error(
+                None,
+                k.span,
+                format!("unknown top-level key `{other}`"),
+                "unknown key",
+                Some(
+                    did_you_mean(other, TOP_KEYS.iter().copied())
+                        .unwrap_or_else(|| format!("valid keys: {}", list_names(TOP_KEYS.iter().copied()))),
+                ),
+            ),
+        }
+    }
+    apply_overrides(&mut d, &mut spec.params, overrides);
+    match root.get("stages") {
+        None => d.error(
+            None,
+            root.span,
+            "the pipeline has no `stages:`",
+            "expected `stages:`",
+            Some("add `stages:` with at least one stage".into()),
+        ),
+        Some(stages) => match stages.as_map() {
+            Some(entries) => {
+                for (k, v) in entries {
+                    if let Some(stage) = parse_stage(&mut d, k, v) {
+                        spec.stages.push(stage);
+                    }
+                }
+            }
+            None => d.error(
+                None,
+                stages.span,
+                format!("`stages` must be a mapping of stage name to stage; found {}", stages.type_name()),
+                "expected a mapping",
+                None,
+            ),
+        },
+    }
+    d.finish().map(|_| spec)
+}
+
+/// Stage and pipeline names: letters, digits, `_` and `-` (dots and brackets have meaning in
+/// references).
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn parse_stage(d: &mut Diags, key: &Node, v: &Node) -> Option<StageSpec> {
+    let name = key.key_text();
+    if !valid_name(&name) {
+        d.error(
+            None,
+            key.span,
+            format!("invalid stage name `{name}`"),
+            "invalid name",
+            Some("use letters, digits, `_` and `-` (`.` and `[` have meaning in references)".into()),
+        );
+        return None;
+    }
+    let st = Some(name.as_str());
+    let Some(entries) = v.as_map() else {
+        d.error(
+            st,
+            v.span,
+            format!("a stage is a mapping with at least `op:`; found {}", v.type_name()),
+            "expected a mapping",
+            None,
+        );
+        return None;
+    };
+    let mut stage = StageSpec {
+        name: name.clone(),
+        name_span: key.span,
+        op: String::new(),
+        op_span: key.span,
+        inputs: Vec::new(),
+        with: None,
+        outputs: Vec::new(),
+        deps: Vec::new(),
+        matrix: Vec::new(),
+        retries: 0,
+        timeout: None,
+        resources: BTreeMap::new(),
+        seed: None,
+    };
+    for (k, v) in entries {
+        let key = k.as_str().unwrap_or("");
+        match key {
+            "op" => match v.as_str() {
+                Some(op) => {
+                    stage.op = op.to_string();
+                    stage.op_span = v.span;
+                }
+                None => d.error(
+                    st,
+                    v.span,
+                    format!("`op` must be an op name; found {}", v.type_name()),
+                    "expected a name",
+                    Some("run `drover ops` to list the ops".into()),
+                ),
+            },
+            "description" => {}
+            "in" => match v.as_map() {
+                Some(ins) => {
+                    for (port, r) in ins {
+                        match r.as_str() {
+                            Some(reference) => stage.inputs.push(InputSpec {
+                                port: port.key_text(),
+                                port_span: port.span,
+                                reference: reference.to_string(),
+                                ref_span: r.span,
+                            }),
+                            None => d.error(
+                                st,
+                                r.span,
+                                format!(
+                                    "input `{}` must name a stage (`stage`, `stage.port` or `stage[*]`); found {}",
+                                    port.key_text(),
+                                    r.type_name()
+                                ),
+                                "expected a stage reference",
+                                None,
+                            ),
+                        }
+                    }
+                }
+                None => d.error(
+                    st,
+                    v.span,
+                    format!("`in` must map port names to stages; found {}", v.type_name()),
+                    "expected a mapping",
+                    Some("e.g. `in: { data: points }`".into()),
+                ),
+            },
+            "with" => {
+                if matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) {
+                    stage.with = Some(v.clone());
+                } else {
+                    d.error(
+                        st,
+                        v.span,
+                        format!("`with` must be a mapping of params; found {}", v.type_name()),
+                        "expected a mapping",
+                        None,
+                    );
+                }
+            }
+            "out" => match v.as_map() {
+                Some(outs) => {
+                    for (port, ty) in outs {
+                        if let Some(o) = parse_output(d, st, port, ty) {
+                            stage.outputs.push(o);
+                        }
+                    }
+                }
+                None => d.error(
+                    st,
+                    v.span,
+                    format!("`out` must map port names to types; found {}", v.type_name()),
+                    "expected a mapping",
+                    Some("e.g. `out: { metrics: table }`".into()),
+                ),
+            },
+            "deps" => match v.as_seq() {
+                Some(items) => {
+                    for item in items {
+                        match item.as_str() {
+                            Some(p) => stage.deps.push((p.to_string(), item.span)),
+                            None => d.error(
+                                st,
+                                item.span,
+                                format!("a dep is a file path; found {}", item.type_name()),
+                                "expected a path",
+                                None,
+                            ),
+                        }
+                    }
+                }
+                None => d.error(
+                    st,
+                    v.span,
+                    format!("`deps` must be a list of file paths; found {}", v.type_name()),
+                    "expected a list",
+                    None,
+                ),
+            },
+            "matrix" => match v.as_map() {
+                Some(axes) if !axes.is_empty() => {
+                    for (axis, values) in axes {
+                        stage.matrix.push((axis.key_text(), axis.span, values.clone()));
+                    }
+                }
+                _ => d.error(
+                    st,
+                    v.span,
+                    "`matrix` must map axis names to non-empty lists of values",
+                    "expected a mapping of lists",
+                    Some("e.g. `matrix: { size: [1, 2, 4] }`".into()),
+                ),
+            },
+            "retries" => stage.retries = expect_u64(d, st, v, "retries").unwrap_or(0) as u32,
+            "timeout" => stage.timeout = parse_duration(d, st, v),
+            "resources" => stage.resources = parse_resources(d, st, v),
+            "seed" => stage.seed = expect_u64(d, st, v, "seed"),
+            other => d.error(
+                st,
+                k.span,
+                format!("unknown stage key `{other}`"),
+                "unknown key",
+                Some(
+                    did_you_mean(other, STAGE_KEYS.iter().copied())
+                        .unwrap_or_else(|| format!("valid keys: {}", list_names(STAGE_KEYS.iter().copied()))),
+                ),
+            ),
+        }
+    }
+    if stage.op.is_empty() && v.get("op").is_none() {
+        d.error(
+            st,
+            key.span,
+            "stage has no `op:`",
+            "missing `op`",
+            Some("add e.g. `op: command` (run `drover ops` for the list)".into()),
+        );
+        return None;
+    }
+    Some(stage)
+}
+
+fn parse_output(d: &mut Diags, st: Option<&str>, port: &Node, ty: &Node) -> Option<OutputSpec> {
+    let name = port.key_text();
+    if !valid_name(&name) {
+        d.error(
+            st,
+            port.span,
+            format!("invalid output port name `{name}`"),
+            "invalid name",
+            Some("port names are letters, digits, `_` and `-`; outputs are files drover places, not paths".into()),
+        );
+        return None;
+    }
+    let (kind, kind_span, format, columns) = match &ty.kind {
+        NodeKind::Str(s) => (s.clone(), ty.span, None, None),
+        NodeKind::Map(_) => {
+            let kind = ty.get("type").and_then(Node::as_str).unwrap_or("").to_string();
+            let format = ty.get("format").and_then(Node::as_str).map(str::to_string);
+            let columns = ty.get("columns").and_then(Node::as_map).map(|cols| {
+                cols.iter().map(|(c, t)| Column::new(c.key_text(), t.as_str().unwrap_or("any"))).collect::<Vec<_>>()
+            });
+            (kind, ty.get("type").map_or(ty.span, |n| n.span), format, columns)
+        }
+        _ => (String::new(), ty.span, None, None),
+    };
+    let ty = match kind.as_str() {
+        "table" => PortType::Table(TableSchema { columns }),
+        "blob" => PortType::Blob,
+        "dir" => PortType::Dir,
+        other => {
+            let help = did_you_mean(other, ["table", "blob", "dir"])
+                .unwrap_or_else(|| "an output is `table`, `blob` or `dir` (or `{ type: table, format: csv }`)".into());
+            d.error(
+                st,
+                kind_span,
+                format!("output `{name}`: unknown type `{other}`"),
+                "expected table, blob or dir",
+                Some(help),
+            );
+            return None;
+        }
+    };
+    if let Some(f) = &format
+        && !matches!(f.as_str(), "parquet" | "csv" | "jsonl")
+    {
+        d.error(
+            st,
+            kind_span,
+            format!("output `{name}`: unknown table format `{f}`"),
+            "bad format",
+            Some("formats: parquet, csv, jsonl (all are stored as Parquet)".into()),
+        );
+    }
+    Some(OutputSpec { port: name, port_span: port.span, ty, format })
+}
+
+fn expect_u64(d: &mut Diags, st: Option<&str>, v: &Node, what: &str) -> Option<u64> {
+    match v.kind {
+        NodeKind::Int(i) if i >= 0 => Some(i as u64),
+        _ => {
+            d.error(
+                st,
+                v.span,
+                format!("`{what}` must be a non-negative integer; found {}", v.type_name()),
+                "expected an integer",
+                None,
+            );
+            None
+        }
+    }
+}
+
+fn parse_resources(d: &mut Diags, st: Option<&str>, v: &Node) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    match v.as_map() {
+        Some(entries) => {
+            for (k, n) in entries {
+                if let Some(x) = expect_u64(d, st, n, &format!("resources.{}", k.key_text())) {
+                    out.insert(k.key_text(), x);
+                }
+            }
+        }
+        None => d.error(
+            st,
+            v.span,
+            "`resources` must map resource names to counts",
+            "expected a mapping",
+            Some("e.g. `resources: { gpu: 1 }`".into()),
+        ),
+    }
+    out
+}
+
+/// `90`, `90s`, `10m`, `2h`, `1h30m`.
+fn parse_duration(d: &mut Diags, st: Option<&str>, v: &Node) -> Option<Duration> {
+    let parsed = match &v.kind {
+        NodeKind::Int(i) if *i > 0 => Some(Duration::from_secs(*i as u64)),
+        NodeKind::Float(f) if *f > 0.0 => Some(Duration::from_secs_f64(*f)),
+        NodeKind::Str(s) => parse_duration_str(s),
+        _ => None,
+    };
+    if parsed.is_none() {
+        d.error(
+            st,
+            v.span,
+            "`timeout` must be a positive duration",
+            "expected a duration",
+            Some("e.g. `30s`, `10m`, `2h`, `1h30m`, or seconds as a number".into()),
+        );
+    }
+    parsed
+}
+
+pub fn parse_duration_str(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut any = false;
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let n: f64 = num.parse().ok()?;
+        num.clear();
+        total += n * match c {
+            's' => 1.0,
+            'm' => 60.0,
+            'h' => 3600.0,
+            'd' => 86400.0,
+            _ => return None,
+        };
+        any = true;
+    }
+    if !num.is_empty() {
+        total += num.parse::<f64>().ok()?;
+        any = true;
+    }
+    (any && total > 0.0).then(|| Duration::from_secs_f64(total))
+}
+
+fn apply_overrides(d: &mut Diags, params: &mut Node, overrides: &ParamOverrides) {
+    for file in &overrides.files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                d.error(
+                    None,
+                    params.span,
+                    format!("cannot read params file {}: {e}", file.display()),
+                    "params defined here",
+                    None,
+                );
+                continue;
+            }
+        };
+        match yaml::parse(&text) {
+            Ok(node) => {
+                let mut node = node;
+                set_spans(&mut node, params.span);
+                merge(d, params, node, &file.display().to_string());
+            }
+            Err(errs) => {
+                for e in errs {
+                    d.error(
+                        None,
+                        params.span,
+                        format!("params file {}: {}", file.display(), e.message),
+                        "params defined here",
+                        None,
+                    );
+                }
+            }
+        }
+    }
+    for set in &overrides.sets {
+        let Some((path, value)) = set.split_once('=') else {
+            d.error(
+                None,
+                params.span,
+                format!("--set `{set}`: expected `name=value`"),
+                "params defined here",
+                Some("e.g. `--set fit.delta=0.01`".into()),
+            );
+            continue;
+        };
+        let mut value = match yaml::parse(value) {
+            Ok(v) => v,
+            Err(_) => Node { span: params.span, kind: NodeKind::Str(value.to_string()) },
+        };
+        // Build `{a: {b: value}}` and merge it like a params file.
+        let mut node = std::mem::replace(&mut value, Node { span: params.span, kind: NodeKind::Null });
+        for seg in path.trim().rsplit('.') {
+            node = Node {
+                span: params.span,
+                kind: NodeKind::Map(vec![(Node { span: params.span, kind: NodeKind::Str(seg.to_string()) }, node)]),
+            };
+        }
+        set_spans(&mut node, params.span);
+        merge(d, params, node, &format!("--set {set}"));
+    }
+}
+
+fn set_spans(node: &mut Node, span: Span) {
+    node.span = span;
+    match &mut node.kind {
+        NodeKind::Seq(items) => items.iter_mut().for_each(|n| set_spans(n, span)),
+        NodeKind::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+            set_spans(k, span);
+            set_spans(v, span);
+        }),
+        _ => {}
+    }
+}
+
+/// Deep-merges `over` into `base`. Overriding a param that does not exist is an error (a typo
+/// would otherwise be silently ignored).
+fn merge(d: &mut Diags, base: &mut Node, over: Node, origin: &str) {
+    let NodeKind::Map(over_entries) = over.kind else {
+        base.kind = over.kind;
+        return;
+    };
+    if matches!(base.kind, NodeKind::Null) {
+        base.kind = NodeKind::Map(Vec::new());
+    }
+    let base_span = base.span;
+    let NodeKind::Map(base_entries) = &mut base.kind else {
+        d.error(
+            None,
+            base_span,
+            format!("{origin}: cannot set fields inside a param that is not a mapping"),
+            "this param",
+            None,
+        );
+        return;
+    };
+    for (k, v) in over_entries {
+        let name = k.key_text();
+        match base_entries.iter_mut().find(|(bk, _)| bk.key_text() == name) {
+            Some((_, bv)) => {
+                if matches!(v.kind, NodeKind::Map(_)) && matches!(bv.kind, NodeKind::Map(_)) {
+                    merge(d, bv, v, origin);
+                } else {
+                    bv.kind = v.kind;
+                }
+            }
+            None => {
+                let names: Vec<String> = base_entries.iter().map(|(k, _)| k.key_text()).collect();
+                let help = did_you_mean(&name, names.iter().map(String::as_str)).unwrap_or_else(|| {
+                    format!(
+                        "declare it under `params:` first (params here: {})",
+                        list_names(names.iter().map(String::as_str))
+                    )
+                });
+                d.error(
+                    None,
+                    base_span,
+                    format!("{origin}: there is no param `{name}` to override"),
+                    "params defined here",
+                    Some(help),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_str("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration_str("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration_str("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration_str("10x"), None);
+        assert_eq!(parse_duration_str(""), None);
+    }
+
+    #[test]
+    fn set_overrides_nested_params_and_rejects_unknown_ones() {
+        let text = "params: { fit: { delta: 1 } }\nstages: { a: { op: command } }\n".to_string();
+        let o = ParamOverrides { files: vec![], sets: vec!["fit.delta=0.5".into()] };
+        let spec = parse_str(Path::new("p.yaml"), text.clone(), &o).unwrap();
+        assert_eq!(spec.params.get("fit").unwrap().get("delta").unwrap().kind, NodeKind::Float(0.5));
+        let o = ParamOverrides { files: vec![], sets: vec!["fit.delat=0.5".into()] };
+        let err = parse_str(Path::new("p.yaml"), text, &o).unwrap_err();
+        assert!(err.errors[0].message.contains("no param `delat`"), "{err:?}");
+        assert_eq!(err.errors[0].help.as_deref(), Some("did you mean `delta`?"));
+    }
+}

@@ -1,0 +1,391 @@
+//! A YAML tree that keeps the source span of every node, built from yaml-rust2's events.
+//!
+//! Aliases are expanded with a bound on the number of nodes they add (an alias bomb is an
+//! error, not an out-of-memory), and duplicate mapping keys are errors.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// A byte range in the source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Span {
+    pub fn new(offset: usize, len: usize) -> Span {
+        Span { offset, len }
+    }
+}
+
+impl From<Span> for miette::SourceSpan {
+    fn from(s: Span) -> miette::SourceSpan {
+        (s.offset, s.len).into()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub span: Span,
+    pub kind: NodeKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeKind {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    /// Keys in source order.
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(Node, Node)]> {
+        match &self.kind {
+            NodeKind::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_seq(&self) -> Option<&[Node]> {
+        match &self.kind {
+            NodeKind::Seq(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A mapping's value by key.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+    }
+
+    /// What kind of value this is, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            NodeKind::Null => "null",
+            NodeKind::Bool(_) => "a boolean",
+            NodeKind::Int(_) => "an integer",
+            NodeKind::Float(_) => "a number",
+            NodeKind::Str(_) => "a string",
+            NodeKind::Seq(_) => "a list",
+            NodeKind::Map(_) => "a mapping",
+        }
+    }
+
+    /// The node as JSON (map keys become strings).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match &self.kind {
+            NodeKind::Null => Value::Null,
+            NodeKind::Bool(b) => Value::Bool(*b),
+            NodeKind::Int(i) => Value::from(*i),
+            NodeKind::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+            NodeKind::Str(s) => Value::String(s.clone()),
+            NodeKind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
+            NodeKind::Map(entries) => Value::Object(entries.iter().map(|(k, v)| (k.key_text(), v.to_json())).collect()),
+        }
+    }
+
+    /// A scalar key as text.
+    pub fn key_text(&self) -> String {
+        match &self.kind {
+            NodeKind::Str(s) => s.clone(),
+            NodeKind::Int(i) => i.to_string(),
+            NodeKind::Float(f) => f.to_string(),
+            NodeKind::Bool(b) => b.to_string(),
+            NodeKind::Null => "null".into(),
+            _ => "<complex key>".into(),
+        }
+    }
+
+    /// Finds the node at a path of map keys / sequence indices below this node.
+    pub fn at_path(&self, path: &[String]) -> Option<&Node> {
+        let mut node = self;
+        for seg in path {
+            node = match &node.kind {
+                NodeKind::Map(_) => node.get(seg)?,
+                NodeKind::Seq(items) => items.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(node)
+    }
+
+    /// Number of nodes in this subtree.
+    fn size(&self) -> usize {
+        1 + match &self.kind {
+            NodeKind::Seq(items) => items.iter().map(Node::size).sum(),
+            NodeKind::Map(entries) => entries.iter().map(|(k, v)| k.size() + v.size()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// A YAML problem at a place in the source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct YamlError {
+    pub message: String,
+    pub span: Span,
+    pub help: Option<String>,
+}
+
+/// At most this many nodes may be created by expanding aliases.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+
+/// Parses one YAML document. Duplicate keys are reported all at once.
+pub fn parse(source: &str) -> Result<Node, Vec<YamlError>> {
+    let mut builder = Builder {
+        source,
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        root: None,
+        alias_nodes: 0,
+        errors: Vec::new(),
+        docs: 0,
+    };
+    let mut parser = Parser::new_from_str(source);
+    if let Err(e) = parser.load(&mut builder, true) {
+        let offset = byte_offset(source, e.marker());
+        return Err(vec![YamlError {
+            message: format!("YAML syntax error: {}", e.info()),
+            span: Span::new(offset, 1),
+            help: None,
+        }]);
+    }
+    if builder.docs > 1 {
+        builder.errors.push(YamlError {
+            message: "a pipeline file holds one YAML document; found more".into(),
+            span: Span::new(0, 0),
+            help: Some("remove the `---` separators".into()),
+        });
+    }
+    if !builder.errors.is_empty() {
+        return Err(builder.errors);
+    }
+    Ok(builder.root.unwrap_or(Node { span: Span::new(0, 0), kind: NodeKind::Null }))
+}
+
+enum Frame {
+    Seq { start: usize, anchor: usize, items: Vec<Node> },
+    Map { start: usize, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+}
+
+struct Builder<'s> {
+    source: &'s str,
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
+    alias_nodes: usize,
+    errors: Vec<YamlError>,
+    docs: usize,
+}
+
+impl Builder<'_> {
+    fn push_node(&mut self, node: Node, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map { entries, key, .. }) => match key.take() {
+                None => *key = Some(node),
+                Some(k) => {
+                    if let Some((prev, _)) = entries.iter().find(|(p, _)| p.kind == k.kind) {
+                        self.errors.push(YamlError {
+                            message: format!("duplicate key `{}`", k.key_text()),
+                            span: k.span,
+                            help: Some(format!(
+                                "`{}` is first defined at byte {}; each key may appear once",
+                                k.key_text(),
+                                prev.span.offset
+                            )),
+                        });
+                    }
+                    entries.push((k, node));
+                }
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder<'_> {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let offset = byte_offset(self.source, &mark);
+        match ev {
+            Event::DocumentStart => self.docs += 1,
+            Event::Scalar(value, style, anchor, _tag) => {
+                let len = scalar_len(self.source, offset, &value, style);
+                let kind = if style == TScalarStyle::Plain { resolve_plain(&value) } else { NodeKind::Str(value) };
+                self.push_node(Node { span: Span::new(offset, len), kind }, anchor);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq { start: offset, anchor, items: Vec::new() }),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map { start: offset, anchor, entries: Vec::new(), key: None })
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (start, anchor, kind) = match self.stack.pop() {
+                    Some(Frame::Seq { start, anchor, items }) => (start, anchor, NodeKind::Seq(items)),
+                    Some(Frame::Map { start, anchor, entries, .. }) => (start, anchor, NodeKind::Map(entries)),
+                    None => return,
+                };
+                // A block collection's end marker is the start of the next token; a span to
+                // the first line is enough for labels.
+                let line_end = self.source[start..].find('\n').map_or(self.source.len(), |i| start + i);
+                let end = offset.max(start + 1).min(line_end.max(start + 1));
+                self.push_node(Node { span: Span::new(start, end - start), kind }, anchor);
+            }
+            Event::Alias(id) => {
+                let span = Span::new(offset, 1);
+                match self.anchors.get(&id).cloned() {
+                    Some(mut node) => {
+                        self.alias_nodes += node.size();
+                        if self.alias_nodes > MAX_ALIAS_NODES {
+                            if !self.errors.iter().any(|e| e.message.starts_with("YAML aliases")) {
+                                self.errors.push(YamlError {
+                                    message: format!("YAML aliases expand to more than {MAX_ALIAS_NODES} nodes"),
+                                    span,
+                                    help: Some("this looks like an alias bomb; write the values out or use fewer nested aliases".into()),
+                                });
+                            }
+                            node = Node { span, kind: NodeKind::Null };
+                        } else {
+                            node.span = span;
+                        }
+                        self.push_node(node, 0);
+                    }
+                    None => self.push_node(Node { span, kind: NodeKind::Null }, 0),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Plain scalars follow the YAML 1.2 core schema.
+fn resolve_plain(v: &str) -> NodeKind {
+    match v {
+        "" | "~" | "null" | "Null" | "NULL" => return NodeKind::Null,
+        "true" | "True" | "TRUE" => return NodeKind::Bool(true),
+        "false" | "False" | "FALSE" => return NodeKind::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" => return NodeKind::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return NodeKind::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return NodeKind::Float(f64::NAN),
+        _ => {}
+    }
+    if let Ok(i) = v.parse::<i64>() {
+        return NodeKind::Int(i);
+    }
+    if let Some(hex) = v.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return NodeKind::Int(i);
+    }
+    let looks_numeric = v.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'-' || b == b'+' || b == b'.');
+    if looks_numeric && let Ok(f) = v.parse::<f64>() {
+        return NodeKind::Float(f);
+    }
+    NodeKind::Str(v.to_string())
+}
+
+/// The marker's byte offset (computed from line and column, which yaml-rust2 counts in
+/// characters).
+fn byte_offset(source: &str, mark: &Marker) -> usize {
+    let mut line_start = 0;
+    if mark.line() > 1 {
+        let mut seen = 1;
+        for (i, b) in source.bytes().enumerate() {
+            if b == b'\n' {
+                seen += 1;
+                if seen == mark.line() {
+                    line_start = i + 1;
+                    break;
+                }
+            }
+        }
+    }
+    let line = &source[line_start..];
+    line_start + line.char_indices().nth(mark.col()).map_or(line.len(), |(i, _)| i)
+}
+
+fn scalar_len(source: &str, offset: usize, value: &str, style: TScalarStyle) -> usize {
+    let rest = &source[offset.min(source.len())..];
+    let len = match style {
+        TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted => value.len() + 2,
+        TScalarStyle::Literal | TScalarStyle::Folded => 1,
+        _ => value.len(),
+    };
+    len.min(rest.find('\n').unwrap_or(rest.len())).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_point_at_values() {
+        let src = "a: 1\nbé: hello\nc: [x, 'y']\n";
+        let root = parse(src).unwrap();
+        let b = root.get("bé").unwrap();
+        assert_eq!(&src[b.span.offset..b.span.offset + b.span.len], "hello");
+        let c = root.get("c").unwrap().as_seq().unwrap();
+        assert_eq!(&src[c[1].span.offset..c[1].span.offset + c[1].span.len], "'y'");
+        assert_eq!(root.get("a").unwrap().kind, NodeKind::Int(1));
+    }
+
+    #[test]
+    fn plain_scalars_resolve_like_yaml_1_2() {
+        let root = parse("a: 1.5e-3\nb: true\nc: ~\nd: 007x\ne: '1'\n").unwrap();
+        assert_eq!(root.get("a").unwrap().kind, NodeKind::Float(1.5e-3));
+        assert_eq!(root.get("b").unwrap().kind, NodeKind::Bool(true));
+        assert_eq!(root.get("c").unwrap().kind, NodeKind::Null);
+        assert_eq!(root.get("d").unwrap().kind, NodeKind::Str("007x".into()));
+        assert_eq!(root.get("e").unwrap().kind, NodeKind::Str("1".into()));
+    }
+
+    #[test]
+    fn aliases_expand() {
+        let root = parse("base: &b {x: 1}\nother: *b\n").unwrap();
+        assert_eq!(root.get("other").unwrap().get("x").unwrap().kind, NodeKind::Int(1));
+    }
+
+    #[test]
+    fn alias_bomb_is_an_error_not_an_oom() {
+        let mut src = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            src.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let errs = parse(&src).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.contains("aliases expand to more than"), "{errs:?}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported() {
+        let errs = parse("stages:\n  a: 1\n  a: 2\n").unwrap_err();
+        assert_eq!(errs[0].message, "duplicate key `a`");
+        assert_eq!(errs[0].span.offset, 17); // the second `a`
+    }
+
+    #[test]
+    fn syntax_errors_have_a_location() {
+        let errs = parse("a: [1, 2\nb: c\n").unwrap_err();
+        assert!(errs[0].message.starts_with("YAML syntax error"), "{errs:?}");
+    }
+}

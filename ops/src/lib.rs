@@ -1,0 +1,23 @@
+//! drover-ops: the built-in ops. One file per op; `registry()` lists them all.
+
+pub mod command;
+pub mod concat;
+pub mod dedup;
+pub mod read_table;
+pub mod sample;
+pub mod select;
+pub mod table;
+
+use drover_engine::OpRegistry;
+
+/// Every built-in op.
+pub fn registry() -> OpRegistry {
+    let mut ops = OpRegistry::new();
+    ops.register(command::Command);
+    ops.register(concat::Concat);
+    ops.register(dedup::Dedup);
+    ops.register(read_table::ReadTable);
+    ops.register(sample::Sample);
+    ops.register(select::Select);
+    ops
+}

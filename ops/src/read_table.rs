@@ -1,0 +1,153 @@
+//! The `read_table` op: reads a csv, jsonl or parquet file from the pipeline's directory into
+//! a table.
+//!
+//! No inputs; one output, `out` (the table). The file is a dependency of the stage, so its
+//! content enters the cache key. Deterministic: the same file gives the same table.
+//! Plan time reads only the file's schema (a parquet footer, or the first records of a csv or
+//! jsonl file); run time infers csv and jsonl types from the whole file.
+
+use std::path::{Path, PathBuf};
+
+use drover_engine::{
+    BoxFuture, CheckCx, CheckError, Checked, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx, params_schema,
+};
+use serde::Deserialize;
+
+use crate::table::{self, TableFormat};
+
+/// The `with:` block of a `read_table` stage.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadTableParams {
+    /// The file to read: relative to the pipeline file's directory, or absolute.
+    pub path: String,
+    /// The file's format. Default: from the extension (`.csv`; `.jsonl`, `.ndjson`, `.json`;
+    /// `.parquet`, `.pq`), else from the content.
+    #[serde(default)]
+    pub format: Option<TableFormat>,
+}
+
+/// Reads a table from a file.
+pub struct ReadTable;
+
+impl ReadTable {
+    pub const NAME: &str = "read_table";
+    pub const VERSION: u32 = 1;
+    const DOC: &str = "Reads a csv, jsonl or parquet file into a table.";
+
+    fn outputs() -> Vec<PortDecl> {
+        vec![PortDecl { name: "out", ty: PortType::any_table(), doc: "The file's rows.", optional: false }]
+    }
+}
+
+/// Where the file is: `path` as written, against the pipeline's directory unless absolute.
+fn resolve(pipeline_dir: &Path, path: &str) -> PathBuf {
+    pipeline_dir.join(path)
+}
+
+impl Op for ReadTable {
+    fn info(&self) -> OpInfo {
+        OpInfo {
+            name: Self::NAME,
+            version: Self::VERSION,
+            doc: Self::DOC,
+            inputs: Ports::Fixed(Vec::new()),
+            outputs: Ports::Fixed(Self::outputs()),
+            params: params_schema::<ReadTableParams>(),
+            deterministic: true,
+        }
+    }
+
+    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
+        let params: ReadTableParams = table::check_params(cx)?;
+        let file = resolve(cx.pipeline_dir, &params.path);
+        if !file.exists() {
+            return Err(vec![CheckError::param(&["path"], format!("file not found: {}", file.display())).help(
+                format!("a relative path is read from the pipeline's directory, {}", cx.pipeline_dir.display()),
+            )]);
+        }
+        if !file.is_file() {
+            return Err(vec![CheckError::param(&["path"], format!("not a file: {}", file.display()))]);
+        }
+        let schema = table::read_schema(&file, params.format).map_err(|e| {
+            vec![
+                CheckError::param(&["path"], e.message)
+                    .help("set `format:` (csv, jsonl or parquet) if the file's format was guessed wrong"),
+            ]
+        })?;
+        Ok(Checked {
+            outputs: [("out".to_string(), PortType::Table(table::table_schema(&schema)))].into(),
+            file_deps: vec![PathBuf::from(&params.path)],
+        })
+    }
+
+    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(async move {
+            table::run_blocking(move || {
+                let params: ReadTableParams = table::run_params(&cx)?;
+                let file = resolve(&cx.pipeline_dir, &params.path);
+                let (schema, batches) = table::read_table_file(&file, params.format)?;
+                table::write_parquet(&cx.output("out")?.path, &schema, &batches)
+            })
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_engine::{CheckLocation, Column, TableSchema};
+    use serde_json::json;
+
+    use super::*;
+    use crate::table::testing::{OpTest, column, first_error, names};
+
+    #[test]
+    fn reads_a_csv_relative_to_the_pipeline() {
+        let t = OpTest::new(json!({"path": "data/t.csv"}));
+        std::fs::create_dir(t.dir().join("data")).unwrap();
+        std::fs::write(t.dir().join("data/t.csv"), "q,n\nhi,1\nyo,2\n").unwrap();
+
+        let checked = t.check(&ReadTable).unwrap();
+        assert_eq!(
+            checked.outputs["out"],
+            PortType::Table(TableSchema::with_columns(vec![Column::new("q", "Utf8"), Column::new("n", "Int64"),]))
+        );
+        assert_eq!(checked.file_deps, vec![PathBuf::from("data/t.csv")]);
+
+        let out = t.run(&ReadTable).unwrap();
+        assert_eq!(names(&out), ["q", "n"]);
+        assert_eq!(column(&out, "q"), ["hi", "yo"]);
+        assert_eq!(column(&out, "n"), ["1", "2"]);
+    }
+
+    #[test]
+    fn reads_an_absolute_path_with_an_explicit_format() {
+        let elsewhere = tempfile::tempdir().unwrap();
+        let file = elsewhere.path().join("rows.txt");
+        std::fs::write(&file, "{\"a\": true}\n{\"a\": false}\n").unwrap();
+        let t = OpTest::new(json!({"path": file.to_str().unwrap(), "format": "jsonl"}));
+        let out = t.run(&ReadTable).unwrap();
+        assert_eq!(column(&out, "a"), ["true", "false"]);
+    }
+
+    #[test]
+    fn a_missing_file_is_a_plan_error_on_path() {
+        let t = OpTest::new(json!({"path": "nope.csv"}));
+        let err = first_error(t.check(&ReadTable));
+        let expected = format!("file not found: {}", t.dir().join("nope.csv").display());
+        assert_eq!(err.message, expected);
+        assert!(matches!(&err.at, CheckLocation::Param(p) if p == &["path"]));
+        assert!(err.help.is_some());
+    }
+
+    #[test]
+    fn unknown_params_and_formats_are_rejected() {
+        let t = OpTest::new(json!({"path": "a.csv", "sep": ";"}));
+        assert!(first_error(t.check(&ReadTable)).message.contains("sep"));
+        let t = OpTest::new(json!({"path": "a.csv", "format": "xlsx"}));
+        assert!(first_error(t.check(&ReadTable)).message.contains("xlsx"));
+        let t = OpTest::new(json!({}));
+        assert!(first_error(t.check(&ReadTable)).message.contains("path"));
+    }
+}

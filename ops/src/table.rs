@@ -1,0 +1,963 @@
+//! Table I/O shared by the ops and the CLI: reading csv, jsonl and parquet, writing
+//! deterministic parquet, exporting and previewing, and the small helpers that table ops
+//! share (column lookups with "did you mean" hints, running CPU work off the async runtime).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::error::ArrowError;
+use drover_engine::{CheckCx, CheckError, Column, OpError, PortType, RunCx, TableSchema};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::errors::ParquetError;
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use serde::de::DeserializeOwned;
+
+/// Records read to infer a csv or jsonl schema at plan time ([`read_schema`]).
+const SCHEMA_SAMPLE_RECORDS: usize = 1000;
+
+/// Rows per batch handed to the parquet writer. Fixed so that the bytes written depend on
+/// the data alone, never on how the caller happened to split it into batches.
+const WRITE_CHUNK_ROWS: usize = 8192;
+
+/// Rows per parquet row group.
+const ROW_GROUP_ROWS: usize = 1024 * 1024;
+
+/// Written into every parquet footer instead of the parquet crate's version, so that
+/// upgrading the crate does not change the bytes of an unchanged table.
+const CREATED_BY: &str = "drover table v1";
+
+/// A file format drover reads tables from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// Comma separated, with a header row.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+    /// Apache Parquet.
+    Parquet,
+}
+
+impl TableFormat {
+    /// The format a file's extension names (`.csv`; `.jsonl`, `.ndjson`, `.json`; `.parquet`,
+    /// `.pq`), case-insensitively; `None` when the extension says nothing.
+    pub fn from_extension(path: &Path) -> Option<TableFormat> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(TableFormat::Csv),
+            "jsonl" | "ndjson" | "json" => Some(TableFormat::Jsonl),
+            "parquet" | "pq" => Some(TableFormat::Parquet),
+            _ => None,
+        }
+    }
+
+    /// The format a file's content suggests: `PAR1` magic is parquet, a first non-blank `{`
+    /// is jsonl, anything else is csv.
+    pub fn sniff(path: &Path) -> Result<TableFormat, OpError> {
+        let head = read_head(path)?;
+        if head.starts_with(b"PAR1") {
+            Ok(TableFormat::Parquet)
+        } else if first_non_blank(&head) == Some(b'{') {
+            Ok(TableFormat::Jsonl)
+        } else {
+            Ok(TableFormat::Csv)
+        }
+    }
+
+    /// The format to read `path` with: `given`, else the extension's, else the content's.
+    pub fn resolve(path: &Path, given: Option<TableFormat>) -> Result<TableFormat, OpError> {
+        match given.or_else(|| TableFormat::from_extension(path)) {
+            Some(format) => Ok(format),
+            None => TableFormat::sniff(path),
+        }
+    }
+
+    /// The name used in params and messages (`csv`, `jsonl`, `parquet`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TableFormat::Csv => "csv",
+            TableFormat::Jsonl => "jsonl",
+            TableFormat::Parquet => "parquet",
+        }
+    }
+}
+
+/// Reads a whole table. A csv or jsonl schema is inferred from every record, so that a
+/// late float in an integer-looking column widens the type instead of failing the read.
+pub fn read_table_file(path: &Path, format: Option<TableFormat>) -> Result<(SchemaRef, Vec<RecordBatch>), OpError> {
+    let format = TableFormat::resolve(path, format)?;
+    let failed = |e: ArrowError| arrow_error(path, format, e);
+    match format {
+        TableFormat::Csv => {
+            let schema = infer_csv_schema(path, None)?;
+            let reader = arrow::csv::ReaderBuilder::new(schema.clone())
+                .with_header(true)
+                .build(BufReader::new(open(path)?))
+                .map_err(failed)?;
+            let batches = reader.collect::<Result<Vec<_>, _>>().map_err(failed)?;
+            Ok((schema, batches))
+        }
+        TableFormat::Jsonl => {
+            let schema = infer_jsonl_schema(path, None)?;
+            let reader =
+                arrow::json::ReaderBuilder::new(schema.clone()).build(BufReader::new(open(path)?)).map_err(failed)?;
+            let batches = reader.collect::<Result<Vec<_>, _>>().map_err(failed)?;
+            Ok((schema, batches))
+        }
+        TableFormat::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| parquet_error(path, e))?;
+            let schema = builder.schema().clone();
+            let reader = builder.build().map_err(|e| parquet_error(path, e))?;
+            let batches = reader.collect::<Result<Vec<_>, _>>().map_err(failed)?;
+            Ok((schema, batches))
+        }
+    }
+}
+
+/// Reads only a table's schema, cheaply: the parquet footer, or the first
+/// [`SCHEMA_SAMPLE_RECORDS`] records of a csv or jsonl file.
+pub fn read_schema(path: &Path, format: Option<TableFormat>) -> Result<SchemaRef, OpError> {
+    match TableFormat::resolve(path, format)? {
+        TableFormat::Csv => infer_csv_schema(path, Some(SCHEMA_SAMPLE_RECORDS)),
+        TableFormat::Jsonl => infer_jsonl_schema(path, Some(SCHEMA_SAMPLE_RECORDS)),
+        TableFormat::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| parquet_error(path, e))?;
+            Ok(builder.schema().clone())
+        }
+    }
+}
+
+fn infer_csv_schema(path: &Path, max_records: Option<usize>) -> Result<SchemaRef, OpError> {
+    let (schema, _) = arrow::csv::reader::Format::default()
+        .with_header(true)
+        .infer_schema(BufReader::new(open(path)?), max_records)
+        .map_err(|e| arrow_error(path, TableFormat::Csv, e))?;
+    Ok(SchemaRef::new(schema))
+}
+
+fn infer_jsonl_schema(path: &Path, max_records: Option<usize>) -> Result<SchemaRef, OpError> {
+    // A JSON array is the one mistake worth its own message: arrow's is cryptic.
+    if first_non_blank(&read_head(path)?) == Some(b'[') {
+        return Err(OpError::failed(format!(
+            "cannot read {} as jsonl: it holds a JSON array; write one object per line",
+            path.display()
+        )));
+    }
+    let (schema, _) = arrow::json::reader::infer_json_schema(BufReader::new(open(path)?), max_records)
+        .map_err(|e| arrow_error(path, TableFormat::Jsonl, e))?;
+    Ok(SchemaRef::new(schema))
+}
+
+/// The first few KiB of a file, enough to tell formats apart.
+fn read_head(path: &Path) -> Result<Vec<u8>, OpError> {
+    let mut head = Vec::with_capacity(4096);
+    open(path)?
+        .take(4096)
+        .read_to_end(&mut head)
+        .map_err(|e| OpError::io(format!("cannot read {}", path.display()), e))?;
+    Ok(head)
+}
+
+fn first_non_blank(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+/// The writer settings of every table drover stores. Each one is spelled out, so that a
+/// change of the parquet crate's defaults cannot change the bytes of an unchanged table.
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_created_by(CREATED_BY.to_string())
+        .set_writer_version(WriterVersion::PARQUET_1_0)
+        .set_compression(Compression::SNAPPY)
+        .set_dictionary_enabled(true)
+        .set_dictionary_page_size_limit(1024 * 1024)
+        .set_data_page_size_limit(1024 * 1024)
+        .set_data_page_row_count_limit(20_000)
+        .set_write_batch_size(1024)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_max_row_group_bytes(None)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_write_page_header_statistics(false)
+        .set_statistics_truncate_length(Some(64))
+        .set_column_index_truncate_length(Some(64))
+        .set_offset_index_disabled(false)
+        .set_bloom_filter_enabled(false)
+        .set_content_defined_chunking(None)
+        .set_key_value_metadata(None)
+        .set_sorting_columns(None)
+        .build()
+}
+
+/// Writes a table as parquet at `path`, deterministically: the same schema and rows give
+/// byte-identical files, however the rows are split into batches. Snappy compressed; an
+/// empty table is written with its schema and no rows.
+pub fn write_parquet(path: &Path, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(), OpError> {
+    let file = File::create(path).map_err(|e| OpError::io(format!("cannot create {}", path.display()), e))?;
+    let mut writer =
+        ArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(|e| parquet_error(path, e))?;
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_rows = 0;
+    let mut flush = |pending: &mut Vec<RecordBatch>| -> Result<(), OpError> {
+        let chunk = match pending.as_slice() {
+            [one] => one.clone(),
+            many => concat_batches(schema, many.iter())
+                .map_err(|e| OpError::failed(format!("cannot write {}: {e}", path.display())))?,
+        };
+        pending.clear();
+        writer.write(&chunk).map_err(|e| parquet_error(path, e))
+    };
+    for batch in batches {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let take = (WRITE_CHUNK_ROWS - pending_rows).min(batch.num_rows() - offset);
+            pending.push(batch.slice(offset, take));
+            pending_rows += take;
+            offset += take;
+            if pending_rows == WRITE_CHUNK_ROWS {
+                flush(&mut pending)?;
+                pending_rows = 0;
+            }
+        }
+    }
+    if pending_rows > 0 {
+        flush(&mut pending)?;
+    }
+    writer.close().map_err(|e| parquet_error(path, e))?;
+    Ok(())
+}
+
+/// Writes a stored parquet table to `dest` as csv (with a header), jsonl or parquet, by
+/// `dest`'s extension.
+pub fn export_table(src_parquet: &Path, dest: &Path) -> Result<(), OpError> {
+    let Some(format) = TableFormat::from_extension(dest) else {
+        return Err(OpError::failed(format!(
+            "cannot export to {}: unknown extension; use .csv, .jsonl (or .ndjson, .json) \
+             or .parquet (or .pq)",
+            dest.display()
+        )));
+    };
+    if format == TableFormat::Parquet {
+        // Stored tables are already written the one deterministic way.
+        return std::fs::copy(src_parquet, dest).map(drop).map_err(|e| {
+            let context = format!("cannot copy {} to {}", src_parquet.display(), dest.display());
+            OpError::io(context, e)
+        });
+    }
+    let (schema, mut batches) = read_table_file(src_parquet, Some(TableFormat::Parquet))?;
+    if batches.is_empty() {
+        // The csv writer writes its header with the first batch, even an empty one.
+        batches.push(RecordBatch::new_empty(schema));
+    }
+    let file = File::create(dest).map_err(|e| OpError::io(format!("cannot create {}", dest.display()), e))?;
+    let mut out = BufWriter::new(file);
+    let failed = |e: ArrowError| arrow_error(dest, format, e);
+    if format == TableFormat::Csv {
+        let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+        for batch in &batches {
+            writer.write(batch).map_err(failed)?;
+        }
+    } else {
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
+        for batch in &batches {
+            writer.write(batch).map_err(failed)?;
+        }
+        writer.finish().map_err(failed)?;
+    }
+    out.flush().map_err(|e| OpError::io(format!("cannot write {}", dest.display()), e))
+}
+
+/// The first `rows` rows of a table, pretty-printed, then a line `N rows x M columns`.
+pub fn preview(path: &Path, rows: usize) -> Result<String, OpError> {
+    let format = TableFormat::resolve(path, None)?;
+    let (schema, batches, total) = if format == TableFormat::Parquet {
+        // Only the rows shown are decoded; the count comes from the footer.
+        let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| parquet_error(path, e))?;
+        let total = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+        let schema = builder.schema().clone();
+        let reader = builder.with_limit(rows).build().map_err(|e| parquet_error(path, e))?;
+        let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| arrow_error(path, format, e))?;
+        (schema, batches, total)
+    } else {
+        let (schema, batches) = read_table_file(path, Some(format))?;
+        let total = batches.iter().map(RecordBatch::num_rows).sum();
+        (schema, batches, total)
+    };
+    let mut shown = Vec::new();
+    let mut left = rows;
+    for batch in &batches {
+        if left == 0 {
+            break;
+        }
+        let take = left.min(batch.num_rows());
+        shown.push(batch.slice(0, take));
+        left -= take;
+    }
+    let table = arrow::util::pretty::pretty_format_batches_with_schema(schema.clone(), &shown)
+        .map_err(|e| arrow_error(path, format, e))?;
+    let columns = schema.fields().len();
+    Ok(format!("{table}\n{} x {}\n", plural(total, "row"), plural(columns, "column")))
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
+/// An arrow schema as the engine's plan-time [`TableSchema`].
+pub fn table_schema(schema: &Schema) -> TableSchema {
+    TableSchema::with_columns(
+        schema.fields().iter().map(|f| Column::new(f.name(), format!("{}", f.data_type()))).collect(),
+    )
+}
+
+/// The known columns of a table input at plan time; `Ok(None)` when they are only known at
+/// run time, an error when the port carries something other than a table.
+pub fn input_columns<'a>(cx: &'a CheckCx<'_>, port: &str) -> Result<Option<&'a [Column]>, CheckError> {
+    match cx.inputs.get(port) {
+        Some(PortType::Table(schema)) => Ok(schema.columns.as_deref()),
+        Some(other) => Err(CheckError::input(port, format!("expected a table, got {other}"))),
+        None => Err(CheckError::stage(format!("input `{port}` is not connected"))),
+    }
+}
+
+/// The error for a column name that is not in the table, with the nearest name as help.
+pub fn unknown_column(at: &[&str], name: &str, available: &[&str]) -> CheckError {
+    let err = CheckError::param(at, format!("unknown column `{name}`"));
+    match nearest(name, available.iter().copied()) {
+        Some(near) => err.help(format!("did you mean `{near}`?")),
+        None if available.is_empty() => err.help("the table has no columns"),
+        None => err.help(format!("the columns are: {}", available.join(", "))),
+    }
+}
+
+/// The candidate closest to `name` by edit distance, if it is close enough to be a typo.
+pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (levenshtein(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// A run-time form of plan-time errors (for when the schema was unknown at plan time).
+pub fn check_errors_to_op_error(errors: Vec<CheckError>) -> OpError {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| match e.help {
+            Some(help) => format!("{} ({help})", e.message),
+            None => e.message,
+        })
+        .collect();
+    OpError::failed(lines.join("; "))
+}
+
+/// Parses a stage's params at plan time; a missing `with:` block counts as `{}`.
+pub fn check_params<P: DeserializeOwned>(cx: &CheckCx<'_>) -> Result<P, Vec<CheckError>> {
+    parse_params(cx.params).map_err(|e| vec![e])
+}
+
+/// Parses a stage's params at run time; a missing `with:` block counts as `{}`.
+pub fn run_params<P: DeserializeOwned>(cx: &RunCx) -> Result<P, OpError> {
+    parse_params(&cx.params).map_err(|e| OpError::failed(e.message))
+}
+
+fn parse_params<P: DeserializeOwned>(value: &serde_json::Value) -> Result<P, CheckError> {
+    if value.is_null() {
+        drover_engine::op::parse_params(&serde_json::Value::Object(Default::default()))
+    } else {
+        drover_engine::op::parse_params(value)
+    }
+}
+
+/// Runs an op's CPU work on tokio's blocking pool; a panic fails the stage, not the process.
+pub async fn run_blocking(work: impl FnOnce() -> Result<(), OpError> + Send + 'static) -> Result<(), OpError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(OpError::failed(format!("op panicked: {message}")))
+        }
+        Err(e) => Err(OpError::environment(format!("op task did not finish: {e}"))),
+    }
+}
+
+/// Reads a table input that the engine materialised as parquet.
+pub fn read_input(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), OpError> {
+    read_table_file(path, Some(TableFormat::Parquet))
+}
+
+fn open(path: &Path) -> Result<File, OpError> {
+    File::open(path).map_err(|e| OpError::io(format!("cannot open {}", path.display()), e))
+}
+
+fn arrow_error(path: &Path, format: TableFormat, e: ArrowError) -> OpError {
+    let context = format!("{} ({})", path.display(), format.name());
+    match e {
+        ArrowError::IoError(msg, err) => OpError::io(format!("{context}: {msg}"), err),
+        other => OpError::failed(format!("{context}: {other}")),
+    }
+}
+
+fn parquet_error(path: &Path, e: ParquetError) -> OpError {
+    let context = format!("{} (parquet)", path.display());
+    match e {
+        ParquetError::External(inner) => match inner.downcast::<std::io::Error>() {
+            Ok(io) => OpError::io(context, *io),
+            Err(other) => OpError::failed(format!("{context}: {other}")),
+        },
+        other => OpError::failed(format!("{context}: {other}")),
+    }
+}
+
+/// Helpers for op tests: run an op on in-memory tables in a temporary directory.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, RecordBatch};
+    use arrow::compute::concat_batches;
+    use drover_engine::{
+        CheckCx, CheckError, Checked, Input, InputItem, NoProgress, Op, OpError, OutputSlot, PortType, RunCx,
+        TableSchema,
+    };
+
+    use super::{read_input, table_schema, write_parquet};
+
+    /// One upstream table: the stage it comes from, that stage's matrix values, its rows.
+    pub(crate) struct TestItem {
+        pub stage: String,
+        pub matrix: BTreeMap<String, serde_json::Value>,
+        pub batch: RecordBatch,
+    }
+
+    /// An item from `stage` without a matrix.
+    pub(crate) fn item(stage: &str, batch: RecordBatch) -> TestItem {
+        TestItem { stage: stage.into(), matrix: BTreeMap::new(), batch }
+    }
+
+    enum TestInput {
+        One(TestItem),
+        List(Vec<TestItem>),
+    }
+
+    /// A stage under test: its params, seed and inputs, and a temporary pipeline directory.
+    pub(crate) struct OpTest {
+        dir: tempfile::TempDir,
+        params: serde_json::Value,
+        seed: u64,
+        inputs: Vec<(String, TestInput)>,
+        known_schemas: bool,
+    }
+
+    impl OpTest {
+        pub(crate) fn new(params: serde_json::Value) -> OpTest {
+            OpTest {
+                dir: tempfile::tempdir().expect("tempdir"),
+                params,
+                seed: 0,
+                inputs: Vec::new(),
+                known_schemas: true,
+            }
+        }
+
+        pub(crate) fn seed(mut self, seed: u64) -> OpTest {
+            self.seed = seed;
+            self
+        }
+
+        /// Connects `port` to one table from stage `up`.
+        pub(crate) fn input(mut self, port: &str, batch: RecordBatch) -> OpTest {
+            self.inputs.push((port.into(), TestInput::One(item("up", batch))));
+            self
+        }
+
+        /// Connects `port` to a list of tables (`stage[*]`).
+        pub(crate) fn list(mut self, port: &str, items: Vec<TestItem>) -> OpTest {
+            self.inputs.push((port.into(), TestInput::List(items)));
+            self
+        }
+
+        /// Plan as if the input columns were not known before run time.
+        pub(crate) fn unknown_schemas(mut self) -> OpTest {
+            self.known_schemas = false;
+            self
+        }
+
+        /// The pipeline directory.
+        pub(crate) fn dir(&self) -> &Path {
+            self.dir.path()
+        }
+
+        fn port_type(&self, batch: &RecordBatch) -> PortType {
+            if self.known_schemas {
+                PortType::Table(table_schema(&batch.schema()))
+            } else {
+                PortType::Table(TableSchema::default())
+            }
+        }
+
+        /// Runs the op's plan-time check.
+        pub(crate) fn check(&self, op: &dyn Op) -> Result<Checked, Vec<CheckError>> {
+            let inputs: BTreeMap<String, PortType> = self
+                .inputs
+                .iter()
+                .map(|(port, input)| {
+                    let ty = match input {
+                        TestInput::One(item) => self.port_type(&item.batch),
+                        TestInput::List(items) => PortType::List(Box::new(
+                            items.first().map(|i| self.port_type(&i.batch)).unwrap_or_else(PortType::any_table),
+                        )),
+                    };
+                    (port.clone(), ty)
+                })
+                .collect();
+            let declared = BTreeMap::new();
+            let cx = CheckCx {
+                stage: "under_test",
+                params: &self.params,
+                inputs: &inputs,
+                declared_outputs: &declared,
+                pipeline_dir: self.dir.path(),
+            };
+            op.check(&cx)
+        }
+
+        fn materialise(&self, port: &str, n: usize, item: &TestItem) -> InputItem {
+            let path = self.dir.path().join(format!("in-{port}-{n}.parquet"));
+            write_parquet(&path, &item.batch.schema(), std::slice::from_ref(&item.batch)).expect("write test input");
+            InputItem {
+                path,
+                ty: PortType::Table(table_schema(&item.batch.schema())),
+                hash: format!("hash-{port}-{n}"),
+                stage: item.stage.clone(),
+                matrix: item.matrix.clone(),
+            }
+        }
+
+        /// Runs the op and reads its `out` table back as one batch.
+        pub(crate) fn run(&self, op: &dyn Op) -> Result<RecordBatch, OpError> {
+            let mut inputs = BTreeMap::new();
+            for (port, input) in &self.inputs {
+                let input = match input {
+                    TestInput::One(item) => Input::One(self.materialise(port, 0, item)),
+                    TestInput::List(items) => {
+                        Input::List(items.iter().enumerate().map(|(n, i)| self.materialise(port, n, i)).collect())
+                    }
+                };
+                inputs.insert(port.clone(), input);
+            }
+            let out: PathBuf = self.dir.path().join("out.parquet");
+            let work_dir = self.dir.path().join("work");
+            std::fs::create_dir_all(&work_dir).expect("work dir");
+            let cx = RunCx {
+                stage: "under_test".into(),
+                params: self.params.clone(),
+                inputs,
+                outputs: BTreeMap::from([(
+                    "out".to_string(),
+                    OutputSlot { path: out.clone(), ty: PortType::any_table() },
+                )]),
+                pipeline_dir: self.dir.path().to_path_buf(),
+                work_dir,
+                log_path: self.dir.path().join("log.txt"),
+                seed: self.seed,
+                progress: Arc::new(NoProgress),
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(op.run(cx))?;
+            let (schema, batches) = read_input(&out)?;
+            Ok(concat_batches(&schema, &batches).expect("concat output"))
+        }
+    }
+
+    /// A batch from named columns.
+    pub(crate) fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(columns).expect("test batch")
+    }
+
+    /// A column's values as display strings (nulls as `null`), for comparisons.
+    pub(crate) fn column(batch: &RecordBatch, name: &str) -> Vec<String> {
+        let array = batch.column_by_name(name).unwrap_or_else(|| panic!("no column `{name}` in {:?}", batch.schema()));
+        (0..array.len())
+            .map(|i| {
+                if array.is_null(i) {
+                    "null".to_string()
+                } else {
+                    arrow::util::display::array_value_to_string(array, i).expect("display")
+                }
+            })
+            .collect()
+    }
+
+    /// Column names of a batch.
+    pub(crate) fn names(batch: &RecordBatch) -> Vec<String> {
+        batch.schema().fields().iter().map(|f| f.name().clone()).collect()
+    }
+
+    /// The first error's message and help, for asserting.
+    pub(crate) fn first_error(result: Result<Checked, Vec<CheckError>>) -> CheckError {
+        match result {
+            Ok(checked) => panic!("expected a check error, got {:?}", checked.outputs),
+            Err(errors) => errors.into_iter().next().expect("at least one error"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field};
+
+    use super::testing::{batch, column, names};
+    use super::*;
+
+    fn people() -> RecordBatch {
+        batch(vec![
+            ("id", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
+            ("name", Arc::new(StringArray::from(vec![Some("ann"), None, Some("cy")]))),
+            ("score", Arc::new(Float64Array::from(vec![0.5, 1.25, -2.0]))),
+            ("ok", Arc::new(BooleanArray::from(vec![true, false, true]))),
+        ])
+    }
+
+    fn read_one(path: &Path, format: Option<TableFormat>) -> RecordBatch {
+        let (schema, batches) = read_table_file(path, format).unwrap();
+        concat_batches(&schema, &batches).unwrap()
+    }
+
+    #[test]
+    fn csv_is_read_with_inferred_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, "id,name,score\n1,ann,0.5\n2,bob,1\n3,,2.5\n").unwrap();
+        let t = read_one(&path, None);
+        assert_eq!(names(&t), ["id", "name", "score"]);
+        assert_eq!(t.schema().field(0).data_type(), &DataType::Int64);
+        assert_eq!(t.schema().field(1).data_type(), &DataType::Utf8);
+        assert_eq!(t.schema().field(2).data_type(), &DataType::Float64);
+        assert_eq!(column(&t, "id"), ["1", "2", "3"]);
+        assert_eq!(column(&t, "name"), ["ann", "bob", "null"]);
+        assert_eq!(column(&t, "score"), ["0.5", "1.0", "2.5"]);
+    }
+
+    #[test]
+    fn jsonl_is_read_with_inferred_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(&path, "{\"a\": 1, \"b\": \"x\"}\n{\"a\": 2}\n\n{\"a\": 3, \"b\": \"z\"}\n").unwrap();
+        let t = read_one(&path, None);
+        assert_eq!(names(&t), ["a", "b"]);
+        assert_eq!(t.schema().field(0).data_type(), &DataType::Int64);
+        assert_eq!(column(&t, "a"), ["1", "2", "3"]);
+        assert_eq!(column(&t, "b"), ["x", "null", "z"]);
+    }
+
+    #[test]
+    fn a_json_array_gets_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        std::fs::write(&path, "  [{\"a\": 1}]").unwrap();
+        let err = read_table_file(&path, None).unwrap_err();
+        assert!(err.message.contains("one object per line"), "{}", err.message);
+    }
+
+    #[test]
+    fn parquet_round_trips_every_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let t = people();
+        write_parquet(&path, &t.schema(), std::slice::from_ref(&t)).unwrap();
+        let back = read_one(&path, None);
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn formats_are_sniffed_when_the_extension_says_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let pq = dir.path().join("a.data");
+        let t = people();
+        write_parquet(&pq, &t.schema(), std::slice::from_ref(&t)).unwrap();
+        let jsonl = dir.path().join("b.data");
+        std::fs::write(&jsonl, "\n  {\"x\": 1}\n{\"x\": 2}\n").unwrap();
+        let csv = dir.path().join("c");
+        std::fs::write(&csv, "x,y\n1,2\n").unwrap();
+
+        assert_eq!(TableFormat::sniff(&pq).unwrap(), TableFormat::Parquet);
+        assert_eq!(TableFormat::sniff(&jsonl).unwrap(), TableFormat::Jsonl);
+        assert_eq!(TableFormat::sniff(&csv).unwrap(), TableFormat::Csv);
+        assert_eq!(read_one(&pq, None), t);
+        assert_eq!(column(&read_one(&jsonl, None), "x"), ["1", "2"]);
+        assert_eq!(column(&read_one(&csv, None), "y"), ["2"]);
+    }
+
+    #[test]
+    fn extensions_name_formats() {
+        let f = |p: &str| TableFormat::from_extension(Path::new(p));
+        assert_eq!(f("a.csv"), Some(TableFormat::Csv));
+        assert_eq!(f("a.CSV"), Some(TableFormat::Csv));
+        assert_eq!(f("a.jsonl"), Some(TableFormat::Jsonl));
+        assert_eq!(f("a.ndjson"), Some(TableFormat::Jsonl));
+        assert_eq!(f("a.json"), Some(TableFormat::Jsonl));
+        assert_eq!(f("a.parquet"), Some(TableFormat::Parquet));
+        assert_eq!(f("a.pq"), Some(TableFormat::Parquet));
+        assert_eq!(f("a.txt"), None);
+        assert_eq!(f("a"), None);
+    }
+
+    #[test]
+    fn an_explicit_format_wins_over_the_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, "{\"a\": 7}\n").unwrap();
+        assert_eq!(column(&read_one(&path, Some(TableFormat::Jsonl)), "a"), ["7"]);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let err = read_table_file(Path::new("/nonexistent/t.csv"), None).unwrap_err();
+        assert!(err.message.contains("/nonexistent/t.csv"), "{}", err.message);
+    }
+
+    #[test]
+    fn bad_csv_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.csv");
+        std::fs::write(&path, "a,b\n1,2\n3\n").unwrap();
+        let err = read_table_file(&path, None).unwrap_err();
+        assert_eq!(err.kind, drover_engine::OpErrorKind::Failed);
+        assert!(err.message.contains("bad.csv"), "{}", err.message);
+    }
+
+    #[test]
+    fn read_schema_reads_the_parquet_footer_and_a_csv_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let pq = dir.path().join("t.parquet");
+        let t = people();
+        write_parquet(&pq, &t.schema(), std::slice::from_ref(&t)).unwrap();
+        assert_eq!(read_schema(&pq, None).unwrap(), t.schema());
+
+        let csv = dir.path().join("t.csv");
+        std::fs::write(&csv, "a,b\n1,x\n").unwrap();
+        let schema = read_schema(&csv, None).unwrap();
+        assert_eq!(
+            table_schema(&schema),
+            TableSchema::with_columns(vec![Column::new("a", "Int64"), Column::new("b", "Utf8")])
+        );
+    }
+
+    #[test]
+    fn write_parquet_is_byte_deterministic_whatever_the_batching() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = people();
+        let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+        write_parquet(&a, &t.schema(), std::slice::from_ref(&t)).unwrap();
+        write_parquet(&b, &t.schema(), std::slice::from_ref(&t)).unwrap();
+        write_parquet(&c, &t.schema(), &[t.slice(0, 1), t.slice(1, 0), t.slice(1, 2)]).unwrap();
+        let bytes = std::fs::read(&a).unwrap();
+        assert_eq!(bytes, std::fs::read(&b).unwrap());
+        assert_eq!(bytes, std::fs::read(&c).unwrap());
+        assert!(bytes.windows(CREATED_BY.len()).any(|w| w == CREATED_BY.as_bytes()));
+    }
+
+    #[test]
+    fn write_parquet_chunks_large_tables_the_same_way_however_split() {
+        // Big enough that page boundaries would follow the caller's batches if they could.
+        let dir = tempfile::tempdir().unwrap();
+        let n = 300_000i64;
+        let t = batch(vec![("x", Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef)]);
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        write_parquet(&a, &t.schema(), std::slice::from_ref(&t)).unwrap();
+        let pieces = [t.slice(0, 7), t.slice(7, 9000), t.slice(9007, 290_993)];
+        write_parquet(&b, &t.schema(), &pieces).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert_eq!(read_one(&b, None), t);
+    }
+
+    #[test]
+    fn an_empty_table_keeps_its_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.parquet");
+        let schema = SchemaRef::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        write_parquet(&path, &schema, &[]).unwrap();
+        let (back, batches) = read_table_file(&path, None).unwrap();
+        assert_eq!(back, schema);
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn export_writes_csv_jsonl_and_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.parquet");
+        let t = batch(vec![
+            ("id", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+            ("name", Arc::new(StringArray::from(vec![Some("ann"), None]))),
+        ]);
+        write_parquet(&src, &t.schema(), std::slice::from_ref(&t)).unwrap();
+
+        let csv = dir.path().join("out.csv");
+        export_table(&src, &csv).unwrap();
+        assert_eq!(std::fs::read_to_string(&csv).unwrap(), "id,name\n1,ann\n2,\n");
+
+        let jsonl = dir.path().join("out.jsonl");
+        export_table(&src, &jsonl).unwrap();
+        assert_eq!(std::fs::read_to_string(&jsonl).unwrap(), "{\"id\":1,\"name\":\"ann\"}\n{\"id\":2}\n");
+
+        let pq = dir.path().join("out.pq");
+        export_table(&src, &pq).unwrap();
+        assert_eq!(read_one(&pq, None), t);
+    }
+
+    #[test]
+    fn csv_and_jsonl_round_trip_through_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        let stored = dir.path().join("stored.parquet");
+        for (name, text) in [
+            ("t.csv", "id,name,score\n1,ann,0.5\n2,,1.25\n"),
+            ("t.jsonl", "{\"a\":1,\"b\":\"x\"}\n{\"a\":2}\n{\"a\":3,\"b\":\"z\"}\n"),
+        ] {
+            let original = dir.path().join(name);
+            std::fs::write(&original, text).unwrap();
+            let (schema, batches) = read_table_file(&original, None).unwrap();
+            write_parquet(&stored, &schema, &batches).unwrap();
+            let exported = dir.path().join(format!("back-{name}"));
+            export_table(&stored, &exported).unwrap();
+            assert_eq!(std::fs::read_to_string(&exported).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn export_of_an_empty_table_to_csv_writes_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.parquet");
+        let schema = SchemaRef::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        write_parquet(&src, &schema, &[]).unwrap();
+        let csv = dir.path().join("out.csv");
+        export_table(&src, &csv).unwrap();
+        assert_eq!(std::fs::read_to_string(&csv).unwrap(), "a,b\n");
+    }
+
+    #[test]
+    fn export_to_an_unknown_extension_lists_the_valid_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.parquet");
+        let t = people();
+        write_parquet(&src, &t.schema(), std::slice::from_ref(&t)).unwrap();
+        let err = export_table(&src, &dir.path().join("out.xlsx")).unwrap_err();
+        assert!(err.message.contains("out.xlsx"), "{}", err.message);
+        for ext in [".csv", ".jsonl", ".parquet"] {
+            assert!(err.message.contains(ext), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn preview_shows_the_first_rows_and_the_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let t = batch(vec![
+            ("id", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
+            ("name", Arc::new(StringArray::from(vec!["ann", "bob", "cy"]))),
+        ]);
+        write_parquet(&path, &t.schema(), std::slice::from_ref(&t)).unwrap();
+        let expected = "\
++----+------+
+| id | name |
++----+------+
+| 1  | ann  |
+| 2  | bob  |
++----+------+
+3 rows x 2 columns
+";
+        assert_eq!(preview(&path, 2).unwrap(), expected);
+    }
+
+    #[test]
+    fn preview_of_a_csv_with_one_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, "a\n5\n").unwrap();
+        let expected = "\
++---+
+| a |
++---+
+| 5 |
++---+
+1 row x 1 column
+";
+        assert_eq!(preview(&path, 10).unwrap(), expected);
+    }
+
+    #[test]
+    fn table_schema_uses_arrow_type_names() {
+        let schema = people().schema();
+        assert_eq!(
+            table_schema(&schema),
+            TableSchema::with_columns(vec![
+                Column::new("id", "Int64"),
+                Column::new("name", "Utf8"),
+                Column::new("score", "Float64"),
+                Column::new("ok", "Boolean"),
+            ])
+        );
+    }
+
+    #[test]
+    fn nearest_finds_typos_and_nothing_far() {
+        let names = ["prompt", "response", "id"];
+        assert_eq!(nearest("promt", names), Some("prompt"));
+        assert_eq!(nearest("respnse", names), Some("response"));
+        assert_eq!(nearest("idd", names), Some("id"));
+        assert_eq!(nearest("completely_else", names), None);
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(levenshtein("abc", "abc"), 0);
+    }
+
+    #[test]
+    fn unknown_column_hints_the_nearest_or_lists_all() {
+        let e = unknown_column(&["columns", "1"], "promt", &["prompt", "id"]);
+        assert_eq!(e.message, "unknown column `promt`");
+        assert_eq!(e.help.as_deref(), Some("did you mean `prompt`?"));
+        let e = unknown_column(&["columns", "0"], "zzzzzz", &["prompt", "id"]);
+        assert_eq!(e.help.as_deref(), Some("the columns are: prompt, id"));
+    }
+}

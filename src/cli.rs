@@ -1,0 +1,181 @@
+//! Command-line arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "drover",
+    version,
+    about = "Runs ML research pipelines written as YAML; caches every stage by content."
+)]
+pub struct Cli {
+    /// Store directory (default: `.drover` beside the pipeline file).
+    #[arg(long, global = true, env = "DROVER_STORE")]
+    pub store: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a pipeline: every stage whose inputs, params, deps or op changed.
+    Run(RunArgs),
+    /// Show what `run` would do and why, without running anything.
+    Plan {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// One JSON object per line: {"stage", "action", "reasons"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the stage graph.
+    Dag {
+        #[command(flatten)]
+        pipeline: FileArgs,
+        #[arg(long, value_enum, default_value_t = DagFormat::Dot)]
+        format: DagFormat,
+    },
+    /// Show a stage's output: the first rows of a table, or a blob's size and hash.
+    Show {
+        /// `STAGE` or `STAGE.PORT` (a matrix stage: `train[size=1]`).
+        target: String,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Rows to show.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        rows: usize,
+    },
+    /// Write a stage's output to a file (.csv, .jsonl, .parquet) or, for a dir, a directory.
+    Export {
+        target: String,
+        path: PathBuf,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Check a pipeline file and report every problem in it.
+    Validate {
+        #[command(flatten)]
+        pipeline: FileArgs,
+    },
+    /// List the ops with their typed ports and params.
+    Ops {
+        /// Machine-readable.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of pipeline files (for editors).
+    Schema,
+    /// Run history: when, what ran, what was cached, durations, failures.
+    Runs {
+        /// One run in detail (an id, or `last`).
+        id: Option<String>,
+        /// Print a stage's log from that run (default: the last run).
+        #[arg(long, value_name = "STAGE")]
+        log: Option<String>,
+        /// How many runs to list.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Remove objects that no run record and no stage of the pipeline references.
+    Gc {
+        #[command(flatten)]
+        pipeline: FileArgs,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Store maintenance.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Re-hash every object; quarantine corrupt ones so that their stages rerun.
+    Verify {
+        #[command(flatten)]
+        pipeline: FileArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// Pipeline file (default: drover.yaml).
+    #[arg(long = "file", short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Params file(s) overriding `params:` (later wins).
+    #[arg(short = 'p', long = "params", value_name = "FILE")]
+    pub params: Vec<PathBuf>,
+    /// Override one param: `--set fit.delta=0.01` (the value is parsed as YAML).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// A pipeline given as an optional positional FILE (or `--file`).
+#[derive(Args, Debug, Clone)]
+pub struct FileArgs {
+    /// Pipeline file (default: drover.yaml).
+    #[arg(value_name = "FILE")]
+    pub file_pos: Option<PathBuf>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+impl FileArgs {
+    pub fn resolved(&self) -> PipelineArgs {
+        let mut p = self.pipeline.clone();
+        if p.file.is_none() {
+            p.file = self.file_pos.clone();
+        }
+        p
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SelectArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
+    /// Only this stage and what it needs (repeatable; a stage name or an expansion id).
+    #[arg(long = "target", value_name = "STAGE")]
+    pub targets: Vec<String>,
+    /// Rerun this stage even if cached (repeatable).
+    #[arg(long = "force", value_name = "STAGE")]
+    pub force: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Stages run at once.
+    #[arg(long, short = 'j', default_value_t = default_jobs())]
+    pub jobs: usize,
+    /// Let independent branches finish after a failure (the default).
+    #[arg(long, conflicts_with = "fail_fast")]
+    pub keep_going: bool,
+    /// Launch nothing new after the first failure.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Capacity of a resource: `--resource gpu=2` (repeatable).
+    #[arg(long = "resource", value_name = "NAME=N")]
+    pub resources: Vec<String>,
+    /// Also print cached stages.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum DagFormat {
+    Dot,
+    Mermaid,
+}

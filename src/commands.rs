@@ -1,0 +1,519 @@
+//! One function per subcommand.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_cache::{CacheKey, OutputKind, OutputRef, StageOutcome, Store};
+use drover_engine::exec::{self, RunOptions, humanize};
+use drover_engine::plan::{self, Plan};
+use drover_engine::spec::{self, ParamOverrides, PipelineSpec};
+use drover_engine::status::{Action, plan_status};
+use drover_engine::{OpRegistry, diag};
+
+use crate::Failure;
+use crate::cli::{CacheCommand, Cli, Command, DagFormat, PipelineArgs, SelectArgs};
+use crate::report::{TermReporter, summary};
+
+pub fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let ops = drover_ops::registry();
+    let store_override = cli.store.clone();
+    match cli.command {
+        Command::Run(args) => run(&ops, store_override, args),
+        Command::Plan { select, json } => plan_cmd(&ops, store_override, &select, json),
+        Command::Dag { pipeline, format } => dag(&ops, &pipeline.resolved(), format),
+        Command::Show { target, pipeline, rows } => show(&ops, store_override, &pipeline, &target, rows),
+        Command::Export { target, path, pipeline } => export(&ops, store_override, &pipeline, &target, &path),
+        Command::Validate { pipeline } => {
+            let (_, plan) = load(&ops, &pipeline.resolved())?;
+            println!(
+                "{}: ok ({} stages, {} after matrix expansion)",
+                plan.file.display(),
+                plan.stage_names().len(),
+                plan.nodes.len()
+            );
+            Ok(())
+        }
+        Command::Ops { json } => {
+            crate::schema::print_ops(&ops, json);
+            Ok(())
+        }
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::schema::pipeline_schema(&ops)).expect("schema serialises")
+            );
+            Ok(())
+        }
+        Command::Runs { id, log, limit, pipeline } => runs(store_override, &pipeline, id, log, limit),
+        Command::Gc { pipeline, dry_run } => gc(&ops, store_override, &pipeline.resolved(), dry_run),
+        Command::Cache { command: CacheCommand::Verify { pipeline } } => verify(store_override, &pipeline.resolved()),
+    }
+}
+
+fn pipeline_file(args: &PipelineArgs) -> PathBuf {
+    args.file.clone().unwrap_or_else(|| PathBuf::from("drover.yaml"))
+}
+
+/// Parses and plans a pipeline; every problem in the file is a user error (exit 2).
+fn load(ops: &OpRegistry, args: &PipelineArgs) -> Result<(PipelineSpec, Plan), Failure> {
+    let file = pipeline_file(args);
+    let overrides = ParamOverrides { files: args.params.clone(), sets: args.set.clone() };
+    let mut spec = spec::load(&file, &overrides)?;
+    spec.dir = std::fs::canonicalize(&spec.dir)
+        .map_err(|e| Failure::Environment(format!("cannot resolve {}: {e}", spec.dir.display())))?;
+    let plan = plan::build(&spec, ops)?;
+    Ok((spec, plan))
+}
+
+fn store_root(store_override: &Option<PathBuf>, file: &Path) -> PathBuf {
+    store_override.clone().unwrap_or_else(|| {
+        file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(".drover")
+    })
+}
+
+fn open_store(store_override: &Option<PathBuf>, file: &Path) -> Result<Store, Failure> {
+    let root = store_root(store_override, file);
+    Store::open(&root).map_err(|e| Failure::Environment(format!("cannot open store {}: {e}", root.display())))
+}
+
+fn env<E: std::fmt::Display>(e: E) -> Failure {
+    Failure::Environment(e.to_string())
+}
+
+/// Resolves `--target` and `--force` names to nodes; unknown names are user errors.
+fn selection(plan: &Plan, select: &SelectArgs) -> Result<(BTreeSet<usize>, BTreeSet<usize>), Failure> {
+    let resolve = |names: &[String], flag: &str| -> Result<Vec<usize>, Failure> {
+        let mut out = Vec::new();
+        for name in names {
+            let hits = plan.select(name);
+            if hits.is_empty() {
+                let hint = diag::did_you_mean(name, plan.stage_names())
+                    .unwrap_or_else(|| format!("stages: {}", diag::list_names(plan.stage_names())));
+                return Err(Failure::User(miette::miette!(
+                    help = hint,
+                    "{flag} {name}: no such stage in {}",
+                    plan.file.display()
+                )));
+            }
+            out.extend(hits);
+        }
+        Ok(out)
+    };
+    let targets = resolve(&select.targets, "--target")?;
+    let selected = if targets.is_empty() { (0..plan.nodes.len()).collect() } else { plan.closure(&targets) };
+    let forced = resolve(&select.force, "--force")?.into_iter().collect();
+    Ok((selected, forced))
+}
+
+fn parse_resources(specs: &[String]) -> Result<BTreeMap<String, u64>, Failure> {
+    let mut out = BTreeMap::new();
+    for s in specs {
+        let parsed = s.split_once('=').and_then(|(k, v)| Some((k.trim().to_string(), v.trim().parse::<u64>().ok()?)));
+        match parsed {
+            Some((k, v)) => out.insert(k, v),
+            None => {
+                return Err(Failure::User(miette::miette!(
+                    help = "e.g. --resource gpu=2",
+                    "--resource {s}: expected NAME=COUNT"
+                )));
+            }
+        };
+    }
+    Ok(out)
+}
+
+fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunArgs) -> Result<(), Failure> {
+    let t0 = Instant::now();
+    let pargs = args.select.file.resolved();
+    let (_, plan) = load(ops, &pargs)?;
+    let (selected, forced) = selection(&plan, &args.select)?;
+    let store = Arc::new(open_store(&store_override, &pipeline_file(&pargs))?);
+    let opts = RunOptions {
+        jobs: args.jobs,
+        fail_fast: args.fail_fast,
+        selected,
+        forced,
+        resources: parse_resources(&args.resources)?,
+        device: None,
+    };
+    let reporter = Arc::new(TermReporter::new(args.verbose));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
+    let summary_ = runtime.block_on(exec::run(Arc::new(plan), store, opts, reporter)).map_err(env)?;
+    let failed = summary_.count(StageOutcome::Failed);
+    eprintln!(
+        "{}",
+        summary(
+            summary_.count(StageOutcome::Ran),
+            summary_.count(StageOutcome::Cached),
+            failed,
+            summary_.count(StageOutcome::Skipped) + summary_.count(StageOutcome::Interrupted),
+            t0.elapsed()
+        )
+    );
+    if summary_.interrupted {
+        eprintln!("interrupted: finished stages are stored; the next run continues from them");
+        return Err(Failure::Interrupted);
+    }
+    if failed > 0 {
+        for s in summary_.record.stages.iter().filter(|s| s.outcome == StageOutcome::Failed) {
+            eprintln!("failed: {}", s.stage);
+        }
+        return Err(if summary_.environment_failure {
+            Failure::Environment("a stage failed because of the environment (see above)".into())
+        } else {
+            Failure::Stages
+        });
+    }
+    Ok(())
+}
+
+fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectArgs, json: bool) -> Result<(), Failure> {
+    let pargs = select.file.resolved();
+    let (_, plan) = load(ops, &pargs)?;
+    let (selected, forced) = selection(&plan, select)?;
+    let store = open_store(&store_override, &pipeline_file(&pargs))?;
+    let statuses = plan_status(&plan, &store, &selected, &forced).map_err(env)?;
+    store.flush();
+    let mut out = String::new();
+    if json {
+        for s in &statuses {
+            out.push_str(&serde_json::to_string(s).expect("status serialises"));
+            out.push('\n');
+        }
+    } else {
+        let width = statuses.iter().map(|s| s.stage.len()).max().unwrap_or(0);
+        for s in &statuses {
+            let action = match s.action {
+                Action::Cached => "cached",
+                Action::Run => "run   ",
+            };
+            let why = if s.reasons.is_empty() { String::new() } else { format!("  {}", s.reasons.join("; ")) };
+            out.push_str(&format!("{action}  {:width$}{why}\n", s.stage));
+        }
+        let to_run = statuses.iter().filter(|s| s.action == Action::Run).count();
+        out.push_str(&format!("{} to run, {} cached\n", to_run, statuses.len() - to_run));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn dag(ops: &OpRegistry, args: &PipelineArgs, format: DagFormat) -> Result<(), Failure> {
+    let (_, plan) = load(ops, args)?;
+    let mut out = String::new();
+    let name = |i: usize| format!("n{i}");
+    match format {
+        DagFormat::Dot => {
+            out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", plan.pipeline));
+            for (i, n) in plan.nodes.iter().enumerate() {
+                out.push_str(&format!("  {} [label=\"{}\\n({})\"];\n", name(i), n.id.replace('"', "\\\""), n.op_name));
+            }
+            for (i, n) in plan.nodes.iter().enumerate() {
+                for (port, edge) in &n.inputs {
+                    for s in edge.sources() {
+                        out.push_str(&format!("  {} -> {} [label=\"{port}\"];\n", name(s.node), name(i)));
+                    }
+                }
+            }
+            out.push_str("}\n");
+        }
+        DagFormat::Mermaid => {
+            out.push_str("flowchart LR\n");
+            for (i, n) in plan.nodes.iter().enumerate() {
+                out.push_str(&format!("  {}[\"{}<br/>{}\"]\n", name(i), n.id.replace('"', "#quot;"), n.op_name));
+            }
+            for (i, n) in plan.nodes.iter().enumerate() {
+                for (port, edge) in &n.inputs {
+                    for s in edge.sources() {
+                        out.push_str(&format!("  {} -->|{port}| {}\n", name(s.node), name(i)));
+                    }
+                }
+            }
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// The stored output of `STAGE[.PORT]` for the pipeline as it is now (or, if the stage's
+/// inputs changed since, its last stored output, said so).
+fn find_output(
+    ops: &OpRegistry,
+    store_override: &Option<PathBuf>,
+    args: &PipelineArgs,
+    target: &str,
+) -> Result<(Store, String, String, OutputRef), Failure> {
+    let (_, plan) = load(ops, args)?;
+    let (stage, port) = split_target(&plan, target);
+    let hits = plan.select(&stage);
+    let idx = match hits.as_slice() {
+        [one] => *one,
+        [] => {
+            let hint = diag::did_you_mean(&stage, plan.stage_names())
+                .unwrap_or_else(|| format!("stages: {}", diag::list_names(plan.stage_names())));
+            return Err(Failure::User(miette::miette!(help = hint, "no stage `{stage}` in {}", plan.file.display())));
+        }
+        many => {
+            let ids: Vec<&str> = many.iter().take(5).map(|&i| plan.nodes[i].id.as_str()).collect();
+            return Err(Failure::User(miette::miette!(
+                help = format!("name one expansion, e.g. `{}`", ids[0]),
+                "stage `{stage}` has {} expansions",
+                many.len()
+            )));
+        }
+    };
+    let node = &plan.nodes[idx];
+    let port = port.unwrap_or_else(|| {
+        if node.outputs.contains_key("out") || node.outputs.len() != 1 {
+            "out".into()
+        } else {
+            node.outputs.keys().next().cloned().unwrap_or_default()
+        }
+    });
+    if !node.outputs.contains_key(&port) {
+        let names: Vec<&str> = node.outputs.keys().map(String::as_str).collect();
+        return Err(Failure::User(miette::miette!(
+            help = format!("outputs: {}", diag::list_names(names.iter().copied())),
+            "stage `{}` has no output `{port}`",
+            node.id
+        )));
+    }
+    let store = open_store(store_override, &pipeline_file(args))?;
+    let statuses = plan_status(&plan, &store, &plan.closure(&[idx]), &BTreeSet::new()).map_err(env)?;
+    let current = statuses
+        .iter()
+        .find(|s| s.stage == node.id)
+        .and_then(|s| (s.action == Action::Cached).then(|| s.key.clone()).flatten());
+    let key: CacheKey = match current {
+        Some(k) => k,
+        None => match store.load_state(&plan.pipeline).get(&node.id) {
+            Some(k) if store.get_record(k).is_some() => {
+                eprintln!(
+                    "note: `{}` is out of date; showing its last stored output (run the pipeline to refresh it)",
+                    node.id
+                );
+                k.clone()
+            }
+            _ => {
+                return Err(Failure::User(miette::miette!(
+                    help =
+                        format!("run it first: drover run {} --target {}", pipeline_file(args).display(), node.stage),
+                    "stage `{}` has no stored output yet",
+                    node.id
+                )));
+            }
+        },
+    };
+    let record = store.get_record(&key).ok_or_else(|| env(format!("record {key} vanished")))?;
+    let out = record.outputs.get(&port).cloned().ok_or_else(|| env(format!("record {key} has no output `{port}`")))?;
+    Ok((store, node.id.clone(), port, out))
+}
+
+/// `train[size=1].metrics` -> (`train[size=1]`, `metrics`); `a.b` -> (`a`, `b`).
+fn split_target(plan: &Plan, target: &str) -> (String, Option<String>) {
+    if plan.by_id.contains_key(target) {
+        return (target.to_string(), None);
+    }
+    match target.rfind(']').map_or_else(|| target.rfind('.'), |close| target[close..].find('.').map(|i| close + i)) {
+        Some(dot) => (target[..dot].to_string(), Some(target[dot + 1..].to_string())),
+        None => (target.to_string(), None),
+    }
+}
+
+fn show(
+    ops: &OpRegistry,
+    store_override: Option<PathBuf>,
+    args: &PipelineArgs,
+    target: &str,
+    rows: usize,
+) -> Result<(), Failure> {
+    let (store, stage, port, out) = find_output(ops, &store_override, args, target)?;
+    let path = store.object_path(&out.hash);
+    match out.kind {
+        OutputKind::Table => {
+            println!("{stage}.{port}: table, {} bytes, blake3 {}", out.size, out.hash);
+            print!("{}", drover_ops::table::preview(&path, rows).map_err(|e| env(e.message))?);
+        }
+        OutputKind::Blob => {
+            println!("{stage}.{port}: blob, {} bytes, blake3 {}", out.size, out.hash);
+            let bytes = std::fs::read(&path).map_err(env)?;
+            if let Ok(text) = std::str::from_utf8(&bytes[..bytes.len().min(2000)]) {
+                let lines: Vec<&str> = text.lines().take(rows).collect();
+                println!("{}", lines.join("\n"));
+            }
+        }
+        OutputKind::Dir => {
+            let m = store.read_manifest(&out.hash).map_err(env)?;
+            println!(
+                "{stage}.{port}: dir, {} files, {} bytes, manifest blake3 {}",
+                m.files.len(),
+                m.total_size(),
+                out.hash
+            );
+            for f in m.files.iter().take(rows.max(20)) {
+                println!("  {:>12}  {}", f.size, f.path);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn export(
+    ops: &OpRegistry,
+    store_override: Option<PathBuf>,
+    args: &PipelineArgs,
+    target: &str,
+    dest: &Path,
+) -> Result<(), Failure> {
+    let (store, stage, port, out) = find_output(ops, &store_override, args, target)?;
+    match out.kind {
+        OutputKind::Table => drover_ops::table::export_table(&store.object_path(&out.hash), dest)
+            .map_err(|e| Failure::User(miette::miette!("{}", e.message)))?,
+        OutputKind::Blob => {
+            std::fs::copy(store.object_path(&out.hash), dest).map_err(env)?;
+            let mut perms = std::fs::metadata(dest).map_err(env)?.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(dest, perms).map_err(env)?;
+        }
+        OutputKind::Dir => {
+            if dest.exists() && std::fs::read_dir(dest).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                return Err(Failure::User(miette::miette!(
+                    help = "choose a new or empty directory",
+                    "{} exists and is not empty",
+                    dest.display()
+                )));
+            }
+            let m = store.read_manifest(&out.hash).map_err(env)?;
+            for f in &m.files {
+                let to = dest.join(&f.path);
+                std::fs::create_dir_all(to.parent().unwrap_or(dest)).map_err(env)?;
+                std::fs::copy(store.object_path(&f.hash), &to).map_err(env)?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(
+                    &to,
+                    std::fs::Permissions::from_mode(if f.executable { 0o755 } else { 0o644 }),
+                )
+                .map_err(env)?;
+            }
+        }
+    }
+    eprintln!("wrote {stage}.{port} to {}", dest.display());
+    Ok(())
+}
+
+fn runs(
+    store_override: Option<PathBuf>,
+    args: &PipelineArgs,
+    id: Option<String>,
+    log: Option<String>,
+    limit: usize,
+) -> Result<(), Failure> {
+    let store = open_store(&store_override, &pipeline_file(args))?;
+    let all = store.runs().map_err(env)?;
+    if all.is_empty() {
+        println!("no runs yet in {}", store.root().display());
+        return Ok(());
+    }
+    let pick = |id: &Option<String>| -> Result<&drover_cache::RunRecord, Failure> {
+        match id.as_deref() {
+            None | Some("last") => Ok(all.last().expect("not empty")),
+            Some(id) => all
+                .iter()
+                .find(|r| r.id == id || r.id.starts_with(id))
+                .ok_or_else(|| Failure::User(miette::miette!(help = "`drover runs` lists them", "no run `{id}`"))),
+        }
+    };
+    if let Some(stage) = log {
+        let run = pick(&id)?;
+        let Some(s) = run.stages.iter().find(|s| s.stage == stage) else {
+            return Err(Failure::User(miette::miette!("run {} has no stage `{stage}`", run.id)));
+        };
+        match &s.log {
+            Some(rel) => print!("{}", std::fs::read_to_string(store.root().join(rel)).map_err(env)?),
+            None => println!("stage `{stage}` wrote no log in run {} ({:?})", run.id, s.outcome),
+        }
+        return Ok(());
+    }
+    if id.is_some() {
+        let run = pick(&id)?;
+        println!(
+            "run {}  pipeline {}  {}  {}",
+            run.id,
+            run.pipeline,
+            run.status,
+            humanize(Duration::from_millis(run.duration_ms))
+        );
+        for s in &run.stages {
+            let err = s.error.as_deref().map(|e| format!("  {}", e.lines().next().unwrap_or(""))).unwrap_or_default();
+            println!(
+                "  {:<11} {:<30} {:>8}{err}",
+                format!("{:?}", s.outcome).to_lowercase(),
+                s.stage,
+                humanize(Duration::from_millis(s.duration_ms))
+            );
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+        "run", "pipeline", "status", "ran", "cached", "failed", "time"
+    );
+    for run in all.iter().rev().take(limit) {
+        let count = |o: StageOutcome| run.stages.iter().filter(|s| s.outcome == o).count();
+        println!(
+            "{:<24} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+            run.id,
+            run.pipeline,
+            run.status,
+            count(StageOutcome::Ran),
+            count(StageOutcome::Cached),
+            count(StageOutcome::Failed),
+            humanize(Duration::from_millis(run.duration_ms))
+        );
+    }
+    Ok(())
+}
+
+fn gc(ops: &OpRegistry, store_override: Option<PathBuf>, args: &PipelineArgs, dry_run: bool) -> Result<(), Failure> {
+    let file = pipeline_file(args);
+    let store = open_store(&store_override, &file)?;
+    let mut roots: BTreeSet<CacheKey> =
+        store.runs().map_err(env)?.into_iter().flat_map(|r| r.stages.into_iter().filter_map(|s| s.key)).collect();
+    if file.exists() {
+        let (_, plan) = load(ops, args)?;
+        let all: BTreeSet<usize> = (0..plan.nodes.len()).collect();
+        roots
+            .extend(plan_status(&plan, &store, &all, &BTreeSet::new()).map_err(env)?.into_iter().filter_map(|s| s.key));
+        roots.extend(store.load_state(&plan.pipeline).into_values());
+    }
+    let report = store.gc(&roots, dry_run).map_err(env)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb} {} objects ({} bytes), {} records, {} scratch entries; kept {} objects",
+        report.objects_removed, report.bytes_freed, report.records_removed, report.tmp_removed, report.objects_kept
+    );
+    Ok(())
+}
+
+fn verify(store_override: Option<PathBuf>, args: &PipelineArgs) -> Result<(), Failure> {
+    let store = open_store(&store_override, &pipeline_file(args))?;
+    let report = store.verify().map_err(env)?;
+    println!("checked {} objects and {} records", report.objects_checked, report.records_checked);
+    for h in &report.corrupt_objects {
+        println!("corrupt object {h}: moved to quarantine/");
+    }
+    for p in &report.corrupt_records {
+        println!("unreadable record {}: moved to quarantine/", p.display());
+    }
+    for k in &report.dangling_records {
+        println!("record {} named a missing object: removed (its stage will rerun)", k.short());
+    }
+    if report.is_clean() {
+        println!("store is consistent");
+        Ok(())
+    } else {
+        Err(Failure::Stages)
+    }
+}
