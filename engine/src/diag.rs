@@ -97,6 +97,15 @@ impl Diags {
         });
     }
 
+    /// Starts with problems found earlier (e.g. while reading the spec).
+    pub fn extend(&mut self, errors: impl IntoIterator<Item = PipelineError>) {
+        self.errors.extend(errors);
+    }
+
+    pub fn into_errors(self) -> Vec<PipelineError> {
+        self.errors
+    }
+
     pub fn has_errors(&self) -> bool {
         !self.errors.is_empty()
     }

@@ -112,6 +112,7 @@ impl Plan {
 /// Builds the plan, reporting every problem in the file at once.
 pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErrors> {
     let mut d = Diags::new(spec.source.clone());
+    d.extend(spec.errors.iter().map(clone_error));
     let params = match spec.params.to_json() {
         Value::Null => Value::Object(Default::default()),
         v => v,
@@ -129,7 +130,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
     for stage in &spec.stages {
         let st = Some(stage.name.as_str());
         let op = ops.get(&stage.op).cloned();
-        if op.is_none() {
+        if op.is_none() && !stage.op.is_empty() {
             let help =
                 did_you_mean(&stage.op, ops.names()).unwrap_or_else(|| format!("ops: {}", list_names(ops.names())));
             d.error(st, stage.op_span, format!("unknown op `{}`", stage.op), "no such op", Some(help));
@@ -713,4 +714,16 @@ fn describe_cycle(graph: &DiGraphMap<usize, ()>, scc: &[usize], ids: &[String]) 
         cur = next;
     }
     path.iter().map(|&i| ids[i].as_str()).collect::<Vec<_>>().join(" -> ")
+}
+
+fn clone_error(e: &crate::diag::PipelineError) -> crate::diag::PipelineError {
+    crate::diag::PipelineError {
+        message: e.message.clone(),
+        src: e.src.clone(),
+        span: e.span,
+        label: e.label.clone(),
+        help: e.help.clone(),
+        stage: e.stage.clone(),
+        offset: e.offset,
+    }
 }

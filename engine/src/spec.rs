@@ -30,6 +30,8 @@ pub struct PipelineSpec {
     /// Capacity of each named resource (`gpu: 1`).
     pub resources: BTreeMap<String, u64>,
     pub stages: Vec<StageSpec>,
+    /// Problems found while reading the file; planning adds its own and reports all at once.
+    pub errors: Vec<crate::diag::PipelineError>,
 }
 
 /// A stage as written.
@@ -127,6 +129,7 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
         seed: 0,
         resources: BTreeMap::new(),
         stages: Vec::new(),
+        errors: Vec::new(),
     };
     let Some(entries) = root.as_map() else {
         d.error(
@@ -205,7 +208,8 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
             ),
         },
     }
-    d.finish().map(|_| spec)
+    spec.errors = d.into_errors();
+    Ok(spec)
 }
 
 /// Stage and pipeline names: letters, digits, `_` and `-` (dots and brackets have meaning in
@@ -391,7 +395,6 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &Node) -> Option<StageSpec> {
             "missing `op`",
             Some("add e.g. `op: command` (run `drover ops` for the list)".into()),
         );
-        return None;
     }
     Some(stage)
 }
@@ -434,7 +437,7 @@ fn parse_output(d: &mut Diags, st: Option<&str>, port: &Node, ty: &Node) -> Opti
                 "expected table, blob or dir",
                 Some(help),
             );
-            return None;
+            PortType::Blob // keeps `${out.NAME}` valid, so one typo is one error
         }
     };
     if let Some(f) = &format

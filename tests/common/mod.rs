@@ -1,0 +1,93 @@
+//! Helpers for end-to-end tests: a temporary pipeline directory and the real `drover` binary
+//! run inside it (in the style of ripgrep's `rgtest!` helpers).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A temporary project directory.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+/// What one `drover` invocation did.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics with both streams unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Output {
+        assert_eq!(self.code, code, "expected exit {code}\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// stdout and stderr together.
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a file (creating directories).
+    pub fn write(&self, rel: &str, content: &str) -> &Project {
+        let p = self.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+        self
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.join(rel)).unwrap()
+    }
+
+    /// The `drover` command, ready to run in this directory.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_drover"));
+        c.args(args).current_dir(self.path()).env("NO_COLOR", "1").env("COLUMNS", "200").env_remove("DROVER_STORE");
+        c
+    }
+
+    /// Runs `drover ARGS` in this directory.
+    pub fn drover(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().expect("run drover");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `drover plan --json` as (stage, action, reasons).
+    pub fn plan(&self, extra: &[&str]) -> Vec<(String, String, Vec<String>)> {
+        let mut args = vec!["plan", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.drover(&args);
+        out.expect_code(0);
+        out.stdout
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("plan --json line");
+                let reasons = v["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+                (v["stage"].as_str().unwrap().to_string(), v["action"].as_str().unwrap().to_string(), reasons)
+            })
+            .collect()
+    }
+}
