@@ -75,6 +75,7 @@ fn store_root(store_override: &Option<PathBuf>, file: &Path) -> PathBuf {
 
 fn open_store(store_override: &Option<PathBuf>, file: &Path) -> Result<Store, Failure> {
     let root = store_root(store_override, file);
+    let root = std::path::absolute(&root).unwrap_or(root);
     Store::open(&root).map_err(|e| Failure::Environment(format!("cannot open store {}: {e}", root.display())))
 }
 
@@ -338,7 +339,11 @@ fn show(
         OutputKind::Blob => {
             println!("{stage}.{port}: blob, {} bytes, blake3 {}", out.size, out.hash);
             let bytes = std::fs::read(&path).map_err(env)?;
-            if let Ok(text) = std::str::from_utf8(&bytes[..bytes.len().min(2000)]) {
+            let head = &bytes[..bytes.len().min(4096)];
+            if head.contains(&0) {
+                println!("(binary; `drover export {stage}.{port} FILE` writes it out)");
+            } else {
+                let text = String::from_utf8_lossy(head);
                 let lines: Vec<&str> = text.lines().take(rows).collect();
                 println!("{}", lines.join("\n"));
             }

@@ -32,6 +32,10 @@ pub struct CommandParams {
     /// Extra environment variables for the command (they enter the cache key).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Table inputs to hand over as CSV or JSONL instead of Parquet, by port
+    /// (e.g. `{ prompts: csv }`), for tools that do not read Parquet.
+    #[serde(default)]
+    pub in_format: BTreeMap<String, TableFormat>,
 }
 
 pub struct Command;
@@ -64,19 +68,22 @@ impl Op for Command {
 
 async fn run(cx: RunCx) -> Result<(), OpError> {
     let params: CommandParams = table::run_params(&cx)?;
-    let inputs: BTreeMap<String, String> = cx
-        .inputs
-        .iter()
-        .map(|(port, input)| {
-            let path = match input {
-                Input::One(item) => item.path.clone(),
-                Input::List(items) => {
-                    items.first().and_then(|i| i.path.parent()).map(Path::to_path_buf).unwrap_or_default()
-                }
-            };
-            (port.clone(), shell_path(&cx.pipeline_dir, &path))
-        })
-        .collect();
+    let mut inputs = BTreeMap::new();
+    for (port, input) in &cx.inputs {
+        let path = match (input, params.in_format.get(port)) {
+            (Input::One(item), Some(&format)) if format != TableFormat::Parquet => {
+                let converted = cx.work_dir.join(format!("{port}.{}", format.name()));
+                let (src, dest) = (item.path.clone(), converted.clone());
+                table::run_blocking(move || table::export_table(&src, &dest)).await?;
+                converted
+            }
+            (Input::One(item), _) => item.path.clone(),
+            (Input::List(items), _) => {
+                items.first().and_then(|i| i.path.parent()).map(Path::to_path_buf).unwrap_or_default()
+            }
+        };
+        inputs.insert(port.clone(), shell_path(&cx.pipeline_dir, &path));
+    }
     let outputs: BTreeMap<String, String> =
         cx.outputs.iter().map(|(p, slot)| (p.clone(), shell_path(&cx.pipeline_dir, &slot.path))).collect();
     let script = fill_ports(&params.run, &inputs, &outputs).map_err(OpError::failed)?;
