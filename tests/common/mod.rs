@@ -85,7 +85,8 @@ impl Project {
             .lines()
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).expect("plan --json line");
-                let reasons = v["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+                let reasons =
+                    v["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
                 (v["stage"].as_str().unwrap().to_string(), v["action"].as_str().unwrap().to_string(), reasons)
             })
             .collect()
