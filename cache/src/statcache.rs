@@ -25,6 +25,9 @@ struct Entry {
 pub(crate) struct StatCache {
     entries: HashMap<PathBuf, Entry>,
     dirty: bool,
+    /// Hashes already taken by this process, by path as given: a file is hashed at most once
+    /// per run (a thousand stages sharing one dep file cost one stat).
+    seen: HashMap<PathBuf, ObjectHash>,
 }
 
 /// Files modified this recently are hashed every time: a second write within the same mtime
@@ -34,10 +37,19 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 impl StatCache {
     pub(crate) fn load(path: &Path) -> StatCache {
         let entries = fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        StatCache { entries, dirty: false }
+        StatCache { entries, dirty: false, seen: HashMap::new() }
     }
 
     pub(crate) fn hash(&mut self, path: &Path) -> Result<ObjectHash> {
+        if let Some(hash) = self.seen.get(path) {
+            return Ok(hash.clone());
+        }
+        let hash = self.hash_uncached(path)?;
+        self.seen.insert(path.to_path_buf(), hash.clone());
+        Ok(hash)
+    }
+
+    fn hash_uncached(&mut self, path: &Path) -> Result<ObjectHash> {
         let abs = fs::canonicalize(path).ctx("resolve", path)?;
         let meta = fs::metadata(&abs).ctx("stat", path)?;
         let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;

@@ -355,7 +355,8 @@ pub trait Op: Send + Sync + 'static {
 /// The ops a pipeline may name.
 #[derive(Default, Clone)]
 pub struct OpRegistry {
-    ops: BTreeMap<&'static str, Arc<dyn Op>>,
+    /// Each op with its info, computed once (an info holds a generated JSON Schema).
+    ops: BTreeMap<&'static str, (Arc<dyn Op>, Arc<OpInfo>)>,
 }
 
 impl OpRegistry {
@@ -365,11 +366,16 @@ impl OpRegistry {
 
     pub fn register(&mut self, op: impl Op) {
         let info = op.info();
-        self.ops.insert(info.name, Arc::new(op));
+        self.ops.insert(info.name, (Arc::new(op), Arc::new(info)));
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Op>> {
-        self.ops.get(name)
+        self.ops.get(name).map(|(op, _)| op)
+    }
+
+    /// The op's info, computed once at registration.
+    pub fn info(&self, name: &str) -> Option<&Arc<OpInfo>> {
+        self.ops.get(name).map(|(_, info)| info)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -377,7 +383,11 @@ impl OpRegistry {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Op>> + '_ {
-        self.ops.values()
+        self.ops.values().map(|(op, _)| op)
+    }
+
+    pub fn infos(&self) -> impl Iterator<Item = &Arc<OpInfo>> + '_ {
+        self.ops.values().map(|(_, info)| info)
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::diag::{Diags, PipelineErrors, did_you_mean, list_names};
 use crate::interp::{self, InterpCx};
-use crate::op::{CheckCx, CheckLocation, Op, OpRegistry, PortDecl, PortType, Ports};
+use crate::op::{CheckCx, CheckLocation, Op, OpInfo, OpRegistry, PortDecl, PortType, Ports};
 use crate::spec::{PipelineSpec, StageSpec};
 use crate::yaml::{Node, Span};
 
@@ -123,6 +123,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
     struct Pending<'s> {
         spec: &'s StageSpec,
         op: Option<Arc<dyn Op>>,
+        info: Option<Arc<OpInfo>>,
         matrix: Vec<(String, Value)>,
     }
     let mut pending: Vec<Pending<'_>> = Vec::new();
@@ -130,6 +131,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
     for stage in &spec.stages {
         let st = Some(stage.name.as_str());
         let op = ops.get(&stage.op).cloned();
+        let info = ops.info(&stage.op).cloned();
         if op.is_none() && !stage.op.is_empty() {
             let help =
                 did_you_mean(&stage.op, ops.names()).unwrap_or_else(|| format!("ops: {}", list_names(ops.names())));
@@ -192,7 +194,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         }
         for matrix in combos {
             by_stage.entry(stage.name.as_str()).or_default().push(pending.len());
-            pending.push(Pending { spec: stage, op: op.clone(), matrix });
+            pending.push(Pending { spec: stage, op: op.clone(), info: info.clone(), matrix });
         }
     }
     let ids: Vec<String> = pending.iter().map(|p| node_id(&p.spec.name, &p.matrix)).collect();
@@ -211,7 +213,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         let st = Some(stage.name.as_str());
         let matrix_map: BTreeMap<String, Value> = p.matrix.iter().cloned().collect();
         let in_ports: BTreeSet<String> = stage.inputs.iter().map(|i| i.port.clone()).collect();
-        let out_ports: BTreeSet<String> = match p.op.as_ref().map(|o| o.info().outputs) {
+        let out_ports: BTreeSet<String> = match p.info.as_ref().map(|i| &i.outputs) {
             Some(Ports::Fixed(decls)) => decls.iter().map(|d| d.name.to_string()).collect(),
             _ => stage.outputs.iter().map(|o| o.port.clone()).collect(),
         };
@@ -228,7 +230,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         if with.is_null() {
             with = Value::Object(Default::default());
         }
-        let templated = p.op.as_ref().is_some_and(|o| matches!(o.info().inputs, Ports::Declared(_)));
+        let templated = p.info.as_ref().is_some_and(|i| matches!(i.inputs, Ports::Declared(_)));
         if !templated {
             interp::unescape(&mut with);
         }
@@ -324,8 +326,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         let p = &pending[idx];
         let stage = p.spec;
         let st = Some(stage.name.as_str());
-        let (Some(op), Some(r)) = (&p.op, &resolved[idx]) else { continue };
-        let info = op.info();
+        let (Some(op), Some(info), Some(r)) = (&p.op, &p.info, &resolved[idx]) else { continue };
         // Input types from upstream outputs.
         let mut input_types = BTreeMap::new();
         let mut upstream_unknown = false;
@@ -501,7 +502,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
             stage: p.spec.name.clone(),
             matrix: p.matrix,
             op_name: p.spec.op.clone(),
-            op_version: p.op.as_ref().map_or(0, |o| o.info().version),
+            op_version: p.info.as_ref().map_or(0, |i| i.version),
             op: p.op.expect("op exists when there are no errors"),
             params: r.params,
             used_params: r.used,
