@@ -20,6 +20,7 @@ pub fn print_ops(ops: &OpRegistry, as_json: bool) {
         println!("  {}", info.doc);
         print_ports("in", &info.inputs);
         print_ports("out", &info.outputs);
+        let defs = info.params.get("$defs").cloned().unwrap_or(Value::Null);
         let props = info.params.get("properties").and_then(Value::as_object);
         let required: Vec<&str> = info
             .params
@@ -31,7 +32,7 @@ pub fn print_ops(ops: &OpRegistry, as_json: bool) {
             Some(props) if !props.is_empty() => {
                 println!("  with:");
                 for (name, schema) in props {
-                    let ty = type_of(schema);
+                    let ty = type_of(schema, &defs);
                     let req = if required.contains(&name.as_str()) { ", required" } else { "" };
                     let default = schema.get("default").map(|d| format!(", default {d}")).unwrap_or_default();
                     let desc = schema.get("description").and_then(Value::as_str).unwrap_or("").replace('\n', " ");
@@ -57,7 +58,11 @@ fn print_ports(side: &str, ports: &Ports) {
     }
 }
 
-fn type_of(schema: &Value) -> String {
+/// A short type for people: `integer`, `csv|jsonl|parquet`, `array`, ... (`$ref`s resolved).
+fn type_of(schema: &Value, defs: &Value) -> String {
+    if let Some(c) = schema.get("const") {
+        return c.as_str().map_or_else(|| c.to_string(), str::to_string);
+    }
     if let Some(t) = schema.get("type") {
         return match t {
             Value::Array(ts) => {
@@ -71,11 +76,19 @@ fn type_of(schema: &Value) -> String {
         return e.iter().map(|v| v.as_str().unwrap_or("?")).collect::<Vec<_>>().join("|");
     }
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        return r.rsplit('/').next().unwrap_or("value").to_string();
+        let name = r.rsplit('/').next().unwrap_or("value");
+        return match defs.get(name) {
+            Some(def) => type_of(def, &Value::Null),
+            None => name.to_string(),
+        };
     }
-    if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
-        return any.iter().map(type_of).filter(|t| t != "null").collect::<Vec<_>>().join("|");
+    for key in ["anyOf", "oneOf"] {
+        if let Some(any) = schema.get(key).and_then(Value::as_array) {
+            let parts: Vec<String> = any.iter().map(|s| type_of(s, defs)).filter(|t| t != "null").collect();
+            return parts.join("|");
+        }
     }
+
     "value".into()
 }
 
