@@ -29,7 +29,7 @@ stages:
     out: { out: blob }
 "#,
     );
-    let mut child = p.cmd(&["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = p.cmd(&["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = loop {
         if let Ok(pid) = std::fs::read_to_string(p.join("pid")).unwrap_or_default().trim().parse::<i32>() {
             break pid;
