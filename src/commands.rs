@@ -141,7 +141,8 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
     };
     let reporter = Arc::new(TermReporter::new(args.verbose));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
-    let summary_ = runtime.block_on(exec::run(Arc::new(plan), store, opts, reporter)).map_err(env)?;
+    let summary_ = runtime.block_on(exec::run(Arc::new(plan), store, opts, reporter.clone())).map_err(env)?;
+    reporter.finish();
     let failed = summary_.count(StageOutcome::Failed);
     eprintln!(
         "{}",

@@ -1,57 +1,160 @@
-//! Prints a run's progress to stderr: one line per stage that ran, failed or retried (and per
-//! cached stage with `-v`), then a summary.
+//! Prints a run's progress to stderr: on a terminal, a progress bar over the stages with one
+//! line per stage that ran, failed or retried; otherwise the same lines, plain. `-v` adds a
+//! line per cached stage.
 
-use std::io::Write;
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_cache::StageOutcome;
+use drover_engine::Progress;
 use drover_engine::exec::{Event, Reporter, humanize};
+use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct TermReporter {
-    pub verbose: bool,
-    out: Mutex<std::io::Stderr>,
+    verbose: bool,
+    shared: Arc<Shared>,
+}
+
+/// What the reporter and every stage's progress sink share.
+struct Shared {
+    /// `None` when stderr is not a terminal.
+    bar: Option<ProgressBar>,
+    /// Stages running now, with their own progress text.
+    running: Mutex<BTreeMap<String, String>>,
 }
 
 impl TermReporter {
     pub fn new(verbose: bool) -> TermReporter {
-        TermReporter { verbose, out: Mutex::new(std::io::stderr()) }
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            let style = ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} stages  {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        TermReporter { verbose, shared: Arc::new(Shared { bar, running: Mutex::new(BTreeMap::new()) }) }
+    }
+
+    fn line(&self, text: String) {
+        self.shared.line(text)
+    }
+
+    /// Clears the bar before the summary is printed.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.shared.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Shared {
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn refresh(&self) {
+        if let Some(bar) = &self.bar {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let text: Vec<String> = running
+                .iter()
+                .take(4)
+                .map(|(s, p)| if p.is_empty() { s.clone() } else { format!("{s} {p}") })
+                .collect();
+            let more = if running.len() > 4 { format!(" +{}", running.len() - 4) } else { String::new() };
+            bar.set_message(format!("{}{more}", text.join(", ")));
+        }
     }
 }
 
 impl Reporter for TermReporter {
     fn event(&self, event: Event<'_>) {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = match event {
-            Event::Started { .. } => Ok(()),
-            Event::StageStarted { stage, attempt } if attempt > 1 => {
-                writeln!(out, "  retry   {stage} (attempt {attempt})")
-            }
-            Event::StageStarted { .. } => Ok(()),
-            Event::StageRetry { stage, attempt, error, delay } => {
-                writeln!(
-                    out,
-                    "  failed  {stage} (attempt {attempt}): {}; retrying in {}",
-                    first_line(error),
-                    humanize(delay)
-                )
-            }
-            Event::StageFinished { stage, outcome, duration, error, log } => match outcome {
-                StageOutcome::Cached if !self.verbose => Ok(()),
-                StageOutcome::Cached => writeln!(out, "  cached  {stage}"),
-                StageOutcome::Ran => writeln!(out, "  ran     {stage} ({})", humanize(duration)),
-                StageOutcome::Failed => {
-                    let log = log.map(|l| format!("\n          log: {}", l.display())).unwrap_or_default();
-                    writeln!(out, "  FAILED  {stage} ({}): {}{log}", humanize(duration), error.unwrap_or("failed"))
+        match event {
+            Event::Started { stages, .. } => {
+                if let Some(bar) = &self.shared.bar {
+                    bar.set_length(stages as u64);
                 }
-                StageOutcome::Skipped | StageOutcome::Interrupted => Ok(()),
-            },
-        };
+            }
+            Event::StageStarted { stage, attempt } => {
+                self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(stage.to_string(), String::new());
+                if attempt > 1 {
+                    self.line(format!("  retry   {stage} (attempt {attempt})"));
+                }
+                self.shared.refresh();
+            }
+            Event::StageRetry { stage, attempt, error, delay } => self.line(format!(
+                "  failed  {stage} (attempt {attempt}): {}; retrying in {}",
+                error.lines().next().unwrap_or(error),
+                humanize(delay)
+            )),
+            Event::StageFinished { stage, outcome, duration, error, log } => {
+                self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(stage);
+                if let Some(bar) = &self.shared.bar {
+                    bar.inc(1);
+                }
+                match outcome {
+                    StageOutcome::Cached if self.verbose => self.line(format!("  cached  {stage}")),
+                    StageOutcome::Ran => self.line(format!("  ran     {stage} ({})", humanize(duration))),
+                    StageOutcome::Failed => {
+                        let log = log.map(|l| format!("\n          log: {}", l.display())).unwrap_or_default();
+                        self.line(format!(
+                            "  FAILED  {stage} ({}): {}{log}",
+                            humanize(duration),
+                            error.unwrap_or("failed")
+                        ))
+                    }
+                    _ => {}
+                }
+                self.shared.refresh();
+            }
+        }
+    }
+
+    fn progress(&self, stage: &str) -> Arc<dyn Progress> {
+        Arc::new(StageProgress {
+            stage: stage.to_string(),
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            shared: self.shared.clone(),
+        })
     }
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
+/// An op's progress, shown beside its stage name on the bar.
+struct StageProgress {
+    stage: String,
+    total: AtomicU64,
+    done: AtomicU64,
+    shared: Arc<Shared>,
+}
+
+impl StageProgress {
+    fn show(&self, text: String) {
+        self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(self.stage.clone(), text);
+        self.shared.refresh();
+    }
+}
+
+impl Progress for StageProgress {
+    fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    fn advance(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        let total = self.total.load(Ordering::Relaxed);
+        self.show(if total > 0 { format!("{done}/{total}") } else { done.to_string() });
+    }
+
+    fn message(&self, msg: &str) {
+        self.show(msg.to_string());
+    }
 }
 
 /// "12 stages: 3 ran, 9 cached (1.2s)".
