@@ -149,6 +149,7 @@ pub const MAX_ALIAS_NODES: usize = 100_000;
 pub fn parse(source: &str) -> Result<Node, Vec<YamlError>> {
     let mut builder = Builder {
         source,
+        lines: LineIndex::new(source),
         stack: Vec::new(),
         anchors: HashMap::new(),
         root: None,
@@ -158,7 +159,7 @@ pub fn parse(source: &str) -> Result<Node, Vec<YamlError>> {
     };
     let mut parser = Parser::new_from_str(source);
     if let Err(e) = parser.load(&mut builder, true) {
-        let offset = byte_offset(source, e.marker());
+        let offset = builder.lines.offset(source, e.marker());
         return Err(vec![YamlError {
             message: format!("YAML syntax error: {}", e.info()),
             span: Span::new(offset, 1),
@@ -185,6 +186,7 @@ enum Frame {
 
 struct Builder<'s> {
     source: &'s str,
+    lines: LineIndex,
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
     root: Option<Node>,
@@ -224,7 +226,7 @@ impl Builder<'_> {
 
 impl MarkedEventReceiver for Builder<'_> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let offset = byte_offset(self.source, &mark);
+        let offset = self.lines.offset(self.source, &mark);
         match ev {
             Event::DocumentStart => self.docs += 1,
             Event::Scalar(value, style, anchor, _tag) => {
@@ -301,24 +303,32 @@ fn resolve_plain(v: &str) -> NodeKind {
     NodeKind::Str(v.to_string())
 }
 
-/// The marker's byte offset (computed from line and column, which yaml-rust2 counts in
-/// characters).
-fn byte_offset(source: &str, mark: &Marker) -> usize {
-    let mut line_start = 0;
-    if mark.line() > 1 {
-        let mut seen = 1;
-        for (i, b) in source.bytes().enumerate() {
-            if b == b'\n' {
-                seen += 1;
-                if seen == mark.line() {
-                    line_start = i + 1;
-                    break;
-                }
-            }
-        }
+/// Byte offsets of line starts, so a marker's (line, column) becomes a byte offset without
+/// rescanning the source (a pipeline of 100,000 stages has millions of markers).
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(source: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(source.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
     }
-    let line = &source[line_start..];
-    line_start + line.char_indices().nth(mark.col()).map_or(line.len(), |(i, _)| i)
+
+    /// The marker's byte offset (yaml-rust2 counts lines from 1 and columns in characters).
+    fn offset(&self, source: &str, mark: &Marker) -> usize {
+        let line = mark.line().saturating_sub(1);
+        let start = self.starts.get(line).copied().unwrap_or(source.len());
+        let end = self.starts.get(line + 1).map_or(source.len(), |next| next - 1);
+        let text = &source[start..end];
+        // Only the part before the column matters; when it is ASCII, characters are bytes.
+        let ascii_end = mark.col().min(text.len());
+        if text.as_bytes()[..ascii_end].is_ascii() {
+            return start + ascii_end;
+        }
+        start + text.char_indices().nth(mark.col()).map_or(text.len(), |(i, _)| i)
+    }
 }
 
 fn scalar_len(source: &str, offset: usize, value: &str, style: TScalarStyle) -> usize {
