@@ -130,13 +130,18 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
     nearest(name, candidates).map(|c| format!("did you mean `{c}`?"))
 }
 
-/// The candidate closest to `name` by edit distance, if it is plausibly a typo of it.
+/// The candidate closest to `name` by edit distance (transpositions count once), if it is
+/// plausibly a typo of it: at most a third of the name's length apart, and never a guess for a
+/// name that shares almost nothing with it.
 pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let mut best: Option<(f64, &str)> = None;
+    let name = name.to_lowercase();
+    let len = name.chars().count();
+    let mut best: Option<(usize, &str)> = None;
     for c in candidates {
-        let score = strsim::jaro_winkler(&name.to_lowercase(), &c.to_lowercase());
-        if score > 0.75 && best.is_none_or(|(s, _)| score > s) {
-            best = Some((score, c));
+        let d = strsim::damerau_levenshtein(&name, &c.to_lowercase());
+        let limit = (len.max(c.chars().count()) / 3).max(1);
+        if d <= limit && d < len && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, c));
         }
     }
     best.map(|(_, c)| c)
@@ -146,4 +151,21 @@ pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 pub fn list_names<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     let names: Vec<String> = names.into_iter().map(|n| format!("`{n}`")).collect();
     if names.is_empty() { "none".into() } else { names.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_finds_typos_and_nothing_far() {
+        let names = ["prompt", "response", "id", "raw", "read_table", "concat"];
+        assert_eq!(nearest("promt", names), Some("prompt"));
+        assert_eq!(nearest("respnse", names), Some("response"));
+        assert_eq!(nearest("rwa", names), Some("raw"), "a transposition counts once");
+        assert_eq!(nearest("read_tabel", names), Some("read_table"));
+        assert_eq!(nearest("frobnicate", names), None);
+        assert_eq!(nearest("c", ["a"]), None, "one-letter names are never guessed");
+        assert_eq!(nearest("completely_else", names), None);
+    }
 }

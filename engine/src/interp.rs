@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::diag::{did_you_mean, list_names};
+use crate::diag::{did_you_mean, list_names, nearest};
 use crate::yaml::{Node, NodeKind, Span};
 
 /// What a reference may name.
@@ -21,7 +21,10 @@ pub struct InterpCx<'a> {
 
 #[derive(Debug, Clone)]
 pub struct InterpError {
+    /// The string's node.
     pub span: Span,
+    /// Where in the string's value the bad reference is: (byte offset, length).
+    pub at: Option<(usize, usize)>,
     pub message: String,
     pub help: Option<String>,
 }
@@ -46,7 +49,8 @@ pub fn interpolate(
 /// One piece of a template string.
 enum Piece<'s> {
     Text(&'s str),
-    Ref(&'s str),
+    /// The expression, its offset in the string and the length of `${...}`.
+    Ref(&'s str, usize, usize),
 }
 
 /// Splits a string into text and `${...}` references (with their byte offset). `$${` stays
@@ -63,10 +67,12 @@ fn pieces(s: &str) -> Result<Vec<Piece<'_>>, (usize, String)> {
             continue;
         }
         out.push(Piece::Text(&rest[..i]));
-        let Some(end) = rest[i..].find('}') else {
+        // A reference ends at the first `}`; another `${` before it means this one is unclosed.
+        let end = rest[i..].find('}').filter(|&end| !rest[i + 2..i + end].contains("${"));
+        let Some(end) = end else {
             return Err((base + i, "unclosed `${`".into()));
         };
-        out.push(Piece::Ref(rest[i + 2..i + end].trim()));
+        out.push(Piece::Ref(rest[i + 2..i + end].trim(), base + i, end + 1));
         base += i + end + 1;
         rest = &rest[i + end + 1..];
     }
@@ -86,9 +92,10 @@ fn interpolate_str(
     }
     let pieces = match pieces(s) {
         Ok(p) => p,
-        Err((_, msg)) => {
+        Err((offset, msg)) => {
             errs.push(InterpError {
                 span,
+                at: Some((offset, 2)),
                 message: msg,
                 help: Some("close it with `}`, or write `$${` for a literal `${`".into()),
             });
@@ -101,7 +108,7 @@ fn interpolate_str(
     for piece in &pieces {
         match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Ref(expr) => match resolve(expr, cx, used) {
+            Piece::Ref(expr, offset, len) => match resolve(expr, cx, used) {
                 Ok(Some(v)) => {
                     if whole && refs == 1 {
                         return v;
@@ -113,7 +120,7 @@ fn interpolate_str(
                     out.push_str(expr);
                     out.push('}');
                 }
-                Err((message, help)) => errs.push(InterpError { span, message, help }),
+                Err((message, help)) => errs.push(InterpError { span, at: Some((*offset, *len)), message, help }),
             },
         }
     }
@@ -174,9 +181,16 @@ fn resolve(
                 Err((format!("`${{{expr}}}` names no {} port of this stage", if scope == "in" { "input" } else { "output" }), Some(help)))
             }
         }
+        _ if nearest(scope, SCOPES).is_some() => {
+            let fixed = nearest(scope, SCOPES).unwrap_or("params");
+            Err((format!("`${{{expr}}}` names nothing"), Some(format!("did you mean `${{{fixed}.{path}}}`?"))))
+        }
         _ => Err((format!("`${{{expr}}}` names nothing"), Some("references are `${params.NAME}`, `${matrix.AXIS}`, `${in.PORT}` and `${out.PORT}`; write `$${` for a literal `${`".into()))),
     }
 }
+
+/// What a reference may start with.
+const SCOPES: [&str; 4] = ["params", "matrix", "in", "out"];
 
 /// A value as it appears inside a larger string.
 pub fn render(v: &Value) -> String {
@@ -198,7 +212,7 @@ pub fn fill_ports(
     for piece in pieces {
         match piece {
             Piece::Text(t) => out.push_str(&t.replace("$${", "${")),
-            Piece::Ref(expr) => {
+            Piece::Ref(expr, _, _) => {
                 let value = match expr.split_once('.') {
                     Some(("in", p)) => inputs.get(p),
                     Some(("out", p)) => outputs.get(p),

@@ -149,6 +149,8 @@ pub enum CheckLocation {
     Stage,
     /// A param, by path inside `with:` (e.g. `["columns", "1"]`).
     Param(Vec<String>),
+    /// A param's name rather than its value (an unknown param).
+    ParamKey(Vec<String>),
     /// An input port (points at its `in:` entry).
     Input(String),
     /// An output port (points at its `out:` entry).
@@ -207,8 +209,47 @@ pub fn parse_params<P: DeserializeOwned>(value: &serde_json::Value) -> Result<P,
                 serde_path_to_error::Segment::Unknown => None,
             })
             .collect();
-        CheckError { message: e.into_inner().to_string(), at: CheckLocation::Param(path), help: None }
+        explain_serde_error(&e.into_inner().to_string(), path)
     })
+}
+
+/// Turns serde's wording into the words `drover ops` uses, with a hint.
+fn explain_serde_error(raw: &str, path: Vec<String>) -> CheckError {
+    let field = path.last().cloned().unwrap_or_default();
+    if let Some(rest) = raw.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or("").to_string();
+        // serde lists the valid names in backticks after "expected".
+        let valid: Vec<&str> = raw.split("expected").nth(1).unwrap_or("").split('`').skip(1).step_by(2).collect();
+        let help = crate::diag::did_you_mean(&name, valid.iter().copied())
+            .unwrap_or_else(|| format!("params: {}", crate::diag::list_names(valid.iter().copied())));
+        return CheckError {
+            message: format!("unknown param `{name}`"),
+            at: CheckLocation::ParamKey(path),
+            help: Some(help),
+        };
+    }
+    let words = [
+        ("expected u64", "expected a non-negative integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected usize", "expected a non-negative integer"),
+        ("expected i64", "expected an integer"),
+        ("expected i32", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected a mapping"),
+    ];
+    let mut message = raw.to_string();
+    for (from, to) in words {
+        if let Some(i) = message.find(from)
+            && !message[i + from.len()..].starts_with(|c: char| c.is_alphanumeric())
+        {
+            message.replace_range(i..i + from.len(), to);
+        }
+    }
+    let help = (!field.is_empty())
+        .then(|| format!("fix the value of `{field}` (`drover ops` lists every param and its type)"));
+    CheckError { message, at: CheckLocation::Param(path), help }
 }
 
 /// What an op's check returns: the types of its outputs and the files its result depends on.

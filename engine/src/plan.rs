@@ -143,7 +143,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
             let mut errs = Vec::new();
             let v = interp::interpolate(values, &cx, &mut BTreeMap::new(), &mut errs);
             for e in errs {
-                d.error(st, e.span, e.message, "here", e.help);
+                d.error(st, reference_span(&spec.source.text, &e), e.message, "here", e.help);
             }
             let list = match v {
                 Value::Array(items) if !items.is_empty() && items.iter().all(|i| !i.is_object() && !i.is_array()) => {
@@ -157,7 +157,8 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                         "expected e.g. [1, 2, 4]",
                         None,
                     );
-                    continue;
+                    // One stand-in value keeps `${matrix.AXIS}` valid: one mistake, one error.
+                    vec![Value::Null]
                 }
             };
             if !crate::spec::valid_name(axis) {
@@ -170,17 +171,22 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                 );
             }
             let mut seen = BTreeSet::new();
-            for v in &list {
-                if !seen.insert(interp::render(v)) {
-                    d.error(
-                        st,
-                        values.span,
-                        format!("matrix axis `{axis}` lists `{}` twice", interp::render(v)),
-                        "duplicate value",
-                        None,
-                    );
+            let mut unique = Vec::with_capacity(list.len());
+            for (i, v) in list.into_iter().enumerate() {
+                if seen.insert(interp::render(&v)) {
+                    unique.push(v);
+                    continue;
                 }
+                let at = values.as_seq().and_then(|items| items.get(i)).map_or(values.span, |n| n.span);
+                d.error(
+                    st,
+                    at,
+                    format!("matrix axis `{axis}` lists `{}` twice", interp::render(&v)),
+                    "duplicate value",
+                    Some("each value makes one expansion; list it once".into()),
+                );
             }
+            let list = unique;
             combos = combos
                 .into_iter()
                 .flat_map(|c| {
@@ -253,7 +259,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
             }
         }
         for e in errs {
-            d.error(st, e.span, e.message, "here", e.help);
+            d.error(st, reference_span(&spec.source.text, &e), e.message, "here", e.help);
         }
         let mut deps = Vec::new();
         for (dep, span) in &stage.deps {
@@ -329,12 +335,11 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         let (Some(op), Some(info), Some(r)) = (&p.op, &p.info, &resolved[idx]) else { continue };
         // Input types from upstream outputs.
         let mut input_types = BTreeMap::new();
-        let mut upstream_unknown = false;
         for (port, (edge, _port_span, ref_span)) in &r.inputs {
             let mut types = Vec::new();
             for s in edge.sources() {
                 match outputs[s.node].as_ref() {
-                    None => upstream_unknown = true,
+                    None => {} // a broken upstream; its type stands in below
                     Some(outs) => match outs.get(&s.port) {
                         Some(t) => types.push(t.clone()),
                         None => {
@@ -356,7 +361,6 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                                 "no such output",
                                 Some(help),
                             );
-                            upstream_unknown = true;
                         }
                     },
                 }
@@ -372,6 +376,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
             }
         }
         // Ports the op declares.
+        let mut mismatched = Vec::new();
         if let Ports::Fixed(decls) = &info.inputs {
             for (port, (edge, port_span, ref_span)) in &r.inputs {
                 match decls.iter().find(|d| d.name == port) {
@@ -400,13 +405,15 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                                 format!("`{from}` produces {got}"),
                                 Some(format!("op `{}` expects {} on `{port}`", info.name, decl.ty)),
                             );
-                            upstream_unknown = true;
+                            mismatched.push(port.clone());
                         }
                     }
                 }
             }
+            let unknown_port = stage.inputs.iter().any(|i| !decls.iter().any(|d| d.name == i.port));
             for decl in decls.iter().filter(|d| !d.optional) {
-                if !r.inputs.contains_key(decl.name) {
+                // A misspelt port is one error (reported above), not also a missing one.
+                if !unknown_port && !stage.inputs.iter().any(|i| i.port == decl.name) {
                     d.error(
                         st,
                         stage.name_span,
@@ -437,13 +444,33 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                 out_formats[idx].insert(o.port.clone(), o.format.clone().unwrap_or_else(|| "parquet".into()));
             }
         }
-        if upstream_unknown {
-            continue;
+        // Inputs whose type is unknown (a broken upstream, a mismatch reported above, a port
+        // that did not resolve) are checked as the op declares them, with unknown columns, so
+        // the op still checks its params and one mistake stays one error.
+        for port in &mismatched {
+            input_types.remove(port);
+        }
+        let mut check_inputs = input_types.clone();
+        match &info.inputs {
+            Ports::Fixed(decls) => {
+                for decl in decls {
+                    if !check_inputs.contains_key(decl.name)
+                        && (!decl.optional || stage.inputs.iter().any(|i| i.port == decl.name))
+                    {
+                        check_inputs.insert(decl.name.to_string(), stand_in(&decl.ty));
+                    }
+                }
+            }
+            Ports::Declared(_) => {
+                for i in &stage.inputs {
+                    check_inputs.entry(i.port.clone()).or_insert_with(PortType::any_table);
+                }
+            }
         }
         let cx = CheckCx {
             stage: &ids[idx],
             params: &r.params,
-            inputs: &input_types,
+            inputs: &check_inputs,
             declared_outputs: &declared,
             pipeline_dir: &spec.dir,
         };
@@ -461,6 +488,11 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                             .as_ref()
                             .and_then(|w| deepest(w, path.as_slice()))
                             .map_or(stage.name_span, |n| n.span),
+                        CheckLocation::ParamKey(path) => stage
+                            .with
+                            .as_ref()
+                            .and_then(|w| param_key(w, path.as_slice()))
+                            .map_or(stage.name_span, |n| n.span),
                         CheckLocation::Input(port) => {
                             stage.inputs.iter().find(|i| &i.port == port).map_or(stage.name_span, |i| i.ref_span)
                         }
@@ -469,10 +501,39 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                         }
                     };
                     let label = match &e.at {
-                        CheckLocation::Param(path) if !path.is_empty() => format!("param `{}`", path.join(".")),
+                        CheckLocation::Param(path) | CheckLocation::ParamKey(path) if !path.is_empty() => {
+                            format!("param `{}`", path.join("."))
+                        }
                         _ => "here".into(),
                     };
-                    d.error(st, span, e.message, label, e.help);
+                    // A column problem names the table it was looked for in.
+                    let mut help = e.help;
+                    if e.message.contains("column") {
+                        let tables: Vec<String> = r
+                            .inputs
+                            .iter()
+                            .filter_map(|(port, (edge, _, _))| {
+                                let up = edge.sources().first()?;
+                                let cols = match input_types.get(port)? {
+                                    PortType::Table(t) => t.columns.as_ref()?,
+                                    _ => return None,
+                                };
+                                let names = list_names(cols.iter().map(|c| c.name.as_str()));
+                                Some(format!(
+                                    "input `{port}` is stage `{}`, with columns {names}",
+                                    pending[up.node].spec.name
+                                ))
+                            })
+                            .collect();
+                        if !tables.is_empty() {
+                            let context = tables.join("; ");
+                            help = Some(match help {
+                                Some(h) => format!("{h} ({context})"),
+                                None => context,
+                            });
+                        }
+                    }
+                    d.error(st, span, e.message, label, help);
                 }
             }
         }
@@ -678,6 +739,21 @@ pub fn accepts(decl: &PortDecl, got: &PortType) -> Result<(), String> {
     check(&decl.ty, got)
 }
 
+/// A type standing in for an input whose real type is unknown: as declared, columns unknown.
+fn stand_in(declared: &PortType) -> PortType {
+    match declared {
+        PortType::Table(_) => PortType::any_table(),
+        PortType::List(inner) => PortType::List(Box::new(stand_in(inner))),
+        other => other.clone(),
+    }
+}
+
+/// The key node of the param at `path` (for an unknown param, the name is what is wrong).
+fn param_key<'n>(root: &'n Node, path: &[String]) -> Option<&'n Node> {
+    let (name, parent) = path.split_last()?;
+    root.at_path(parent)?.as_map()?.iter().find(|(k, _)| k.key_text() == *name).map(|(k, _)| k)
+}
+
 /// The deepest node along a param path (a missing field points at its parent).
 fn deepest<'n>(root: &'n Node, path: &[String]) -> Option<&'n Node> {
     (0..=path.len()).rev().find_map(|i| root.at_path(&path[..i]))
@@ -726,5 +802,17 @@ fn clone_error(e: &crate::diag::PipelineError) -> crate::diag::PipelineError {
         help: e.help.clone(),
         stage: e.stage.clone(),
         offset: e.offset,
+    }
+}
+
+/// The span of the bad `${...}` itself inside its string, when the string is written on one line
+/// (plain or quoted, without escapes before it); otherwise the whole string.
+fn reference_span(source: &str, e: &crate::interp::InterpError) -> Span {
+    let Some((offset, len)) = e.at else { return e.span };
+    let quote = matches!(source.as_bytes().get(e.span.offset), Some(b'"' | b'\''));
+    let start = e.span.offset + usize::from(quote) + offset;
+    match source.get(start..start + len) {
+        Some(text) if text.starts_with("${") && !text.contains('\n') => Span::new(start, len),
+        _ => e.span,
     }
 }

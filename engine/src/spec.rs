@@ -105,14 +105,23 @@ pub fn load(path: &Path, overrides: &ParamOverrides) -> Result<PipelineSpec, Pip
 pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Result<PipelineSpec, PipelineErrors> {
     let source = SourceFile { name: path.display().to_string(), text: Arc::new(text) };
     let mut d = Diags::new(source.clone());
-    let root = match yaml::parse(&source.text) {
-        Ok(root) => root,
-        Err(errors) => {
-            for e in errors {
-                d.error(None, e.span, e.message, "here", e.help);
-            }
-            return Err(d.finish().unwrap_err());
-        }
+    let (root, yaml_errors) = yaml::parse_lenient(&source.text);
+    // Keys of `stages:` are stage names: say so when one is duplicated.
+    let stage_keys: Vec<Span> = root
+        .as_ref()
+        .and_then(|r| r.get("stages"))
+        .and_then(Node::as_map)
+        .map(|m| m.iter().map(|(k, _)| k.span).collect())
+        .unwrap_or_default();
+    for e in yaml_errors {
+        let message = match e.message.strip_prefix("duplicate key ") {
+            Some(name) if stage_keys.contains(&e.span) => format!("duplicate stage name {name}"),
+            _ => e.message,
+        };
+        d.error(None, e.span, message, "here", e.help);
+    }
+    let Some(root) = root else {
+        return Err(d.finish().unwrap_err());
     };
     let dir = path
         .parent()
@@ -186,14 +195,18 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
     match root.get("stages") {
         None => d.error(
             None,
-            root.span,
+            Span::new(root.span.offset, 1),
             "the pipeline has no `stages:`",
             "expected `stages:`",
             Some("add `stages:` with at least one stage".into()),
         ),
         Some(stages) => match stages.as_map() {
             Some(entries) => {
+                let mut seen = std::collections::HashSet::new();
                 for (k, v) in entries {
+                    if !seen.insert(k.key_text()) {
+                        continue; // a duplicate, reported by the YAML layer
+                    }
                     if let Some(stage) = parse_stage(&mut d, k, v) {
                         spec.stages.push(stage);
                     }

@@ -145,8 +145,18 @@ pub struct YamlError {
 /// At most this many nodes may be created by expanding aliases.
 pub const MAX_ALIAS_NODES: usize = 100_000;
 
-/// Parses one YAML document. Duplicate keys are reported all at once.
+/// Parses one YAML document. Every problem is an error (see [`parse_lenient`]).
 pub fn parse(source: &str) -> Result<Node, Vec<YamlError>> {
+    match parse_lenient(source) {
+        (Some(node), errors) if errors.is_empty() => Ok(node),
+        (_, errors) => Err(errors),
+    }
+}
+
+/// Parses one YAML document, going on past problems that leave a usable tree (duplicate keys,
+/// extra documents), so that a caller can report them together with its own. The tree is
+/// `None` after a syntax error or an alias bomb.
+pub fn parse_lenient(source: &str) -> (Option<Node>, Vec<YamlError>) {
     let mut builder = Builder {
         source,
         lines: LineIndex::new(source),
@@ -155,28 +165,91 @@ pub fn parse(source: &str) -> Result<Node, Vec<YamlError>> {
         root: None,
         alias_nodes: 0,
         errors: Vec::new(),
-        docs: 0,
+        doc_starts: Vec::new(),
     };
     let mut parser = Parser::new_from_str(source);
     if let Err(e) = parser.load(&mut builder, true) {
         let offset = builder.lines.offset(source, e.marker());
-        return Err(vec![YamlError {
-            message: format!("YAML syntax error: {}", e.info()),
-            span: Span::new(offset, 1),
-            help: None,
-        }]);
+        return (None, vec![syntax_error(source, offset, e.info())]);
     }
-    if builder.docs > 1 {
+    if builder.alias_nodes > MAX_ALIAS_NODES {
+        return (None, builder.errors);
+    }
+    if let Some(&second) = builder.doc_starts.get(1) {
+        let len = if source[second..].starts_with("---") { 3 } else { 1 };
         builder.errors.push(YamlError {
             message: "a pipeline file holds one YAML document; found more".into(),
-            span: Span::new(0, 0),
-            help: Some("remove the `---` separators".into()),
+            span: Span::new(second, len),
+            help: Some("remove the `---` separator and what follows, or merge the documents".into()),
         });
     }
-    if !builder.errors.is_empty() {
-        return Err(builder.errors);
+    (Some(builder.root.unwrap_or(Node { span: Span::new(0, 0), kind: NodeKind::Null })), builder.errors)
+}
+
+/// A syntax error, pointing at its likely cause: a tab used for indentation, or a `[`/`{`
+/// never closed, when there is one before the place the parser gave up.
+fn syntax_error(source: &str, offset: usize, info: &str) -> YamlError {
+    let line_start = source[..offset.min(source.len())].rfind('\n').map_or(0, |i| i + 1);
+    let next_line = source[offset.min(source.len())..].find('\n').map(|i| offset + i + 1);
+    for start in [Some(line_start), next_line].into_iter().flatten() {
+        let line = &source[start.min(source.len())..];
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        if let Some(tab) = line[..indent].find('\t') {
+            return YamlError {
+                message: "YAML syntax error: a tab in indentation".into(),
+                span: Span::new(start + tab, 1),
+                help: Some("YAML indents with spaces only; replace the tab with spaces".into()),
+            };
+        }
     }
-    Ok(builder.root.unwrap_or(Node { span: Span::new(0, 0), kind: NodeKind::Null }))
+    // The parser may point at the opening quote itself: include the character there.
+    let upto = source[offset.min(source.len())..].chars().next().map_or(source.len(), |c| offset + c.len_utf8());
+    let unclosed = unclosed_bracket(&source[..upto]);
+    if let Some((at, '"' | '\'')) = unclosed {
+        return YamlError {
+            message: format!("YAML syntax error: {info}"),
+            span: Span::new(at, 1),
+            help: Some("this quote is never closed".into()),
+        };
+    }
+    if let Some((at, open)) = unclosed {
+        let close = if open == '[' { ']' } else { '}' };
+        return YamlError {
+            message: format!("YAML syntax error: `{open}` is never closed"),
+            span: Span::new(at, 1),
+            help: Some(format!("close it with `{close}` (the parser stopped later: {info})")),
+        };
+    }
+    YamlError { message: format!("YAML syntax error: {info}"), span: Span::new(offset, 1), help: None }
+}
+
+/// What is left open at the end of `text`: a quote that starts a quoted scalar, else the last
+/// `[` or `{` not closed (comments skipped).
+fn unclosed_bracket(text: &str) -> Option<(usize, char)> {
+    let mut stack = Vec::new();
+    let mut quote: Option<(usize, char)> = None;
+    let mut comment = false;
+    let mut prev = '\n';
+    for (i, c) in text.char_indices() {
+        let before = std::mem::replace(&mut prev, c);
+        if comment {
+            comment = c != '\n';
+            continue;
+        }
+        match (quote, c) {
+            (Some((_, q)), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            // A quote opens a quoted scalar only where a scalar can start.
+            (None, '"' | '\'') if before.is_whitespace() || "[{,:-".contains(before) => quote = Some((i, c)),
+            (None, '#') => comment = true,
+            (None, '[' | '{') => stack.push((i, c)),
+            (None, ']' | '}') => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    quote.or_else(|| stack.pop())
 }
 
 enum Frame {
@@ -192,7 +265,8 @@ struct Builder<'s> {
     root: Option<Node>,
     alias_nodes: usize,
     errors: Vec<YamlError>,
-    docs: usize,
+    /// Where each document starts.
+    doc_starts: Vec<usize>,
 }
 
 impl Builder<'_> {
@@ -201,7 +275,12 @@ impl Builder<'_> {
             self.anchors.insert(anchor, node.clone());
         }
         match self.stack.last_mut() {
-            None => self.root = Some(node),
+            // Only the first document counts (a second one is reported).
+            None => {
+                if self.root.is_none() {
+                    self.root = Some(node);
+                }
+            }
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map { entries, key, .. }) => match key.take() {
                 None => *key = Some(node),
@@ -211,9 +290,9 @@ impl Builder<'_> {
                             message: format!("duplicate key `{}`", k.key_text()),
                             span: k.span,
                             help: Some(format!(
-                                "`{}` is first defined at byte {}; each key may appear once",
+                                "`{}` is first defined on line {}; each key may appear once",
                                 k.key_text(),
-                                prev.span.offset
+                                self.lines.line_of(prev.span.offset)
                             )),
                         });
                     }
@@ -228,7 +307,7 @@ impl MarkedEventReceiver for Builder<'_> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let offset = self.lines.offset(self.source, &mark);
         match ev {
-            Event::DocumentStart => self.docs += 1,
+            Event::DocumentStart => self.doc_starts.push(offset),
             Event::Scalar(value, style, anchor, _tag) => {
                 let len = scalar_len(self.source, offset, &value, style);
                 let kind = if style == TScalarStyle::Plain { resolve_plain(&value) } else { NodeKind::Str(value) };
@@ -244,6 +323,14 @@ impl MarkedEventReceiver for Builder<'_> {
                     Some(Frame::Map { start, anchor, entries, .. }) => (start, anchor, NodeKind::Map(entries)),
                     None => return,
                 };
+                // yaml-rust2 marks a block mapping where its first key's `:` is; the collection
+                // really starts at its first child.
+                let first = match &kind {
+                    NodeKind::Seq(items) => items.first().map(|n| n.span.offset),
+                    NodeKind::Map(entries) => entries.first().map(|(k, _)| k.span.offset),
+                    _ => None,
+                };
+                let start = first.map_or(start, |f| f.min(start));
                 // A block collection's end marker is the start of the next token; a span to
                 // the first line is enough for labels.
                 let line_end = self.source[start..].find('\n').map_or(self.source.len(), |i| start + i);
@@ -314,6 +401,11 @@ impl LineIndex {
         let mut starts = vec![0];
         starts.extend(source.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1));
         LineIndex { starts }
+    }
+
+    /// The 1-based line of a byte offset.
+    fn line_of(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&s| s <= offset)
     }
 
     /// The marker's byte offset (yaml-rust2 counts lines from 1 and columns in characters).

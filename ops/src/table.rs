@@ -328,37 +328,11 @@ pub fn input_columns<'a>(cx: &'a CheckCx<'_>, port: &str) -> Result<Option<&'a [
 /// The error for a column name that is not in the table, with the nearest name as help.
 pub fn unknown_column(at: &[&str], name: &str, available: &[&str]) -> CheckError {
     let err = CheckError::param(at, format!("unknown column `{name}`"));
-    match nearest(name, available.iter().copied()) {
+    match drover_engine::diag::nearest(name, available.iter().copied()) {
         Some(near) => err.help(format!("did you mean `{near}`?")),
         None if available.is_empty() => err.help("the table has no columns"),
         None => err.help(format!("the columns are: {}", available.join(", "))),
     }
-}
-
-/// The candidate closest to `name` by edit distance, if it is close enough to be a typo.
-pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).max(1);
-    candidates
-        .into_iter()
-        .map(|c| (levenshtein(name, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
-        }
-    }
-    row[b.len()]
 }
 
 /// A run-time form of plan-time errors (for when the schema was unknown at plan time).
@@ -938,18 +912,6 @@ mod tests {
                 Column::new("ok", "Boolean"),
             ])
         );
-    }
-
-    #[test]
-    fn nearest_finds_typos_and_nothing_far() {
-        let names = ["prompt", "response", "id"];
-        assert_eq!(nearest("promt", names), Some("prompt"));
-        assert_eq!(nearest("respnse", names), Some("response"));
-        assert_eq!(nearest("idd", names), Some("id"));
-        assert_eq!(nearest("completely_else", names), None);
-        assert_eq!(levenshtein("kitten", "sitting"), 3);
-        assert_eq!(levenshtein("", "abc"), 3);
-        assert_eq!(levenshtein("abc", "abc"), 0);
     }
 
     #[test]

@@ -1,0 +1,907 @@
+//! Bad input gets a diagnostic a person can act on: `drover validate` (and `plan`, `run`) exit 2
+//! with a miette report that names the file, line and column, the stage, what was expected and
+//! the nearest valid name for a typo, every error of a file at once and sorted; a failing stage
+//! exits 1, a failing environment exits 3, and nothing ever panics.
+//!
+//! Every expected line and column is computed from the YAML the test wrote (see [`pos`]), never
+//! copied from drover's output.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Output, Project};
+
+/// A small CSV that `read_table` stages read.
+const DATA_CSV: &str = "prompt,score\nhi,1\nyo,2\n";
+
+/// A project whose `drover.yaml` is `yaml`, with `data.csv` beside it.
+fn project(yaml: &str) -> Project {
+    let p = Project::new();
+    p.write("drover.yaml", yaml).write("data.csv", DATA_CSV);
+    p
+}
+
+/// Runs `drover ARGS`; whatever the input, drover never panics.
+#[track_caller]
+fn drover(p: &Project, args: &[&str]) -> Output {
+    let out = p.drover(args);
+    assert_no_panic(&out);
+    out
+}
+
+/// No panic message on either stream, and not Rust's panic exit code.
+#[track_caller]
+fn assert_no_panic(out: &Output) {
+    assert!(
+        !out.stderr.contains("panicked") && !out.stdout.contains("panicked"),
+        "drover panicked (exit {})\n--- stdout\n{}\n--- stderr\n{}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    assert_ne!(out.code, 101, "exit 101 is Rust's panic exit code\n{}", out.all());
+}
+
+/// Runs `drover ARGS` on bad input: exit 2, no panic; returns the parsed report.
+#[track_caller]
+fn bad(p: &Project, args: &[&str]) -> Report {
+    let out = drover(p, args);
+    out.expect_code(2);
+    Report::parse(&out.stderr)
+}
+
+/// 1-based (line, column) of `token` inside `context`, which occurs exactly once in `yaml`.
+#[track_caller]
+fn pos(yaml: &str, context: &str, token: &str) -> (usize, usize) {
+    assert_eq!(yaml.matches(context).count(), 1, "{context:?} must occur exactly once in the test's YAML");
+    let offset = yaml.find(context).unwrap() + context.find(token).expect("token inside its context");
+    let before = &yaml[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// One rendered diagnostic of a miette report.
+#[derive(Debug, Default)]
+struct Diag {
+    /// The `×` line, with wrapped continuation lines joined by a space.
+    message: String,
+    /// `(file, line, column)` from the snippet header `╭─[file:line:col]`.
+    at: Option<(String, usize, usize)>,
+    /// The texts after `╰──` in the snippet.
+    labels: Vec<String>,
+    help: Option<String>,
+    /// The raw lines, for failure messages.
+    raw: String,
+}
+
+/// A whole report: the count line (`3 errors in drover.yaml`) when there is one, then each error.
+#[derive(Debug)]
+struct Report {
+    headline: Option<String>,
+    errors: Vec<Diag>,
+    text: String,
+}
+
+impl Report {
+    /// Reads miette's graphical output (NO_COLOR, so plain text).
+    fn parse(stderr: &str) -> Report {
+        #[derive(PartialEq)]
+        enum Mode {
+            Message,
+            Help,
+            Other,
+        }
+        let mut diags: Vec<Diag> = Vec::new();
+        let mut mode = Mode::Other;
+        for line in stderr.lines() {
+            if let Some(msg) = line.strip_prefix("  × ") {
+                diags.push(Diag { message: msg.trim().to_string(), ..Diag::default() });
+                mode = Mode::Message;
+            } else if let Some(d) = diags.last_mut() {
+                if mode == Mode::Message
+                    && let Some(more) = line.strip_prefix("  │ ")
+                {
+                    // miette wraps at spaces and after hyphens.
+                    if !d.message.ends_with('-') {
+                        d.message.push(' ');
+                    }
+                    d.message.push_str(more.trim());
+                } else if let Some(help) = line.strip_prefix("  help: ") {
+                    d.help = Some(help.trim().to_string());
+                    mode = Mode::Help;
+                } else if mode == Mode::Help && line.starts_with("        ") && !line.trim().is_empty() {
+                    let help = d.help.as_mut().expect("in help");
+                    if !help.ends_with('-') {
+                        help.push(' ');
+                    }
+                    help.push_str(line.trim());
+                } else {
+                    mode = Mode::Other;
+                    if let Some(start) = line.find("╭─[") {
+                        let inner = &line[start + "╭─[".len()..line.rfind(']').expect("closing ]")];
+                        let mut parts = inner.rsplitn(3, ':');
+                        let col = parts.next().and_then(|c| c.parse().ok()).expect("column");
+                        let line_no = parts.next().and_then(|l| l.parse().ok()).expect("line");
+                        d.at = Some((parts.next().expect("file").to_string(), line_no, col));
+                    } else if let Some(i) = line.find("╰── ") {
+                        d.labels.push(line[i + "╰── ".len()..].trim().to_string());
+                    }
+                }
+            }
+            if let Some(d) = diags.last_mut()
+                && !line.starts_with("Error: ")
+            {
+                d.raw.push_str(line);
+                d.raw.push('\n');
+            }
+        }
+        let is_count = |d: &Diag| {
+            d.at.is_none()
+                && d.message.split_once(' ').is_some_and(|(n, rest)| {
+                    n.parse::<usize>().is_ok() && (rest.starts_with("error in ") || rest.starts_with("errors in "))
+                })
+        };
+        let headline = match diags.first() {
+            Some(d) if is_count(d) => Some(diags.remove(0).message),
+            _ => None,
+        };
+        Report { headline, errors: diags, text: stderr.to_string() }
+    }
+
+    /// The one error whose message contains `needle`.
+    #[track_caller]
+    fn error(&self, needle: &str) -> &Diag {
+        let hits: Vec<&Diag> = self.errors.iter().filter(|d| d.message.contains(needle)).collect();
+        assert_eq!(hits.len(), 1, "expected exactly one error containing {needle:?}\n{}", self.text);
+        hits[0]
+    }
+
+    /// The file's only error, which must contain `needle` (one mistake is one error).
+    #[track_caller]
+    fn only(&self, needle: &str) -> &Diag {
+        self.count(1);
+        self.error(needle)
+    }
+
+    /// The file's only error.
+    #[track_caller]
+    fn single(&self) -> &Diag {
+        self.count(1);
+        &self.errors[0]
+    }
+
+    /// The count line says `n` errors in drover.yaml, and that many are printed.
+    #[track_caller]
+    fn count(&self, n: usize) -> &Report {
+        let want = if n == 1 { "1 error in drover.yaml".to_string() } else { format!("{n} errors in drover.yaml") };
+        assert_eq!(self.headline.as_deref(), Some(want.as_str()), "count line\n{}", self.text);
+        assert_eq!(self.errors.len(), n, "printed errors\n{}", self.text);
+        self
+    }
+
+    /// Each error's `(line, column)`, in printed order.
+    fn positions(&self) -> Vec<(usize, usize)> {
+        self.errors.iter().map(|d| d.at.as_ref().map_or((0, 0), |(_, l, c)| (*l, *c))).collect()
+    }
+}
+
+impl Diag {
+    /// Points at `drover.yaml:LINE:COL`.
+    #[track_caller]
+    fn at(&self, (line, col): (usize, usize)) -> &Diag {
+        assert_eq!(self.at, Some(("drover.yaml".to_string(), line, col)), "location of\n{}", self.raw);
+        self
+    }
+
+    /// The message names the stage: `stage `NAME`: ...`.
+    #[track_caller]
+    fn stage(&self, name: &str) -> &Diag {
+        assert!(self.message.starts_with(&format!("stage `{name}`: ")), "stage `{name}` in\n{}", self.raw);
+        self
+    }
+
+    #[track_caller]
+    fn says(&self, needle: &str) -> &Diag {
+        assert!(self.message.contains(needle), "message should contain {needle:?}\n{}", self.raw);
+        self
+    }
+
+    #[track_caller]
+    fn help(&self, needle: &str) -> &Diag {
+        let help = self.help.as_deref().unwrap_or_else(|| panic!("no help line in\n{}", self.raw));
+        assert!(help.contains(needle), "help should contain {needle:?}\n{}", self.raw);
+        self
+    }
+
+    #[track_caller]
+    fn label(&self, needle: &str) -> &Diag {
+        assert!(self.labels.iter().any(|l| l.contains(needle)), "a label should contain {needle:?}\n{}", self.raw);
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// YAML itself
+
+#[test]
+fn yaml_syntax_error_points_at_the_unclosed_quote() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: \"data.csv}\n";
+    let p = project(yaml);
+    for cmd in ["validate", "plan", "run"] {
+        bad(&p, &[cmd]).only("YAML syntax error").says("quoted scalar").at(pos(yaml, "\"data.csv}", "\""));
+    }
+}
+
+#[test]
+fn yaml_unclosed_bracket_points_at_the_bracket() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: [path, data.csv\n  other:\n    op: read_table\n";
+    let p = project(yaml);
+    let e = bad(&p, &["validate"]);
+    let e = e.only("YAML syntax error");
+    assert!(e.message.contains('[') || e.message.contains(']'), "should say which bracket is unclosed\n{}", e.raw);
+    e.at(pos(yaml, "[path", "["));
+}
+
+#[test]
+fn yaml_tab_indentation_points_at_the_tab() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n\twith: {path: data.csv}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("tab").at(pos(yaml, "\twith", "\t")).help("spaces");
+}
+
+#[test]
+fn two_yaml_documents_point_at_the_separator() {
+    let yaml =
+        "stages:\n  a:\n    op: read_table\n    with: {path: data.csv}\n---\nstages:\n  b:\n    op: read_table\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("one YAML document").at(pos(yaml, "---", "---")).help("---");
+}
+
+#[test]
+fn alias_bomb_fails_fast_with_exit_2() {
+    // Billion laughs: 9 levels of 10 aliases each would expand to 10^10 scalars.
+    let mut yaml = String::from("params:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        yaml.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+    }
+    yaml.push_str("stages:\n  s:\n    op: command\n    out: {o: blob}\n    with: {run: \"echo > ${out.o}\"}\n");
+    let p = project(&yaml);
+    // Bounded memory and CPU time, so that an unbounded expansion fails this test instead of
+    // hanging it or exhausting the machine.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4194304 2>/dev/null; ulimit -t 60 2>/dev/null; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_drover"))
+        .arg("validate")
+        .current_dir(p.path())
+        .env("NO_COLOR", "1")
+        .env("COLUMNS", "200")
+        .env_remove("DROVER_STORE")
+        .output()
+        .expect("run drover under sh");
+    let out = Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_no_panic(&out);
+    out.expect_code(2);
+    let report = Report::parse(&out.stderr);
+    let e = report.only("aliases expand to more than");
+    e.help("alias bomb");
+    // It points at an alias (`*aN`) on one of the bomb's lines.
+    let (_, line, col) = e.at.clone().expect("a location");
+    let text = yaml.lines().nth(line - 1).expect("line in file");
+    assert!((2..=11).contains(&line) && text[col - 1..].starts_with("*a"), "should point at an alias\n{}", e.raw);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys, ops, ports and params
+
+#[test]
+fn unknown_top_level_key_suggests_the_nearest() {
+    let yaml = "parmas: {lr: 1}\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("unknown top-level key `parmas`")
+        .at(pos(yaml, "parmas", "parmas"))
+        .help("did you mean `params`?");
+}
+
+#[test]
+fn pipeline_without_stages_points_at_the_start_of_the_file() {
+    let yaml = "pipeline: demo\ndescription: nothing to do\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("no `stages:`").at((1, 1)).help("stages:");
+}
+
+#[test]
+fn unknown_stage_key_suggests_the_nearest() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n    outs: {x: table}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("unknown stage key `outs`")
+        .stage("raw")
+        .at(pos(yaml, "outs:", "outs"))
+        .help("did you mean `out`?");
+}
+
+#[test]
+fn unknown_op_suggests_the_nearest_in_validate_plan_and_run() {
+    let yaml = "stages:\n  raw:\n    op: read_tabel\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    for cmd in ["validate", "plan", "run"] {
+        bad(&p, &[cmd])
+            .only("unknown op `read_tabel`")
+            .stage("raw")
+            .at(pos(yaml, "read_tabel", "read_tabel"))
+            .label("no such op")
+            .help("did you mean `read_table`?");
+    }
+    // A pipeline that does not check records no run.
+    let runs = drover(&p, &["runs"]);
+    assert!(runs.stdout.contains("no runs yet"), "{}", runs.all());
+}
+
+#[test]
+fn unknown_op_far_from_every_name_lists_the_ops_instead_of_guessing() {
+    let yaml = "stages:\n  raw:\n    op: frobnicate\n";
+    let p = project(yaml);
+    let report = bad(&p, &["validate"]);
+    let e = report.only("unknown op `frobnicate`").at(pos(yaml, "frobnicate", "frobnicate")).help("read_table");
+    assert!(!e.help.as_deref().unwrap().contains("did you mean"), "no op is close to `frobnicate`\n{}", e.raw);
+}
+
+#[test]
+fn unknown_input_port_is_one_error_with_a_hint() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n  s:\n    op: sample\n    in: {tabel: raw}\n    with: {n: 1}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("no input port `tabel`")
+        .stage("s")
+        .at(pos(yaml, "{tabel", "tabel"))
+        .help("did you mean `table`?");
+}
+
+#[test]
+fn unknown_input_port_of_concat_is_one_error_with_a_hint() {
+    let yaml = "stages:\n  parts:\n    op: command\n    matrix: {k: [1, 2]}\n    out: {out: table}\n    with: {run: \"echo a > ${out.out}\"}\n  all:\n    op: concat\n    in: {prts: \"parts[*]\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("no input port `prts`")
+        .stage("all")
+        .at(pos(yaml, "{prts", "prts"))
+        .help("did you mean `parts`?");
+}
+
+#[test]
+fn reference_to_a_missing_output_port_suggests_the_nearest() {
+    let yaml = "stages:\n  model:\n    op: command\n    out: {weights: blob}\n    with: {run: \"echo > ${out.weights}\"}\n  use:\n    op: command\n    in: {w: model.weigths}\n    out: {o: blob}\n    with: {run: \"cp ${in.w} ${out.o}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("stage `model` has no output `weigths`")
+        .stage("use")
+        .at(pos(yaml, "model.weigths", "model.weigths"))
+        .help("did you mean `weights`?");
+}
+
+#[test]
+fn output_an_op_does_not_declare_is_rejected_with_its_outputs() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    out: {data: table}\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("op `read_table` has no output `data`")
+        .stage("raw")
+        .at(pos(yaml, "{data:", "data"))
+        .help("`out`");
+}
+
+#[test]
+fn unknown_output_type_suggests_the_nearest() {
+    let yaml = "stages:\n  m:\n    op: command\n    out: {res: tabel}\n    with: {run: \"echo a > ${out.res}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("unknown type `tabel`")
+        .stage("m")
+        .at(pos(yaml, "tabel", "tabel"))
+        .help("did you mean `table`?");
+}
+
+#[test]
+fn unknown_param_points_at_the_key_and_suggests_the_nearest() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n  s:\n    op: sample\n    in: {table: raw}\n    with: {fracton: 0.5}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("`fracton`")
+        .stage("s")
+        .at(pos(yaml, "{fracton", "fracton"))
+        .help("did you mean `fraction`?");
+}
+
+#[test]
+fn wrong_param_type_says_what_was_expected() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n  s:\n    op: sample\n    in: {table: raw}\n    with: {n: \"five\"}\n";
+    let p = project(yaml);
+    // `drover ops` calls `n` an integer; the diagnostic should use the same words, and say how
+    // to fix it.
+    bad(&p, &["validate"])
+        .single()
+        .stage("s")
+        .says("integer")
+        .at(pos(yaml, "\"five\"", "\"five\""))
+        .label("`n`")
+        .help("`n`");
+}
+
+#[test]
+fn conflicting_params_point_at_the_second() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n  s:\n    op: sample\n    in: {table: raw}\n    with: {n: 5, fraction: 0.5}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("not both").stage("s").at(pos(yaml, "fraction: 0.5", "0.5")).label("`fraction`");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage references, graph and types
+
+#[test]
+fn unknown_stage_reference_is_one_error_with_a_hint() {
+    let yaml = "stages:\n  tokens:\n    op: read_table\n    with: {path: data.csv}\n  use:\n    op: sample\n    in: {table: tokesn}\n    with: {n: 1}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("there is no stage `tokesn`")
+        .stage("use")
+        .at(pos(yaml, "tokesn", "tokesn"))
+        .label("bad reference")
+        .help("did you mean `tokens`?");
+}
+
+#[test]
+fn stage_reference_hint_catches_swapped_letters_in_a_short_name() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n  use:\n    op: command\n    in: {x: rwa}\n    out: {o: blob}\n    with: {run: \"cp ${in.x} ${out.o}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("there is no stage `rwa`").at(pos(yaml, "rwa", "rwa")).help("did you mean `raw`?");
+}
+
+#[test]
+fn dependency_cycle_prints_the_cycle() {
+    let yaml = "stages:\n  a:\n    op: command\n    in: {x: c.o}\n    out: {o: blob}\n    with: {run: \"cp ${in.x} ${out.o}\"}\n  b:\n    op: command\n    in: {x: a.o}\n    out: {o: blob}\n    with: {run: \"cp ${in.x} ${out.o}\"}\n  c:\n    op: command\n    in: {x: b.o}\n    out: {o: blob}\n    with: {run: \"cp ${in.x} ${out.o}\"}\n";
+    let p = project(yaml);
+    for cmd in ["validate", "plan", "run"] {
+        bad(&p, &[cmd])
+            .only("dependency cycle: a -> b -> c -> a")
+            .stage("a")
+            .at(pos(yaml, "  a:", "a"))
+            .help("its own output");
+    }
+}
+
+#[test]
+fn stage_reading_its_own_output_is_a_cycle() {
+    let yaml = "stages:\n  a:\n    op: command\n    in: {x: a.o}\n    out: {o: blob}\n    with: {run: \"cp ${in.x} ${out.o}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("dependency cycle: a -> a").stage("a").at(pos(yaml, "  a:", "a"));
+}
+
+#[test]
+fn duplicate_stage_names_point_at_the_second_and_give_the_first_line() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    let second = pos(yaml, "}\n  raw:", "raw");
+    // A person reads lines, not byte offsets: the help says where the first one is.
+    bad(&p, &["validate"]).only("duplicate").says("`raw`").at(second).help("line 2");
+}
+
+#[test]
+fn duplicate_stage_names_do_not_hide_other_errors() {
+    let yaml = "stages:\n  raw:\n    op: read_tabel\n    with: {path: data.csv}\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    let report = bad(&p, &["validate"]);
+    report.count(2);
+    report.error("unknown op `read_tabel`").at(pos(yaml, "read_tabel", "read_tabel"));
+    report.error("duplicate").at(pos(yaml, "}\n  raw:", "raw"));
+}
+
+#[test]
+fn blob_into_a_table_port_names_both_stages_and_types() {
+    let yaml = "stages:\n  model:\n    op: command\n    out: {weights: blob}\n    with: {run: \"echo > ${out.weights}\"}\n  s:\n    op: sample\n    in: {table: model.weights}\n    with: {n: 5}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("from stage `model`")
+        .stage("s")
+        .says("expected table, got blob")
+        .at(pos(yaml, "model.weights}", "model.weights"))
+        .label("`model` produces blob")
+        .help("`sample`");
+}
+
+#[test]
+fn column_missing_from_the_upstream_table_names_both_stages_and_the_columns() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n  pick:\n    op: select\n    in: {table: raw}\n    with: {columns: [prompt, label]}\n";
+    let p = project(yaml);
+    let report = bad(&p, &["validate"]);
+    let e = report.only("`label`").stage("pick").at(pos(yaml, "label]", "label"));
+    // Which table lacks it, and what that table has.
+    let text = format!("{} {}", e.message, e.help.as_deref().unwrap_or(""));
+    for needle in ["`raw`", "prompt", "score"] {
+        assert!(text.contains(needle), "should mention {needle}\n{}", e.raw);
+    }
+}
+
+#[test]
+fn errors_downstream_of_a_broken_stage_are_still_reported() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: missing.csv}\n  s:\n    op: sample\n    in: {table: raw}\n    with: {fracton: 0.5}\n";
+    let p = project(yaml);
+    let report = bad(&p, &["validate"]);
+    report.count(2);
+    report.error("missing.csv").stage("raw");
+    report.error("`fracton`").stage("s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+#[test]
+fn missing_input_file_of_read_table_points_at_the_path() {
+    let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: missing.csv}\n";
+    let p = project(yaml);
+    for cmd in ["validate", "plan", "run"] {
+        bad(&p, &[cmd])
+            .only("file not found")
+            .stage("raw")
+            .says("missing.csv")
+            .at(pos(yaml, "missing.csv", "missing.csv"))
+            .label("`path`")
+            .help("pipeline's directory");
+    }
+}
+
+#[test]
+fn missing_pipeline_file_exits_2() {
+    let p = Project::new();
+    let report = bad(&p, &["validate", "nope.yaml"]);
+    let e = &report.errors[0];
+    assert!(e.message.contains("cannot read pipeline file nope.yaml"), "{}", report.text);
+}
+
+#[test]
+fn missing_params_file_exits_2() {
+    let yaml = "params: {lr: 1}\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    bad(&p, &["validate", "-p", "nope.yaml"]).only("cannot read params file nope.yaml");
+}
+
+#[test]
+fn missing_dep_file_points_at_the_dep() {
+    let yaml = "stages:\n  s:\n    op: command\n    deps: [missing.txt]\n    out: {o: blob}\n    with: {run: \"echo > ${out.o}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("dep file `missing.txt` not found")
+        .stage("s")
+        .at(pos(yaml, "missing.txt", "missing.txt"))
+        .help("missing.txt");
+}
+
+#[test]
+fn deps_climbing_out_of_the_pipeline_directory_are_rejected() {
+    let yaml = "stages:\n  s:\n    op: command\n    deps: [../../etc/passwd, /etc/passwd, sub/../data.csv]\n    out: {o: blob}\n    with: {run: \"echo > ${out.o}\"}\n";
+    let p = project(yaml);
+    let report = bad(&p, &["validate"]);
+    report.count(2);
+    report
+        .error("dep `../../etc/passwd` is outside the pipeline directory")
+        .stage("s")
+        .at(pos(yaml, "../../etc", "../../etc"))
+        .help("inside the pipeline's directory");
+    report.error("dep `/etc/passwd` is outside").at(pos(yaml, ", /etc/passwd", "/etc"));
+}
+
+#[test]
+fn output_port_named_like_a_path_is_rejected() {
+    let yaml = "stages:\n  s:\n    op: command\n    out: {../x: blob}\n    with: {run: \"echo hi\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("invalid output port name `../x`")
+        .stage("s")
+        .at(pos(yaml, "../x", "../x"))
+        .help("not paths");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix
+
+#[test]
+fn empty_matrix_axis_is_one_error() {
+    let yaml = "stages:\n  train:\n    op: command\n    matrix: {size: []}\n    out: {m: blob}\n    with: {run: \"echo ${matrix.size} > ${out.m}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("matrix axis `size` must be a non-empty list").stage("train").at(pos(yaml, "[]", "["));
+}
+
+#[test]
+fn matrix_that_is_not_a_mapping_shows_an_example() {
+    let yaml =
+        "stages:\n  train:\n    op: command\n    matrix: 5\n    out: {m: blob}\n    with: {run: \"echo > ${out.m}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("`matrix` must map axis names").stage("train").at(pos(yaml, ": 5", "5")).help("size");
+}
+
+#[test]
+fn duplicate_matrix_value_points_at_the_repeat() {
+    let yaml = "stages:\n  train:\n    op: command\n    matrix: {size: [1, 2, 1]}\n    out: {m: blob}\n    with: {run: \"echo ${matrix.size} > ${out.m}\"}\n";
+    let p = project(yaml);
+    let (line, col) = pos(yaml, "[1, 2, 1]", ", 1]");
+    bad(&p, &["validate"]).only("lists `1` twice").stage("train").at((line, col + 2));
+}
+
+#[test]
+fn matrix_value_in_a_stage_without_matrix_is_rejected() {
+    let yaml =
+        "stages:\n  plain:\n    op: command\n    out: {r: blob}\n    with: {run: \"echo ${matrix.size} > ${out.r}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("`${matrix.size}` names a matrix value, but the stage has no `matrix:`")
+        .stage("plain")
+        .at(pos(yaml, "${matrix.size}", "${"))
+        .help("matrix:");
+}
+
+#[test]
+fn matrix_axis_typo_suggests_the_nearest() {
+    let yaml = "stages:\n  train:\n    op: command\n    matrix: {size: [1, 2]}\n    out: {m: blob}\n    with: {run: \"echo ${matrix.sise} > ${out.m}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("`${matrix.sise}` names no matrix axis")
+        .stage("train")
+        .at(pos(yaml, "${matrix.sise}", "${"))
+        .help("did you mean `size`?");
+}
+
+#[test]
+fn reference_to_a_matrix_stage_without_selector_lists_the_expansions() {
+    let yaml = "stages:\n  train:\n    op: command\n    matrix: {size: [1, 2]}\n    out: {m: blob}\n    with: {run: \"echo ${matrix.size} > ${out.m}\"}\n  eval:\n    op: command\n    in: {m: train}\n    out: {r: blob}\n    with: {run: \"cat ${in.m} > ${out.r}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("stage `train` has 2 expansions; say which")
+        .stage("eval")
+        .at(pos(yaml, "{m: train}", "train"))
+        .help("`train[*]`")
+        .help("`train[size=1]`")
+        .help("`train[size=2]`");
+}
+
+#[test]
+fn selector_matching_no_expansion_lists_them() {
+    let yaml = "stages:\n  train:\n    op: command\n    matrix: {size: [1, 2]}\n    out: {m: blob}\n    with: {run: \"echo ${matrix.size} > ${out.m}\"}\n  eval:\n    op: command\n    in: {m: \"train[size=3]\"}\n    out: {r: blob}\n    with: {run: \"cat ${in.m} > ${out.r}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("no expansion of `train` matches `[size=3]`")
+        .stage("eval")
+        .at(pos(yaml, "\"train[size=3]\"", "\""))
+        .help("`train[size=2]`");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `${...}` interpolation
+
+#[test]
+fn interpolation_naming_nothing_points_at_the_reference() {
+    let yaml = "stages:\n  a:\n    op: command\n    out: {m: blob}\n    with: {run: \"echo ${env.HOME} > ${out.m}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("`${env.HOME}` names nothing")
+        .stage("a")
+        .at(pos(yaml, "${env.HOME}", "${"))
+        .help("${params.NAME}");
+}
+
+#[test]
+fn interpolation_scope_typo_suggests_params() {
+    let yaml = "params: {lr: 0.1}\nstages:\n  a:\n    op: command\n    out: {m: blob}\n    with: {run: \"echo ${parms.lr} > ${out.m}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("`${parms.lr}`")
+        .stage("a")
+        .at(pos(yaml, "${parms.lr}", "${"))
+        .help("did you mean `${params.lr}`?");
+}
+
+#[test]
+fn unknown_param_reference_suggests_the_nearest() {
+    let yaml = "params: {lr: 0.1}\nstages:\n  a:\n    op: command\n    out: {m: blob}\n    with: {run: \"echo ${params.lrr} > ${out.m}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("there is no `params.lrr`")
+        .stage("a")
+        .at(pos(yaml, "${params.lrr}", "${"))
+        .help("did you mean `lr`?");
+}
+
+#[test]
+fn each_bad_reference_in_one_string_gets_its_own_column() {
+    let yaml = "params: {lr: 0.1}\nstages:\n  a:\n    op: command\n    out: {m: blob}\n    with: {run: \"echo ${params.lrr} ${env.HOME} > ${out.n}\"}\n";
+    let p = project(yaml);
+    let report = bad(&p, &["validate"]);
+    report.count(3);
+    report.error("`params.lrr`").at(pos(yaml, "${params.lrr}", "${"));
+    report.error("`${env.HOME}`").at(pos(yaml, "${env.HOME}", "${"));
+    report.error("`${out.n}`").at(pos(yaml, "${out.n}", "${")).help("`m`");
+    let cols: Vec<usize> = report.positions().iter().map(|p| p.1).collect();
+    assert!(cols.windows(2).all(|w| w[0] < w[1]), "sorted by column: {cols:?}\n{}", report.text);
+}
+
+#[test]
+fn unclosed_interpolation_points_at_the_dollar() {
+    let yaml = "params: {lr: 0.1}\nstages:\n  a:\n    op: command\n    out: {m: blob}\n    with: {run: \"echo > ${out.m}; echo ${params.lr\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("unclosed `${`").stage("a").at(pos(yaml, "${params.lr\"", "${")).help("$${");
+}
+
+#[test]
+fn unclosed_interpolation_before_another_reference_is_reported_as_unclosed() {
+    let yaml = "params: {lr: 0.1}\nstages:\n  a:\n    op: command\n    out: {m: blob}\n    with: {run: \"echo ${params.lr > ${out.m}\"}\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("unclosed `${`").stage("a").at(pos(yaml, "${params.lr >", "${"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+#[test]
+fn set_of_a_param_that_does_not_exist_suggests_the_nearest() {
+    let yaml =
+        "params:\n  lr: 0.1\n  fit: {delta: 0.5}\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    let report = bad(&p, &["validate", "--set", "lrr=0.2"]);
+    let e = report.only("--set lrr=0.2: there is no param `lrr`").help("did you mean `lr`?");
+    // It points at the params: their key, or the first of them.
+    let at = e.at.as_ref().map(|(_, l, c)| (*l, *c));
+    assert!(
+        at == Some(pos(yaml, "params:", "params")) || at == Some(pos(yaml, "lr: 0.1", "lr")),
+        "should point at `params:`\n{}",
+        e.raw
+    );
+    bad(&p, &["plan", "--set", "fit.dleta=1"]).only("no param `dleta`").help("did you mean `delta`?");
+    drover(&p, &["validate", "--set", "fit.delta=1"]).expect_code(0);
+}
+
+#[test]
+fn target_naming_no_stage_suggests_the_nearest() {
+    let yaml = "stages:\n  train:\n    op: read_table\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    for cmd in ["plan", "run"] {
+        let report = bad(&p, &[cmd, "--target", "trian"]);
+        assert_eq!(report.errors.len(), 1, "{}", report.text);
+        let e = &report.errors[0];
+        assert!(e.message.contains("--target trian: no such stage"), "{}", report.text);
+        e.help("did you mean `train`?");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// All errors at once
+
+#[test]
+fn several_errors_are_reported_at_once_sorted_by_position() {
+    // Errors found while reading the file (keys) and while planning (ops, refs, types) interleave
+    // in the file; the report lists them in file order.
+    let yaml = "\
+pipeline: demo
+stages:
+  raw:
+    op: read_tabel
+    with: {path: data.csv}
+  model:
+    op: command
+    out: {weights: blob}
+    with: {run: \"echo > ${out.weights}\"}
+  s:
+    op: sample
+    in: {table: model.weights}
+    with: {n: 5}
+  pick:
+    op: select
+    in: {table: raw}
+    colums: [a]
+  last:
+    op: command
+    deps: [../outside.txt]
+    timeout: soon
+    out: {o: blob}
+    with: {run: \"echo > ${out.o}\"}
+";
+    let p = project(yaml);
+    let report = bad(&p, &["validate"]);
+    report.count(5);
+    let expected = [
+        pos(yaml, "read_tabel", "read_tabel"),
+        pos(yaml, "model.weights}", "model.weights"),
+        pos(yaml, "colums", "colums"),
+        pos(yaml, "../outside.txt", "../outside.txt"),
+        pos(yaml, "soon", "soon"),
+    ];
+    report.error("unknown op `read_tabel`").at(expected[0]);
+    report.error("expected table, got blob").at(expected[1]);
+    report.error("unknown stage key `colums`").at(expected[2]);
+    report.error("outside the pipeline directory").at(expected[3]);
+    report.error("`timeout` must be a positive duration").at(expected[4]);
+    assert_eq!(report.positions(), expected, "sorted by position\n{}", report.text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run failures: exit 1 for a stage, 3 for the environment
+
+#[test]
+fn failing_stage_exits_1_with_its_last_output_and_skips_only_its_dependents() {
+    let yaml = "\
+stages:
+  bad:
+    op: command
+    out: {o: blob}
+    with: {run: \"for i in $(seq -w 1 40); do echo line$i; done; exit 3\"}
+  after:
+    op: command
+    in: {x: bad.o}
+    out: {o: blob}
+    with: {run: \"cp ${in.x} ${out.o}\"}
+  good:
+    op: command
+    out: {o: blob}
+    with: {run: \"echo fine > ${out.o}\"}
+";
+    let p = project(yaml);
+    let out = drover(&p, &["run"]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("FAILED  bad"), "names the stage\n{}", out.stderr);
+    assert!(out.stderr.contains("exited with status 3"), "says how it failed\n{}", out.stderr);
+    assert!(out.stderr.contains("line40"), "shows the last lines of its output\n{}", out.stderr);
+    assert!(!out.stderr.contains("line01"), "only the last lines\n{}", out.stderr);
+    assert!(out.stderr.contains("1 failed, 1 skipped"), "the dependent is skipped\n{}", out.stderr);
+    assert!(!out.stderr.contains("ran     after"), "{}", out.stderr);
+
+    // The independent branch ran and stored its output; the dependent has none.
+    let good = drover(&p, &["show", "good"]);
+    good.expect_code(0);
+    assert!(good.stdout.contains("fine"), "{}", good.all());
+    bad(&p, &["show", "after"]).errors[0].help("drover run");
+
+    let last = drover(&p, &["runs", "last"]);
+    last.expect_code(0);
+    let line = |stage: &str| {
+        last.stdout.lines().find(|l| l.split_whitespace().nth(1) == Some(stage)).unwrap_or_default().to_string()
+    };
+    assert!(line("bad").trim_start().starts_with("failed"), "{}", last.stdout);
+    assert!(line("after").trim_start().starts_with("skipped"), "{}", last.stdout);
+    assert!(line("good").trim_start().starts_with("ran"), "{}", last.stdout);
+}
+
+#[test]
+fn cannot_spawn_is_an_environment_failure_exits_3_and_is_not_cached() {
+    let yaml = "stages:\n  good:\n    op: command\n    out: {o: blob}\n    with: {run: \"echo fine > ${out.o}\"}\n";
+    let p = project(yaml);
+    let out = p.cmd(&["run"]).env("PATH", "/nonexistent").output().expect("run drover");
+    let out = Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_no_panic(&out);
+    out.expect_code(3);
+    assert!(out.stderr.contains("good") && out.stderr.contains("cannot start"), "{}", out.stderr);
+
+    // With `sh` back, the stage runs: the environment failure was not cached.
+    let again = drover(&p, &["run"]);
+    again.expect_code(0);
+    assert!(again.stderr.contains("ran     good"), "{}", again.stderr);
+}
+
+#[test]
+fn store_that_cannot_be_created_exits_3() {
+    let yaml = "stages:\n  good:\n    op: command\n    out: {o: blob}\n    with: {run: \"echo fine > ${out.o}\"}\n";
+    let p = project(yaml);
+    p.write("store", "a file where the store directory should be");
+    let out = drover(&p, &["run", "--store", "store"]);
+    out.expect_code(3);
+    assert!(out.stderr.contains("cannot open store"), "{}", out.stderr);
+}
