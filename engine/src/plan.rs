@@ -303,26 +303,27 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
             }
         }
     }
-    let mut in_cycle = BTreeSet::new();
-    for scc in petgraph::algo::tarjan_scc(&graph) {
-        let self_loop = scc.len() == 1 && graph.contains_edge(scc[0], scc[0]);
-        if scc.len() > 1 || self_loop {
-            let cycle = describe_cycle(&graph, &scc, &ids);
-            let first = *scc.iter().min().expect("scc is not empty");
-            d.error(
-                Some(&pending[first].spec.name),
-                pending[first].spec.name_span,
-                format!("dependency cycle: {cycle}"),
-                "part of a cycle",
-                Some("a stage cannot depend, directly or not, on its own output".into()),
-            );
-            in_cycle.extend(scc);
+    // Both algorithms are iterative: a chain of 100,000 stages must not overflow the stack.
+    let order: Vec<usize> = match petgraph::algo::toposort(&graph, None) {
+        Ok(order) => order,
+        Err(_) => {
+            for scc in petgraph::algo::kosaraju_scc(&graph) {
+                let self_loop = scc.len() == 1 && graph.contains_edge(scc[0], scc[0]);
+                if scc.len() > 1 || self_loop {
+                    let cycle = describe_cycle(&graph, &scc, &ids);
+                    let first = *scc.iter().min().expect("scc is not empty");
+                    d.error(
+                        Some(&pending[first].spec.name),
+                        pending[first].spec.name_span,
+                        format!("dependency cycle: {cycle}"),
+                        "part of a cycle",
+                        Some("a stage cannot depend, directly or not, on its own output".into()),
+                    );
+                }
+            }
+            return Err(d.finish().unwrap_err());
         }
-    }
-    if !in_cycle.is_empty() {
-        return Err(d.finish().unwrap_err());
-    }
-    let order: Vec<usize> = petgraph::algo::toposort(&graph, None).unwrap_or_default();
+    };
 
     // 4. Types, in order: each op checks its params and inputs and says what comes out.
     let mut outputs: Vec<Option<BTreeMap<String, PortType>>> = vec![None; pending.len()];

@@ -254,7 +254,7 @@ fn unclosed_bracket(text: &str) -> Option<(usize, char)> {
 
 enum Frame {
     Seq { start: usize, anchor: usize, items: Vec<Node> },
-    Map { start: usize, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Map { start: usize, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node>, seen: HashMap<String, usize> },
 }
 
 struct Builder<'s> {
@@ -282,17 +282,21 @@ impl Builder<'_> {
                 }
             }
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, key, .. }) => match key.take() {
+            Some(Frame::Map { entries, key, seen, .. }) => match key.take() {
                 None => *key = Some(node),
                 Some(k) => {
-                    if let Some((prev, _)) = entries.iter().find(|(p, _)| p.kind == k.kind) {
+                    // Keys are compared by text through a hash map: a mapping of 100,000 stages
+                    // must not cost 10^10 comparisons.
+                    let first = seen.entry(k.key_text()).or_insert(k.span.offset);
+                    if *first != k.span.offset {
+                        let prev_offset = *first;
                         self.errors.push(YamlError {
                             message: format!("duplicate key `{}`", k.key_text()),
                             span: k.span,
                             help: Some(format!(
                                 "`{}` is first defined on line {}; each key may appear once",
                                 k.key_text(),
-                                self.lines.line_of(prev.span.offset)
+                                self.lines.line_of(prev_offset)
                             )),
                         });
                     }
@@ -314,9 +318,13 @@ impl MarkedEventReceiver for Builder<'_> {
                 self.push_node(Node { span: Span::new(offset, len), kind }, anchor);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq { start: offset, anchor, items: Vec::new() }),
-            Event::MappingStart(anchor, _) => {
-                self.stack.push(Frame::Map { start: offset, anchor, entries: Vec::new(), key: None })
-            }
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
+                start: offset,
+                anchor,
+                entries: Vec::new(),
+                key: None,
+                seen: HashMap::new(),
+            }),
             Event::SequenceEnd | Event::MappingEnd => {
                 let (start, anchor, kind) = match self.stack.pop() {
                     Some(Frame::Seq { start, anchor, items }) => (start, anchor, NodeKind::Seq(items)),
