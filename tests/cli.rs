@@ -1,0 +1,132 @@
+//! End-to-end tests of the informational commands: dag, ops, schema, runs, validate, and the
+//! stat cache behind `read_table` and deps.
+
+mod common;
+
+use common::Project;
+
+const TWO_STAGES: &str = r#"
+pipeline: two
+stages:
+  raw:
+    op: read_table
+    with: { path: data.csv }
+  uniq:
+    op: dedup
+    in: { table: raw }
+"#;
+
+fn project() -> Project {
+    let p = Project::new();
+    p.write("drover.yaml", TWO_STAGES).write("data.csv", "a,b\n1,x\n1,x\n2,y\n");
+    p
+}
+
+#[test]
+fn dag_prints_dot_and_mermaid_edges() {
+    let p = project();
+    let dot = p.drover(&["dag"]);
+    dot.expect_code(0);
+    assert!(dot.stdout.starts_with("digraph \"two\" {"), "{}", dot.stdout);
+    assert!(dot.stdout.contains("n0 [label=\"raw\\n(read_table)\"];"), "{}", dot.stdout);
+    assert!(dot.stdout.contains("n0 -> n1 [label=\"table\"];"), "{}", dot.stdout);
+    let mermaid = p.drover(&["dag", "--format", "mermaid"]);
+    assert!(mermaid.stdout.starts_with("flowchart LR\n"), "{}", mermaid.stdout);
+    assert!(mermaid.stdout.contains("n0 -->|table| n1"), "{}", mermaid.stdout);
+}
+
+#[test]
+fn ops_lists_every_op_with_typed_ports_and_params() {
+    let p = Project::new();
+    let out = p.drover(&["ops", "--json"]);
+    out.expect_code(0);
+    let ops: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    let names: Vec<&str> = ops.iter().map(|o| o["name"].as_str().unwrap()).collect();
+    for name in ["command", "concat", "dedup", "read_table", "sample", "select"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    let sample = ops.iter().find(|o| o["name"] == "sample").unwrap();
+    assert_eq!(sample["inputs"]["fixed"][0]["name"], "table");
+    assert!(sample["params"]["properties"]["fraction"].is_object(), "{sample}");
+    let text = p.drover(&["ops"]);
+    assert!(text.stdout.contains("sample (v1)"), "{}", text.stdout);
+    assert!(text.stdout.contains("keep: first|last"), "{}", text.stdout);
+}
+
+#[test]
+fn schema_is_json_schema_with_every_ops_params() {
+    let p = Project::new();
+    let out = p.drover(&["schema"]);
+    out.expect_code(0);
+    let schema: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(schema["required"], serde_json::json!(["stages"]));
+    let stage = &schema["$defs"]["stage"];
+    let ops: Vec<&str> =
+        stage["properties"]["op"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(ops.contains(&"command") && ops.contains(&"read_table"), "{ops:?}");
+    let per_op = stage["allOf"].as_array().unwrap();
+    let command = per_op.iter().find(|c| c["if"]["properties"]["op"]["const"] == "command").unwrap();
+    assert_eq!(command["then"]["properties"]["with"]["required"], serde_json::json!(["run"]));
+}
+
+#[test]
+fn runs_lists_history_and_shows_logs() {
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        "stages:\n  say: { op: command, with: { run: \"echo hello from the stage; echo done > ${out.out}\" }, out: { out: blob } }\n",
+    );
+    p.drover(&["run"]).expect_code(0);
+    p.drover(&["run"]).expect_code(0);
+    let list = p.drover(&["runs"]);
+    list.expect_code(0);
+    let rows: Vec<&str> = list.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{}", list.stdout);
+    // Newest first: the second run found everything cached.
+    let cols = |row: &str| row.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(&cols(rows[0])[2..5], ["ok", "0", "1"]);
+    assert_eq!(&cols(rows[1])[2..5], ["ok", "1", "0"]);
+    let first_id = cols(rows[1])[0].clone();
+    let log = p.drover(&["runs", &first_id, "--log", "say"]);
+    log.expect_code(0);
+    assert_eq!(log.stdout, "hello from the stage\n");
+}
+
+#[test]
+fn validate_reports_the_expanded_size() {
+    let p = project();
+    let out = p.drover(&["validate"]);
+    out.expect_code(0);
+    assert!(out.stdout.ends_with("ok (2 stages, 2 after matrix expansion)\n"), "{}", out.stdout);
+}
+
+/// Sets a file's mtime to an hour ago, so that the stat cache may trust it.
+fn age(p: &Project, rel: &str) {
+    let status =
+        std::process::Command::new("touch").args(["-d", "2020-01-01 00:00:00", rel]).current_dir(p.path()).status();
+    assert!(status.unwrap().success());
+}
+
+/// The stat cache: a source file whose size, mtime and inode are unchanged is not read again
+/// (as git's index does); any change to them makes drover hash it again.
+#[test]
+fn unchanged_source_files_are_not_rehashed() {
+    let p = project();
+    age(&p, "data.csv");
+    p.drover(&["run"]).expect_code(0);
+    let cache = p.read(".drover/statcache.json");
+    assert!(cache.contains("data.csv"), "{cache}");
+
+    // Same size, same mtime (restored), same inode, different bytes: the stat cache trusts it.
+    std::fs::write(p.join("data.csv"), "a,b\n1,x\n1,x\n3,y\n").unwrap();
+    age(&p, "data.csv");
+    assert_eq!(p.plan(&[])[0].1, "cached");
+
+    // A different size is noticed.
+    std::fs::write(p.join("data.csv"), "a,b\n1,x\n1,x\n2,y\n4,z\n").unwrap();
+    age(&p, "data.csv");
+    let plan = p.plan(&[]);
+    assert_eq!(plan[0].1, "run");
+    assert_eq!(plan[0].2, ["dep file `data.csv` changed"]);
+}
