@@ -497,8 +497,13 @@ fn gc(ops: &OpRegistry, store_override: Option<PathBuf>, args: &PipelineArgs, dr
     let report = store.gc(&roots, dry_run).map_err(env)?;
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
-        "{verb} {} objects ({} bytes), {} records, {} scratch entries; kept {} objects",
-        report.objects_removed, report.bytes_freed, report.records_removed, report.tmp_removed, report.objects_kept
+        "{verb} {} objects ({} bytes), {} records, {} scratch entries, {} unused lock files; kept {} objects",
+        report.objects_removed,
+        report.bytes_freed,
+        report.records_removed,
+        report.tmp_removed,
+        report.locks_removed,
+        report.objects_kept
     );
     Ok(())
 }
