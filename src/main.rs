@@ -10,6 +10,10 @@ mod schema;
 
 use std::process::ExitCode;
 
+/// Plans allocate millions of small nodes; mimalloc frees them markedly faster than glibc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 /// How a command failed, which decides the exit code.
