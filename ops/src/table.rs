@@ -19,7 +19,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersi
 use serde::de::DeserializeOwned;
 
 /// Records read to infer a csv or jsonl schema at plan time ([`read_schema`]).
-const SCHEMA_SAMPLE_RECORDS: usize = 1000;
+pub const SCHEMA_SAMPLE_RECORDS: usize = 1000;
 
 /// Rows per batch handed to the parquet writer. Fixed so that the bytes written depend on
 /// the data alone, never on how the caller happened to split it into batches.
