@@ -216,22 +216,10 @@ stages:
     };
     child.kill().unwrap();
     child.wait().unwrap();
-    // SAFETY: signalling a process group of our own test's child.
-    unsafe { libc_kill(-pid) };
+    common::signal(-pid, common::SIGKILL); // the orphaned command's group
     p.drover(&["cache", "verify"]).expect_code(0);
     assert_eq!(p.plan(&[])[0].1, "run");
     assert!(walk(&p.join(".drover/records")).is_empty());
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-unsafe fn libc_kill(pid: i32) {
-    // SAFETY: kill(2) takes plain integers.
-    unsafe {
-        kill(pid, 9);
-    }
 }
 
 /// Two `drover run`s on the same pipeline and store at once: both succeed, and no key is

@@ -8,12 +8,6 @@ use std::time::Duration;
 
 use common::Project;
 
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-const SIGINT: i32 = 2;
-
 #[test]
 fn ctrl_c_stops_the_run_keeps_finished_stages_and_kills_commands() {
     let p = Project::new();
@@ -36,8 +30,7 @@ stages:
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    // SAFETY: kill(2) on our own child.
-    unsafe { kill(child.id() as i32, SIGINT) };
+    common::signal(child.id() as i32, common::SIGINT);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));

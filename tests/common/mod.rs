@@ -92,3 +92,19 @@ impl Project {
             .collect()
     }
 }
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub const SIGINT: i32 = 2;
+pub const SIGKILL: i32 = 9;
+
+/// Sends a signal to a process (or, with a negative pid, a process group).
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc_kill(pid, sig);
+    }
+}
