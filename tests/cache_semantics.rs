@@ -397,3 +397,17 @@ fn quickstart_runs_and_its_second_run_is_all_cached() {
         assert!(shown.stdout.contains(m), "missing {m:?} in\n{}", shown.stdout);
     }
 }
+
+/// A join over thousands of inputs makes a script longer than Linux allows for one argument
+/// (128 KiB); it must still run.
+#[test]
+fn scripts_longer_than_one_argument_still_run() {
+    let p = Project::new();
+    let padding = "x".repeat(200 * 1024);
+    p.write(
+        "drover.yaml",
+        &format!("stages:\n  long:\n    op: command\n    with: {{ run: \"echo ok > ${{out.out}} # {padding}\" }}\n    out: {{ out: blob }}\n"),
+    );
+    p.drover(&["run"]).expect_code(0);
+    assert!(p.drover(&["show", "long"]).stdout.ends_with("ok\n"));
+}

@@ -143,7 +143,10 @@ pub async fn run(
         plan.order.iter().copied().filter(|i| selected.contains(i) && remaining[*i] == 0).collect();
     let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; n];
     let mut results: BTreeMap<usize, RunStage> = BTreeMap::new();
-    let mut keys: Vec<Option<(CacheKey, Recipe)>> = vec![None; n];
+    let mut keys: Vec<Option<CacheKey>> = vec![None; n];
+    let mut recipes: Vec<Option<Recipe>> = vec![None; n];
+    // Checked, not cached, waiting for a job slot or resources.
+    let mut waiting: VecDeque<usize> = VecDeque::new();
     let mut state_updates: BTreeMap<String, CacheKey> = BTreeMap::new();
     let mut tasks: JoinSet<Finished> = JoinSet::new();
     let mut running: BTreeSet<usize> = BTreeSet::new();
@@ -154,16 +157,13 @@ pub async fn run(
     tokio::pin!(ctrl_c);
 
     loop {
-        // Settle cached stages and launch what fits.
-        let mut deferred = VecDeque::new();
+        // Settle cached stages: each ready stage's key is computed and looked up once.
         while let Some(idx) = ready.pop_front() {
             let node = &plan.nodes[idx];
-            if keys[idx].is_none() {
-                let recipe = recipe_for(&plan, idx, &store, &|u| outputs[u].clone())?
-                    .ok_or_else(|| EngineError::Other(format!("inputs of `{}` are not ready", node.id)))?;
-                keys[idx] = Some((recipe.key(), recipe));
-            }
-            let (key, recipe) = keys[idx].clone().expect("just computed");
+            let recipe = recipe_for(&plan, idx, &store, &|u| outputs[u].clone())?
+                .ok_or_else(|| EngineError::Other(format!("inputs of `{}` are not ready", node.id)))?;
+            let key = recipe.key();
+            keys[idx] = Some(key.clone());
             if !opts.forced.contains(&idx)
                 && let Some(record) = store.get_record(&key).filter(|r| store.record_complete(r))
             {
@@ -192,9 +192,22 @@ pub async fn run(
                 release_dependents(idx, &dependents, &mut remaining, &mut ready);
                 continue;
             }
+            recipes[idx] = Some(recipe);
+            waiting.push_back(idx);
+        }
+        // Launch what fits. Past the job limit nothing more can start, so the scan stops there
+        // (a join over 10,000 ready stages must not cost 10,000 steps per finished stage).
+        let mut blocked = VecDeque::new();
+        while let Some(idx) = waiting.pop_front() {
+            let node = &plan.nodes[idx];
+            if stop_launching || running.len() >= opts.jobs.max(1) {
+                blocked.push_back(idx);
+                blocked.append(&mut waiting);
+                break;
+            }
             let fits = node.resources.iter().all(|(r, want)| in_use.get(r).copied().unwrap_or(0) + want <= capacity[r]);
-            if stop_launching || running.len() >= opts.jobs.max(1) || !fits {
-                deferred.push_back(idx);
+            if !fits {
+                blocked.push_back(idx);
                 continue;
             }
             for (r, want) in &node.resources {
@@ -222,8 +235,8 @@ pub async fn run(
                 plan: plan.clone(),
                 store: store.clone(),
                 idx,
-                key,
-                recipe,
+                key: keys[idx].clone().expect("computed when ready"),
+                recipe: recipes[idx].take().expect("computed when ready"),
                 inputs,
                 run_id: run_id.clone(),
                 forced: opts.forced.contains(&idx),
@@ -231,7 +244,7 @@ pub async fn run(
             };
             tasks.spawn(job.run());
         }
-        ready = deferred;
+        waiting = blocked;
         if running.is_empty() {
             break;
         }
@@ -248,7 +261,7 @@ pub async fn run(
                 for (r, want) in &node.resources {
                     *in_use.entry(r.clone()).or_default() -= want;
                 }
-                let key = keys[idx].as_ref().map(|(k, _)| k.clone());
+                let key = keys[idx].clone();
                 reporter.event(Event::StageFinished {
                     stage: &node.id,
                     outcome: f.outcome,
@@ -285,7 +298,7 @@ pub async fn run(
                 interrupted = true;
                 tasks.abort_all();
                 for &idx in &running {
-                    results.insert(idx, RunStage { stage: plan.nodes[idx].id.clone(), outcome: StageOutcome::Interrupted, key: keys[idx].as_ref().map(|(k, _)| k.clone()), duration_ms: 0, error: Some("interrupted".into()), log: None, device: None, attempts: 1 });
+                    results.insert(idx, RunStage { stage: plan.nodes[idx].id.clone(), outcome: StageOutcome::Interrupted, key: keys[idx].clone(), duration_ms: 0, error: Some("interrupted".into()), log: None, device: None, attempts: 1 });
                 }
                 break;
             }

@@ -95,9 +95,16 @@ async fn run(cx: RunCx) -> Result<(), OpError> {
         .map_err(|e| OpError::io(format!("open log {}", cx.log_path.display()), e))?;
     let log_err = log.try_clone().map_err(|e| OpError::io("open log", e))?;
     let mut command = tokio::process::Command::new("sh");
+    if script.len() <= MAX_INLINE_SCRIPT {
+        command.arg("-c").arg(&script);
+    } else {
+        // Linux caps one argument at 128 KiB (a join over 10,000 inputs is longer): such a
+        // script goes to a file that `sh` reads.
+        let file = cx.work_dir.join("command.sh");
+        std::fs::write(&file, &script).map_err(|e| OpError::io(format!("write {}", file.display()), e))?;
+        command.arg(&file);
+    }
     command
-        .arg("-c")
-        .arg(&script)
         .current_dir(&cx.pipeline_dir)
         .envs(&params.env)
         .env("DROVER_STAGE", &cx.stage)
@@ -143,6 +150,9 @@ async fn run(cx: RunCx) -> Result<(), OpError> {
     })
     .await
 }
+
+/// Longest script passed as `sh -c SCRIPT`; Linux's limit on one argument is 128 KiB.
+const MAX_INLINE_SCRIPT: usize = 100 * 1024;
 
 /// Kills a process group when dropped, unless disarmed.
 struct KillGroup(i32);
