@@ -1,6 +1,6 @@
 //! `cache verify` (re-hash, quarantine what is corrupt) and `gc` (drop what nothing references).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::{IoContext, Result};
 use crate::fsutil::{self, unique_name};
 use crate::object::ObjectHash;
-use crate::record::{CacheKey, OutputKind, StageRecord};
+use crate::record::{CacheKey, OutputKind, OutputRef, StageRecord};
 use crate::store::{Store, list_files};
 
 /// What `cache verify` found.
@@ -76,7 +76,12 @@ impl Store {
 
     /// True when every object a record names (and every file of its dirs) is present.
     pub fn record_complete(&self, record: &StageRecord) -> bool {
-        record.outputs.values().all(|out| {
+        self.outputs_complete(&record.outputs)
+    }
+
+    /// True when every one of these outputs (and every file of its dirs) is present.
+    pub fn outputs_complete(&self, outputs: &BTreeMap<String, OutputRef>) -> bool {
+        outputs.values().all(|out| {
             self.has_object(&out.hash)
                 && (out.kind != OutputKind::Dir
                     || self.read_manifest(&out.hash).is_ok_and(|m| m.files.iter().all(|f| self.has_object(&f.hash))))

@@ -160,14 +160,14 @@ pub async fn run(
         // Settle cached stages: each ready stage's key is computed and looked up once.
         while let Some(idx) = ready.pop_front() {
             let node = &plan.nodes[idx];
-            let recipe = recipe_for(&plan, idx, &store, &|u| outputs[u].clone())?
+            let recipe = recipe_for(&plan, idx, &store, &outputs)?
                 .ok_or_else(|| EngineError::Other(format!("inputs of `{}` are not ready", node.id)))?;
             let key = recipe.key();
             keys[idx] = Some(key.clone());
             if !opts.forced.contains(&idx)
-                && let Some(record) = store.get_record(&key).filter(|r| store.record_complete(r))
+                && let Some(cached) = store.cached_outputs(&key)
             {
-                outputs[idx] = Some(record.outputs);
+                outputs[idx] = Some(cached);
                 state_updates.insert(node.id.clone(), key.clone());
                 results.insert(
                     idx,
@@ -422,10 +422,10 @@ impl StageJob {
             .await
             .map_err(|e| EngineError::Other(e.to_string()))??;
         if !self.forced
-            && let Some(record) = self.store.get_record(&self.key).filter(|r| self.store.record_complete(r))
+            && let Some(cached) = self.store.cached_outputs(&self.key)
         {
             drop(lock);
-            return Ok(self.done(StageOutcome::Cached, Some(record.outputs), None, false, 0, None));
+            return Ok(self.done(StageOutcome::Cached, Some(cached), None, false, 0, None));
         }
         let (log_abs, log_rel) = self.store.log_path(&self.run_id, &node.id);
         if let Some(parent) = log_abs.parent() {

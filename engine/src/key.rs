@@ -16,19 +16,23 @@ pub const KEY_FORMAT: u32 = 1;
 
 /// Everything a stage's output may depend on. Secrets, endpoints, store paths, resources,
 /// retries, timeouts and the clock are deliberately absent.
+///
+/// Fields are declared in alphabetical order and every map is a `BTreeMap`, so serde writes
+/// canonical JSON directly; `params` (arbitrary JSON) is written with sorted keys.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
-    pub format: u32,
-    pub op: String,
-    pub op_version: u32,
-    /// The interpolated `with:` block.
-    pub params: Value,
-    /// Content hashes of the inputs, by port.
-    pub inputs: BTreeMap<String, RecipeInput>,
     /// Content hashes of dep files, by path as written.
     pub deps: BTreeMap<String, String>,
+    pub format: u32,
+    /// Content hashes of the inputs, by port.
+    pub inputs: BTreeMap<String, RecipeInput>,
+    pub op: String,
+    pub op_version: u32,
     /// Declared output ports and their types (`table`, `table:csv`, `blob`, `dir`).
     pub outputs: BTreeMap<String, String>,
+    /// The interpolated `with:` block.
+    #[serde(serialize_with = "sorted")]
+    pub params: Value,
     pub seed: u64,
 }
 
@@ -42,17 +46,15 @@ pub enum RecipeInput {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ListItem {
-    pub matrix: BTreeMap<String, Value>,
     pub hash: String,
+    #[serde(serialize_with = "sorted_map")]
+    pub matrix: BTreeMap<String, Value>,
 }
 
 impl Recipe {
     /// Canonical JSON: object keys sorted at every level, no whitespace.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let value = serde_json::to_value(self).expect("recipes serialise");
-        let mut out = Vec::with_capacity(256);
-        write_canonical(&value, &mut out);
-        out
+        serde_json::to_vec(self).expect("recipes serialise")
     }
 
     pub fn key(&self) -> CacheKey {
@@ -60,33 +62,44 @@ impl Recipe {
     }
 }
 
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+/// Serialises JSON with object keys sorted at every level.
+fn sorted<S: serde::Serializer>(value: &Value, serializer: S) -> Result<S::Ok, S::Error> {
+    Sorted(value).serialize(serializer)
+}
+
+fn sorted_map<S: serde::Serializer>(map: &BTreeMap<String, Value>, serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut out = serializer.serialize_map(Some(map.len()))?;
+    for (k, v) in map {
+        out.serialize_entry(k, &Sorted(v))?;
+    }
+    out.end()
+}
+
+struct Sorted<'a>(&'a Value);
+
+impl Serialize for Sorted<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let mut out = serializer.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    out.serialize_entry(k, &Sorted(v))?;
                 }
-                serde_json::to_writer(&mut *out, k).expect("strings serialise");
-                out.push(b':');
-                write_canonical(v, out);
+                out.end()
             }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+            Value::Array(items) => {
+                let mut out = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    out.serialize_element(&Sorted(item))?;
                 }
-                write_canonical(item, out);
+                out.end()
             }
-            out.push(b']');
+            scalar => scalar.serialize(serializer),
         }
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("scalars serialise"),
     }
 }
 
@@ -96,13 +109,14 @@ pub fn recipe_for(
     plan: &Plan,
     idx: usize,
     store: &Store,
-    upstream: &dyn Fn(usize) -> Option<BTreeMap<String, OutputRef>>,
+    upstream: &[Option<BTreeMap<String, OutputRef>>],
 ) -> Result<Option<Recipe>, EngineError> {
     let node = &plan.nodes[idx];
     let mut inputs = BTreeMap::new();
     for (port, edge) in &node.inputs {
-        let hash_of =
-            |s: &crate::plan::Source| -> Option<String> { upstream(s.node)?.get(&s.port).map(|o| o.hash.to_string()) };
+        let hash_of = |s: &crate::plan::Source| -> Option<String> {
+            upstream[s.node].as_ref()?.get(&s.port).map(|o| o.hash.to_string())
+        };
         let input = match edge {
             InputEdge::One(s) => match hash_of(s) {
                 Some(h) => RecipeInput::One(h),

@@ -242,13 +242,12 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         }
         let mut inputs = BTreeMap::new();
         for input in &stage.inputs {
-            let r = interp::interpolate(
-                &Node { span: input.ref_span, kind: crate::yaml::NodeKind::Str(input.reference.clone()) },
-                &cx,
-                &mut used,
-                &mut errs,
-            );
-            let r = interp::render(&r);
+            let r = if input.reference.contains("${") {
+                let node = Node { span: input.ref_span, kind: crate::yaml::NodeKind::Str(input.reference.clone()) };
+                std::borrow::Cow::Owned(interp::render(&interp::interpolate(&node, &cx, &mut used, &mut errs)))
+            } else {
+                std::borrow::Cow::Borrowed(input.reference.as_str())
+            };
             match resolve_ref(&r, &p.matrix, &by_stage, &all_matrices) {
                 Ok(edge) => {
                     inputs.insert(input.port.clone(), (edge, input.port_span, input.ref_span));
@@ -619,6 +618,9 @@ fn resolve_ref(
         return Err((format!("there is no stage `{stage}`"), Some(help)));
     };
     let port = port.unwrap_or("out").to_string();
+    if selector.is_none() && nodes.len() == 1 && all[nodes[0]].is_empty() {
+        return Ok(InputEdge::One(Source { node: nodes[0], port }));
+    }
     let matrices: Vec<Vec<(String, Value)>> = nodes.iter().map(|&n| all[n].clone()).collect();
     let src = |n: usize| Source { node: n, port: port.clone() };
     match selector {

@@ -120,7 +120,7 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
         };
         d.error(None, e.span, message, "here", e.help);
     }
-    let Some(root) = root else {
+    let Some(mut root) = root else {
         return Err(d.finish().unwrap_err());
     };
     let dir = path
@@ -192,7 +192,7 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
         }
     }
     apply_overrides(&mut d, &mut spec.params, overrides);
-    match root.get("stages") {
+    match root.get_mut("stages") {
         None => d.error(
             None,
             Span::new(root.span.offset, 1),
@@ -200,10 +200,10 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
             "expected `stages:`",
             Some("add `stages:` with at least one stage".into()),
         ),
-        Some(stages) => match stages.as_map() {
+        Some(stages) => match stages.as_map_mut() {
             Some(entries) => {
                 let mut seen = std::collections::HashSet::new();
-                for (k, v) in entries {
+                for (k, v) in entries.iter_mut() {
                     if !seen.insert(k.key_text()) {
                         continue; // a duplicate, reported by the YAML layer
                     }
@@ -231,7 +231,7 @@ pub fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn parse_stage(d: &mut Diags, key: &Node, v: &Node) -> Option<StageSpec> {
+fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node) -> Option<StageSpec> {
     let name = key.key_text();
     if !valid_name(&name) {
         d.error(
@@ -244,11 +244,14 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &Node) -> Option<StageSpec> {
         return None;
     }
     let st = Some(name.as_str());
-    let Some(entries) = v.as_map() else {
+    let has_op = v.get("op").is_some();
+    let (span, type_name) = (v.span, v.type_name());
+    // The stage's nodes are moved into the spec, not copied (10,000 stages' `with:` blocks).
+    let Some(entries) = v.as_map_mut() else {
         d.error(
             st,
-            v.span,
-            format!("a stage is a mapping with at least `op:`; found {}", v.type_name()),
+            span,
+            format!("a stage is a mapping with at least `op:`; found {type_name}"),
             "expected a mapping",
             None,
         );
@@ -320,7 +323,7 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &Node) -> Option<StageSpec> {
             },
             "with" => {
                 if matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) {
-                    stage.with = Some(v.clone());
+                    stage.with = Some(v.take());
                 } else {
                     d.error(
                         st,
@@ -370,10 +373,10 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &Node) -> Option<StageSpec> {
                     None,
                 ),
             },
-            "matrix" => match v.as_map() {
+            "matrix" => match v.as_map_mut() {
                 Some(axes) if !axes.is_empty() => {
-                    for (axis, values) in axes {
-                        stage.matrix.push((axis.key_text(), axis.span, values.clone()));
+                    for (axis, values) in axes.iter_mut() {
+                        stage.matrix.push((axis.key_text(), axis.span, values.take()));
                     }
                 }
                 _ => d.error(
@@ -400,7 +403,7 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &Node) -> Option<StageSpec> {
             ),
         }
     }
-    if stage.op.is_empty() && v.get("op").is_none() {
+    if stage.op.is_empty() && !has_op {
         d.error(
             st,
             key.span,

@@ -40,7 +40,7 @@ pub fn plan_status(
     let mut out = Vec::new();
     for &idx in plan.order.iter().filter(|i| selected.contains(i)) {
         let node = &plan.nodes[idx];
-        let recipe = recipe_for(plan, idx, store, &|n| outputs[n].clone())?;
+        let recipe = recipe_for(plan, idx, store, &outputs)?;
         let Some(recipe) = recipe else {
             let pending: Vec<String> = plan
                 .upstream(idx)
@@ -61,11 +61,11 @@ pub fn plan_status(
             continue;
         };
         let key = recipe.key();
-        let record = store.get_record(&key).filter(|r| store.record_complete(r));
+        let record = store.cached_outputs(&key);
         let (action, reasons) = match (&record, forced.contains(&idx)) {
             (_, true) => (Action::Run, vec!["forced".to_string()]),
-            (Some(r), false) => {
-                outputs[idx] = Some(r.outputs.clone());
+            (Some(cached), false) => {
+                outputs[idx] = Some(cached.clone());
                 (Action::Cached, vec![])
             }
             (None, false) => (Action::Run, explain(store, node, &recipe, &key, state.get(&node.id))),

@@ -67,6 +67,23 @@ impl Node {
         }
     }
 
+    pub fn as_map_mut(&mut self) -> Option<&mut Vec<(Node, Node)>> {
+        match &mut self.kind {
+            NodeKind::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Moves the node out, leaving `Null` with the same span (no deep copy).
+    pub fn take(&mut self) -> Node {
+        let span = self.span;
+        std::mem::replace(self, Node { span, kind: NodeKind::Null })
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
+        self.as_map_mut()?.iter_mut().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+    }
+
     /// A mapping's value by key.
     pub fn get(&self, key: &str) -> Option<&Node> {
         self.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
@@ -252,6 +269,9 @@ fn unclosed_bracket(text: &str) -> Option<(usize, char)> {
     quote.or_else(|| stack.pop())
 }
 
+/// Up to this many keys, duplicate keys are found by scanning.
+const SMALL_MAP: usize = 16;
+
 enum Frame {
     Seq { start: usize, anchor: usize, items: Vec<Node> },
     Map { start: usize, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node>, seen: HashMap<String, usize> },
@@ -285,11 +305,18 @@ impl Builder<'_> {
             Some(Frame::Map { entries, key, seen, .. }) => match key.take() {
                 None => *key = Some(node),
                 Some(k) => {
-                    // Keys are compared by text through a hash map: a mapping of 100,000 stages
-                    // must not cost 10^10 comparisons.
-                    let first = seen.entry(k.key_text()).or_insert(k.span.offset);
-                    if *first != k.span.offset {
-                        let prev_offset = *first;
+                    // Small mappings (almost all) are scanned; large ones use a hash map, so
+                    // that a mapping of 100,000 stages does not cost 10^10 comparisons.
+                    let first = if entries.len() < SMALL_MAP {
+                        entries.iter().find(|(p, _)| p.kind == k.kind).map(|(p, _)| p.span.offset)
+                    } else {
+                        if seen.is_empty() {
+                            seen.extend(entries.iter().map(|(p, _)| (p.key_text(), p.span.offset)));
+                        }
+                        let first = *seen.entry(k.key_text()).or_insert(k.span.offset);
+                        (first != k.span.offset).then_some(first)
+                    };
+                    if let Some(prev_offset) = first {
                         self.errors.push(YamlError {
                             message: format!("duplicate key `{}`", k.key_text()),
                             span: k.span,
