@@ -29,7 +29,7 @@ impl SourceFile {
 }
 
 /// One problem in a pipeline file.
-#[derive(Debug, thiserror::Error, Diagnostic)]
+#[derive(Clone, Debug, thiserror::Error, Diagnostic)]
 #[error("{message}")]
 #[diagnostic(code(drover::pipeline))]
 pub struct PipelineError {

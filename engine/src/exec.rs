@@ -4,7 +4,7 @@
 //! same key at once.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -618,7 +618,7 @@ fn commit_outputs(
     Ok(out)
 }
 
-fn is_parquet(path: &PathBuf) -> bool {
+fn is_parquet(path: &Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(path) else { return false };
     let mut head = [0u8; 4];

@@ -112,7 +112,7 @@ impl Plan {
 /// Builds the plan, reporting every problem in the file at once.
 pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErrors> {
     let mut d = Diags::new(spec.source.clone());
-    d.extend(spec.errors.iter().map(clone_error));
+    d.extend(spec.errors.iter().cloned());
     let params = match spec.params.to_json() {
         Value::Null => Value::Object(Default::default()),
         v => v,
@@ -794,18 +794,6 @@ fn describe_cycle(graph: &DiGraphMap<usize, ()>, scc: &[usize], ids: &[String]) 
         cur = next;
     }
     path.iter().map(|&i| ids[i].as_str()).collect::<Vec<_>>().join(" -> ")
-}
-
-fn clone_error(e: &crate::diag::PipelineError) -> crate::diag::PipelineError {
-    crate::diag::PipelineError {
-        message: e.message.clone(),
-        src: e.src.clone(),
-        span: e.span,
-        label: e.label.clone(),
-        help: e.help.clone(),
-        stage: e.stage.clone(),
-        offset: e.offset,
-    }
 }
 
 /// The span of the bad `${...}` itself inside its string, when the string is written on one line

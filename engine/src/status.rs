@@ -144,7 +144,6 @@ fn diff(node: &PlanNode, prev: &StageRecord, old: &Recipe, new: &Recipe) -> Vec<
     }
     let ports: BTreeSet<&String> = old.inputs.keys().chain(new.inputs.keys()).collect();
     for port in ports {
-        let from = node.inputs.get(port.as_str()).map(|e| e.sources().len());
         match (old.inputs.get(port), new.inputs.get(port)) {
             (Some(a), Some(b)) if a != b => {
                 let detail = match (a, b) {
@@ -153,7 +152,6 @@ fn diff(node: &PlanNode, prev: &StageRecord, old: &Recipe, new: &Recipe) -> Vec<
                     }
                     _ => String::new(),
                 };
-                let _ = from;
                 reasons.push(format!("input `{port}` changed{detail}"));
             }
             (None, Some(_)) => reasons.push(format!("input `{port}` added")),
