@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use drover_ops::compute::DeviceChoice;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -168,6 +169,14 @@ pub struct RunArgs {
     /// Also print cached stages.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// Compute device for numeric ops: `auto` (a GPU through wgpu when one exists, else the
+    /// CPU), `cpu` or `wgpu`. Recorded in the run record, never in cache keys.
+    #[arg(long, env = "DROVER_DEVICE", default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
 }
 
 fn default_jobs() -> usize {

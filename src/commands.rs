@@ -137,7 +137,7 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
         selected,
         forced,
         resources: parse_resources(&args.resources)?,
-        device: None,
+        device: args.device.to_string(),
     };
     let reporter = Arc::new(TermReporter::new(args.verbose));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;

@@ -1,6 +1,7 @@
 //! Prints a run's progress to stderr: on a terminal, a progress bar over the stages with one
 //! line per stage that ran, failed or retried; otherwise the same lines, plain. `-v` adds a
-//! line per cached stage.
+//! line per cached stage. The compute device of numeric ops is announced once, with the reason
+//! it was chosen.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -16,6 +17,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct TermReporter {
     verbose: bool,
     shared: Arc<Shared>,
+    /// The last compute device announced, so that it is said once, not per stage.
+    device: Mutex<Option<String>>,
 }
 
 /// What the reporter and every stage's progress sink share.
@@ -36,7 +39,11 @@ impl TermReporter {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        TermReporter { verbose, shared: Arc::new(Shared { bar, running: Mutex::new(BTreeMap::new()) }) }
+        TermReporter {
+            verbose,
+            shared: Arc::new(Shared { bar, running: Mutex::new(BTreeMap::new()) }),
+            device: Mutex::new(None),
+        }
     }
 
     fn line(&self, text: String) {
@@ -93,8 +100,15 @@ impl Reporter for TermReporter {
                 error.lines().next().unwrap_or(error),
                 humanize(delay)
             )),
-            Event::StageFinished { stage, outcome, duration, error, log } => {
+            Event::StageFinished { stage, outcome, duration, error, log, device } => {
                 self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(stage);
+                if let Some(device) = device {
+                    let mut said = self.device.lock().unwrap_or_else(|p| p.into_inner());
+                    if said.as_deref() != Some(device) {
+                        self.line(format!("  device  {device}"));
+                        *said = Some(device.to_string());
+                    }
+                }
                 if let Some(bar) = &self.shared.bar {
                     bar.inc(1);
                 }

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::error::EngineError;
 use crate::key::{Recipe, recipe_for};
-use crate::op::{Input, InputItem, NoProgress, OpErrorKind, OutputSlot, PortType, Progress, RunCx};
+use crate::op::{Input, InputItem, NoProgress, OpErrorKind, OutputSlot, PortType, Progress, RunCx, StageNotes};
 use crate::plan::{InputEdge, Plan};
 
 /// How to run.
@@ -29,8 +29,9 @@ pub struct RunOptions {
     pub forced: BTreeSet<usize>,
     /// Resource capacities, overriding the pipeline's `resources:`.
     pub resources: BTreeMap<String, u64>,
-    /// The compute device chosen by the CLI, recorded in run records (not in keys).
-    pub device: Option<String>,
+    /// The compute device chosen by the CLI (`auto`, `cpu`, `wgpu`), handed to ops; the device
+    /// an op actually used is recorded in the run record, never in a key.
+    pub device: String,
 }
 
 impl Default for RunOptions {
@@ -41,7 +42,7 @@ impl Default for RunOptions {
             selected: BTreeSet::new(),
             forced: BTreeSet::new(),
             resources: BTreeMap::new(),
-            device: None,
+            device: "auto".into(),
         }
     }
 }
@@ -69,6 +70,8 @@ pub enum Event<'a> {
         duration: Duration,
         error: Option<&'a str>,
         log: Option<&'a Path>,
+        /// The compute device the op used, if any.
+        device: Option<&'a str>,
     },
 }
 
@@ -104,6 +107,8 @@ struct Finished {
     attempts: u32,
     duration: Duration,
     log: Option<String>,
+    /// The device the op computed on, if it used one.
+    device: Option<String>,
 }
 
 /// Runs the selected part of a plan.
@@ -188,6 +193,7 @@ pub async fn run(
                     duration: Duration::ZERO,
                     error: None,
                     log: None,
+                    device: None,
                 });
                 release_dependents(idx, &dependents, &mut remaining, &mut ready);
                 continue;
@@ -241,6 +247,8 @@ pub async fn run(
                 run_id: run_id.clone(),
                 forced: opts.forced.contains(&idx),
                 reporter: reporter.clone(),
+                device: opts.device.clone(),
+                notes: StageNotes::default(),
             };
             tasks.spawn(job.run());
         }
@@ -268,6 +276,7 @@ pub async fn run(
                     duration: f.duration,
                     error: f.error.as_deref(),
                     log: f.log.as_ref().map(|l| store.root().join(l)).as_deref(),
+                    device: f.device.as_deref(),
                 });
                 match f.outputs {
                     Some(outs) => {
@@ -290,7 +299,7 @@ pub async fn run(
                     duration_ms: f.duration.as_millis() as u64,
                     error: f.error,
                     log: f.log,
-                    device: opts.device.clone(),
+                    device: f.device,
                     attempts: f.attempts,
                 });
             }
@@ -390,6 +399,8 @@ struct StageJob {
     run_id: String,
     forced: bool,
     reporter: Arc<dyn Reporter>,
+    device: String,
+    notes: StageNotes,
 }
 
 impl StageJob {
@@ -407,6 +418,7 @@ impl StageJob {
                 attempts: 1,
                 duration: Duration::ZERO,
                 log: None,
+                device: None,
             },
         };
         finished.duration = t0.elapsed();
@@ -479,7 +491,8 @@ impl StageJob {
         attempts: u32,
         log: Option<String>,
     ) -> Finished {
-        Finished { idx: self.idx, outcome, outputs, error, env, attempts, duration: Duration::ZERO, log }
+        let device = self.notes.device();
+        Finished { idx: self.idx, outcome, outputs, error, env, attempts, duration: Duration::ZERO, log, device }
     }
 
     /// One try: materialise inputs, run the op (panic- and timeout-safe), store its outputs.
@@ -539,6 +552,8 @@ impl StageJob {
             log_path: log.to_path_buf(),
             seed: node.seed,
             progress: self.reporter.progress(&node.id),
+            device: self.device.clone(),
+            notes: self.notes.clone(),
         };
         let op = node.op.clone();
         let task = tokio::spawn(async move { op.run(cx).await });

@@ -16,6 +16,6 @@ pub mod yaml;
 
 pub use op::{
     BoxFuture, CheckCx, CheckError, CheckLocation, Checked, Column, Input, InputItem, NoProgress, Op, OpError,
-    OpErrorKind, OpInfo, OpRegistry, OutputSlot, PortDecl, PortType, Ports, Progress, RunCx, TableSchema,
+    OpErrorKind, OpInfo, OpRegistry, OutputSlot, PortDecl, PortType, Ports, Progress, RunCx, StageNotes, TableSchema,
     params_schema,
 };

@@ -330,6 +330,27 @@ pub struct RunCx {
     pub log_path: PathBuf,
     pub seed: u64,
     pub progress: Arc<dyn Progress>,
+    /// The compute device the user chose (`auto`, `cpu` or `wgpu`), for numeric ops. Not part
+    /// of the key: the same recipe must give the same result on any device.
+    pub device: String,
+    /// What the op reports about how it ran, for the run record.
+    pub notes: StageNotes,
+}
+
+/// Facts about how a stage ran that belong in its run record but not in its key.
+#[derive(Clone, Debug, Default)]
+pub struct StageNotes(Arc<std::sync::Mutex<Option<String>>>);
+
+impl StageNotes {
+    /// Records the device the op computed on, e.g. `cpu (flex)`.
+    pub fn set_device(&self, device: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(device.into());
+    }
+
+    /// The device recorded, if the op used one.
+    pub fn device(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl RunCx {

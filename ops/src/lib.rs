@@ -1,10 +1,12 @@
 //! drover-ops: the built-in ops. One file per op; `registry()` lists them all.
 
 pub mod command;
+pub mod compute;
 pub mod concat;
 pub mod dedup;
 pub mod read_table;
 pub mod sample;
+pub mod scaling;
 pub mod select;
 pub mod table;
 
@@ -18,6 +20,7 @@ pub fn registry() -> OpRegistry {
     ops.register(dedup::Dedup);
     ops.register(read_table::ReadTable);
     ops.register(sample::Sample);
+    ops.register(scaling::ScalingLawFit);
     ops.register(select::Select);
     ops
 }

@@ -565,6 +565,8 @@ pub(crate) mod testing {
                 log_path: self.dir.path().join("log.txt"),
                 seed: self.seed,
                 progress: Arc::new(NoProgress),
+                device: "cpu".into(),
+                notes: Default::default(),
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
