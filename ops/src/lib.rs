@@ -4,6 +4,7 @@ pub mod command;
 pub mod compute;
 pub mod concat;
 pub mod dedup;
+pub mod read_model;
 pub mod read_table;
 pub mod sample;
 pub mod scaling;
@@ -18,6 +19,7 @@ pub fn registry() -> OpRegistry {
     ops.register(command::Command);
     ops.register(concat::Concat);
     ops.register(dedup::Dedup);
+    ops.register(read_model::ReadModel);
     ops.register(read_table::ReadTable);
     ops.register(sample::Sample);
     ops.register(scaling::ScalingLawFit);

@@ -1,0 +1,154 @@
+//! The `read_model` op: imports a local model directory (Hugging Face layout) as a `dir` artifact.
+//!
+//! No inputs; output `model`, a directory. The directory must hold `config.json` and weights as
+//! `*.safetensors` (one file, or shards with `model.safetensors.index.json`); everything in it
+//! (tokenizer files included) is copied. Its content enters the key through the stat cache, as
+//! `read_table`'s file does: editing any file reruns the stage, touching none reads nothing
+//! again. Deterministic. The files are copied, never linked, so that the store's read-only
+//! objects can never alias the user's files.
+
+use std::path::{Path, PathBuf};
+
+use drover_engine::{
+    BoxFuture, CheckCx, CheckError, Checked, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx, params_schema,
+};
+use serde::Deserialize;
+
+use crate::table;
+
+/// The `with:` block of a `read_model` stage.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadModelParams {
+    /// The model directory: relative to the pipeline file's directory, or absolute.
+    pub path: String,
+}
+
+/// Imports a model directory.
+pub struct ReadModel;
+
+impl ReadModel {
+    pub const NAME: &str = "read_model";
+    pub const VERSION: u32 = 1;
+    const DOC: &str =
+        "Imports a local model directory (config.json, *.safetensors, tokenizer files) as a dir artifact.";
+
+    fn outputs() -> Vec<PortDecl> {
+        vec![PortDecl { name: "model", ty: PortType::Dir, doc: "A copy of the directory.", optional: false }]
+    }
+}
+
+/// What is wrong with a directory as a model, if anything.
+fn model_problem(dir: &Path) -> Option<String> {
+    if !dir.join("config.json").is_file() {
+        return Some(format!("no config.json in {}", dir.display()));
+    }
+    let has_weights = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
+        .unwrap_or(false);
+    if !has_weights {
+        return Some(format!("no *.safetensors weights in {}", dir.display()));
+    }
+    None
+}
+
+impl Op for ReadModel {
+    fn info(&self) -> OpInfo {
+        OpInfo {
+            name: Self::NAME,
+            version: Self::VERSION,
+            doc: Self::DOC,
+            inputs: Ports::Fixed(Vec::new()),
+            outputs: Ports::Fixed(Self::outputs()),
+            params: params_schema::<ReadModelParams>(),
+            deterministic: true,
+        }
+    }
+
+    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
+        let params: ReadModelParams = table::check_params(cx)?;
+        let dir = cx.pipeline_dir.join(&params.path);
+        let problem = if !dir.exists() {
+            Some(format!("directory not found: {}", dir.display()))
+        } else if !dir.is_dir() {
+            Some(format!("not a directory: {}", dir.display()))
+        } else {
+            model_problem(&dir)
+        };
+        if let Some(message) = problem {
+            return Err(vec![CheckError::param(&["path"], message).help(
+                "a model directory in Hugging Face layout holds config.json and *.safetensors (and tokenizer files); \
+                 a relative path is read from the pipeline's directory",
+            )]);
+        }
+        Ok(Checked {
+            outputs: [("model".to_string(), PortType::Dir)].into(),
+            file_deps: vec![PathBuf::from(&params.path)],
+        })
+    }
+
+    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(async move {
+            table::run_blocking(move || {
+                let params: ReadModelParams = table::run_params(&cx)?;
+                let dir = cx.pipeline_dir.join(&params.path);
+                if let Some(problem) = model_problem(&dir) {
+                    return Err(OpError::failed(problem));
+                }
+                copy_tree(&dir, &cx.output("model")?.path)
+            })
+            .await
+        })
+    }
+}
+
+/// Copies every file below `from` to the same relative path below `to` (following symlinks).
+fn copy_tree(from: &Path, to: &Path) -> Result<(), OpError> {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let src = from.join(&rel);
+        let entries = std::fs::read_dir(&src).map_err(|e| OpError::io(format!("cannot read {}", src.display()), e))?;
+        std::fs::create_dir_all(to.join(&rel))
+            .map_err(|e| OpError::io(format!("cannot create {}", to.join(&rel).display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| OpError::io(format!("cannot read {}", src.display()), e))?;
+            let path = entry.path();
+            let child = rel.join(entry.file_name());
+            if path.is_dir() {
+                stack.push(child);
+            } else {
+                std::fs::copy(&path, to.join(&child))
+                    .map_err(|e| OpError::io(format!("cannot copy {}", path.display()), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_needs_a_config_and_safetensors() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(model_problem(d.path()), Some(format!("no config.json in {}", d.path().display())));
+        std::fs::write(d.path().join("config.json"), "{}").unwrap();
+        std::fs::write(d.path().join("pytorch_model.bin"), "x").unwrap();
+        assert_eq!(model_problem(d.path()), Some(format!("no *.safetensors weights in {}", d.path().display())));
+        std::fs::write(d.path().join("model-00001-of-00002.safetensors"), "x").unwrap();
+        assert_eq!(model_problem(d.path()), None);
+    }
+
+    #[test]
+    fn copy_tree_keeps_relative_paths_and_bytes() {
+        let from = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(from.path().join("sub/deeper")).unwrap();
+        std::fs::write(from.path().join("config.json"), "{\"a\": 1}").unwrap();
+        std::fs::write(from.path().join("sub/deeper/t.bin"), [0u8, 1, 2, 255]).unwrap();
+        let to = tempfile::tempdir().unwrap();
+        copy_tree(from.path(), to.path()).unwrap();
+        assert_eq!(std::fs::read(to.path().join("config.json")).unwrap(), b"{\"a\": 1}");
+        assert_eq!(std::fs::read(to.path().join("sub/deeper/t.bin")).unwrap(), [0u8, 1, 2, 255]);
+    }
+}
