@@ -142,6 +142,9 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
     let reporter = Arc::new(TermReporter::new(args.verbose));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
     let summary_ = runtime.block_on(exec::run(Arc::new(plan), store, opts, reporter.clone())).map_err(env)?;
+    // After Ctrl-C an op's blocking work (a numeric fit, say) may still be running; dropping the
+    // runtime would wait for it. Nothing it does can reach the store any more: leave it behind.
+    runtime.shutdown_background();
     reporter.finish();
     let failed = summary_.count(StageOutcome::Failed);
     eprintln!(
