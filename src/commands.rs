@@ -456,8 +456,9 @@ fn runs(
         );
         for s in &run.stages {
             let err = s.error.as_deref().map(|e| format!("  {}", e.lines().next().unwrap_or(""))).unwrap_or_default();
+            let device = s.device.as_deref().map(|d| format!("  on {d}")).unwrap_or_default();
             println!(
-                "  {:<11} {:<30} {:>8}{err}",
+                "  {:<11} {:<30} {:>8}{device}{err}",
                 format!("{:?}", s.outcome).to_lowercase(),
                 s.stage,
                 humanize(Duration::from_millis(s.duration_ms))

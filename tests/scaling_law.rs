@@ -87,6 +87,9 @@ fn chinchilla_approach3_reproduces_epochs_fit_on_cpu_and_wgpu() {
     };
     assert_eq!(device("fit"), "cpu (flex) (--device cpu)");
     assert!(device("points").is_null());
+    let id = runs[0].file_stem().unwrap().to_str().unwrap();
+    let shown = p.drover(&["runs", id]);
+    assert!(shown.stdout.contains("on cpu (flex) (--device cpu)"), "{}", shown.stdout);
     let cpu = params_table(&p, "cpu.csv");
     assert_epoch_fit(&cpu);
     // The allocation exponent a = beta / (alpha + beta): Epoch reports 0.513.
