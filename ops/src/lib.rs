@@ -4,6 +4,7 @@ pub mod command;
 pub mod compute;
 pub mod concat;
 pub mod dedup;
+pub mod merge;
 pub mod read_model;
 pub mod read_table;
 pub mod sample;
