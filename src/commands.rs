@@ -142,9 +142,11 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
     let reporter = Arc::new(TermReporter::new(args.verbose));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
     let summary_ = runtime.block_on(exec::run(Arc::new(plan), store, opts, reporter.clone())).map_err(env)?;
-    // After Ctrl-C an op's blocking work (a numeric fit, say) may still be running; dropping the
-    // runtime would wait for it. Nothing it does can reach the store any more: leave it behind.
-    runtime.shutdown_background();
+    // After Ctrl-C an op's blocking work (a numeric fit, say) may still be running, and dropping
+    // the runtime would wait for it to end. Shutting down drops every task first (so that a
+    // command's process group is killed by its guard), then waits a bounded time for blocking
+    // work: nothing that work does can reach the store any more.
+    runtime.shutdown_timeout(Duration::from_secs(2));
     reporter.finish();
     let failed = summary_.count(StageOutcome::Failed);
     eprintln!(
