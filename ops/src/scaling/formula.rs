@@ -243,7 +243,7 @@ impl Expr {
         out
     }
 
-    /// `log(self)`, simplified where the formula is already a log-sum-exp form.
+    /// `log(self)`.
     pub fn log(self) -> Expr {
         Expr::Call(Func::Log, vec![self])
     }

@@ -504,7 +504,7 @@ fn fit(
     let used: Vec<usize> = (0..points.loss.len()).filter(|&i| points.used[i]).collect();
     let vars: Vec<Vec<f64>> = points.vars.iter().map(|v| used.iter().map(|&i| v[i]).collect()).collect();
     let log_y: Vec<f64> = used.iter().map(|&i| points.loss[i].ln()).collect();
-    let formula = law.log_pred.bind(&law.params, &law.vars).map_err(OpError::failed)?;
+    let formula = law_formula(law)?;
     let dim = law.params.len();
     let resamples = params.bootstrap.as_ref().map_or(0, |b| b.resamples);
     let starts = law.starts();
@@ -529,11 +529,7 @@ fn fit(
     let bootstrap_options = Options { gtol: 1e-12, rel_ftol: 1e-13, max_iter: 5_000, ..refine_options.clone() };
     let mut device_obj =
         HuberObjective::new(&compute.device, DType::F32, formula.clone(), dim, &vars, &log_y, params.delta);
-    let mut reported = 0;
-    let mut tick = |done: usize| {
-        progress.advance((done - reported) as u64);
-        reported = done;
-    };
+    let mut tick = ticker(progress);
     let ids: Vec<usize> = (0..n_starts).collect();
     let t0 = Instant::now();
     let grid = lbfgs::minimize(&mut device_obj, &ids, &starts, &options, &mut tick).map_err(failed)?;
@@ -543,7 +539,7 @@ fn fit(
     let q = |p: f64| its[((its.len() - 1) as f64 * p) as usize];
     log.line(format!("grid iterations: median {}, 90% {}, 99% {}, max {}", q(0.5), q(0.9), q(0.99), q(1.0)));
 
-    // 2. The best distinct results, refined in f64 on the CPU.
+    // 2. The best 8 results, refined in f64 on the CPU.
     let mut best: Vec<&Solution> = grid.iter().filter(|s| s.f.is_finite()).collect();
     if best.is_empty() {
         return Err(OpError::failed(
@@ -554,7 +550,7 @@ fn fit(
     best.truncate(8);
     let refine_starts: Vec<f64> = best.iter().flat_map(|s| s.x.iter().copied()).collect();
     let cpu = Compute::cpu("refinement");
-    let mut cpu_obj = HuberObjective::new(&cpu.device, DType::F64, formula, dim, &vars, &log_y, params.delta);
+    let mut cpu_obj = HuberObjective::new(&cpu.device, DType::F64, formula.clone(), dim, &vars, &log_y, params.delta);
     let t0 = Instant::now();
     let refined = lbfgs::minimize(&mut cpu_obj, &vec![0; best.len()], &refine_starts, &refine_options, &mut |_| {})
         .map_err(failed)?;
@@ -570,24 +566,19 @@ fn fit(
         Some(b) if b.resamples > 0 => {
             let weights = resample_weights(used.len(), b.resamples, b.seed);
             let mut boot_obj =
-                HuberObjective::new(&compute.device, DType::F32, law_formula(law)?, dim, &vars, &log_y, params.delta)
+                HuberObjective::new(&compute.device, DType::F32, formula.clone(), dim, &vars, &log_y, params.delta)
                     .with_weights(&weights);
             let starts: Vec<f64> = (0..b.resamples).flat_map(|_| winner.x.iter().copied()).collect();
             let ids: Vec<usize> = (0..b.resamples).collect();
-            let mut reported = 0;
-            let mut tick = |done: usize| {
-                progress.advance((done - reported) as u64);
-                reported = done;
-            };
+            let mut tick = ticker(progress);
             let t0 = Instant::now();
             let rough = lbfgs::minimize(&mut boot_obj, &ids, &starts, &options, &mut |_| {}).map_err(failed)?;
             log.phase("bootstrap (f32, device)", t0, &boot_obj, &rough);
             // Along the flat A-B valley the objective changes by ~1e-10 of itself, below f32's
             // resolution: each refit is finished in f64 on the CPU.
             let t0 = Instant::now();
-            let mut fine_obj =
-                HuberObjective::new(&cpu.device, DType::F64, law_formula(law)?, dim, &vars, &log_y, params.delta)
-                    .with_weights(&weights);
+            let mut fine_obj = HuberObjective::new(&cpu.device, DType::F64, formula, dim, &vars, &log_y, params.delta)
+                .with_weights(&weights);
             let starts: Vec<f64> = rough.iter().flat_map(|s| s.x.iter().copied()).collect();
             let fits = lbfgs::minimize(&mut fine_obj, &ids, &starts, &bootstrap_options, &mut tick).map_err(failed)?;
             log.phase("bootstrap (f64, cpu)", t0, &fine_obj, &fits);
@@ -597,6 +588,15 @@ fn fit(
     };
     log.line(format!("best: objective {:.10e} at {:?}", winner.f, law.report(&winner.x)));
     Ok(Fit { x: winner.x, objective: winner.f, intervals })
+}
+
+/// Turns a count of stopped problems into progress steps.
+fn ticker(progress: &dyn Progress) -> impl FnMut(usize) + '_ {
+    let mut reported = 0;
+    move |done: usize| {
+        progress.advance((done - reported) as u64);
+        reported = done;
+    }
 }
 
 fn law_formula(law: &Law) -> Result<formula::Bound, OpError> {
@@ -622,7 +622,7 @@ fn resample_weights(n: usize, resamples: usize, seed: u64) -> Vec<Vec<f64>> {
 /// Percentile intervals of each reported parameter over the resamples that converged.
 fn percentile_intervals(law: &Law, fits: &[Solution], confidence: f64) -> BTreeMap<String, (f64, f64)> {
     let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for s in fits.iter().filter(|s| s.f.is_finite() && s.status != Status::NonFinite) {
+    for s in fits.iter().filter(|s| s.f.is_finite()) {
         for (name, v) in law.report(&s.x) {
             if v.is_finite() {
                 values.entry(name).or_default().push(v);
