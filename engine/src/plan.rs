@@ -69,7 +69,18 @@ impl InputEdge {
             InputEdge::List(v) => v,
         }
     }
+
+    fn sources_mut(&mut self) -> &mut [Source] {
+        match self {
+            InputEdge::One(s) => std::slice::from_mut(s),
+            InputEdge::List(v) => v,
+        }
+    }
 }
+
+/// The port of a reference that names none (`stage`), until the stage's outputs are known:
+/// then it becomes `out`, or the stage's only output when it has one output of another name.
+const UNNAMED_PORT: &str = "";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Source {
@@ -329,6 +340,18 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
     let mut extra_deps: Vec<Vec<String>> = vec![Vec::new(); pending.len()];
     let mut out_formats: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); pending.len()];
     for &idx in &order {
+        if let Some(r) = resolved[idx].as_mut() {
+            for (edge, _, _) in r.inputs.values_mut() {
+                for s in edge.sources_mut().iter_mut().filter(|s| s.port == UNNAMED_PORT) {
+                    s.port = match outputs[s.node].as_ref() {
+                        Some(outs) if !outs.contains_key("out") && outs.len() == 1 => {
+                            outs.keys().next().expect("one output").clone()
+                        }
+                        _ => "out".to_string(),
+                    };
+                }
+            }
+        }
         let p = &pending[idx];
         let stage = p.spec;
         let st = Some(stage.name.as_str());
@@ -617,7 +640,7 @@ fn resolve_ref(
             .unwrap_or_else(|| "stages are the keys under `stages:`".into());
         return Err((format!("there is no stage `{stage}`"), Some(help)));
     };
-    let port = port.unwrap_or("out").to_string();
+    let port = port.unwrap_or(UNNAMED_PORT).to_string();
     if selector.is_none() && nodes.len() == 1 && all[nodes[0]].is_empty() {
         return Ok(InputEdge::One(Source { node: nodes[0], port }));
     }

@@ -20,6 +20,7 @@ pub fn registry() -> OpRegistry {
     ops.register(command::Command);
     ops.register(concat::Concat);
     ops.register(dedup::Dedup);
+    ops.register(merge::MergeModels);
     ops.register(read_model::ReadModel);
     ops.register(read_table::ReadTable);
     ops.register(sample::Sample);

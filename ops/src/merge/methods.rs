@@ -1,0 +1,495 @@
+//! The merge methods on one tensor, in f32, following mergekit's formulas
+//! (`merge_methods/*.py`, `sparsify.py`; see `shared/reference/ops-anchors.md` §f).
+//!
+//! The inputs arrive as f32 buffers (`sources`, in the slice's order) and are consumed: task
+//! vectors are formed in place, so a merge holds the inputs, the output and one scratch buffer,
+//! never more. Passes over the elements are split across threads in fixed chunks, so results do
+//! not depend on the thread count. Random masks (DARE, DELLA) come from a ChaCha8 stream per
+//! tensor and model, seeded from the merge seed, the tensor's name and the model's, and read
+//! at the element's position: the same seed gives the same merge on any machine.
+//!
+//! Where mergekit leaves a choice to chance (which of several equal magnitudes a top-k keeps),
+//! the earlier element wins, so that results are reproducible.
+
+use std::cmp::Ordering;
+use std::ops::Range;
+
+use rand::RngCore;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+
+use super::config::{Method, Sparsify};
+use super::plan::TensorPlan;
+
+/// Elements below which a pass runs on one thread.
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// The number of worker threads for element passes.
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(16)
+}
+
+/// Runs `f` over `out` in chunks, on up to `threads()` threads; `f` gets each chunk's offset.
+pub fn par_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    let n = out.len();
+    let t = threads();
+    if n < PARALLEL_MIN || t == 1 {
+        f(0, out);
+        return;
+    }
+    let chunk = n.div_ceil(t);
+    std::thread::scope(|scope| {
+        for (i, c) in out.chunks_mut(chunk).enumerate() {
+            let f = &f;
+            scope.spawn(move || f(i * chunk, c));
+        }
+    });
+}
+
+/// Sums `f(range)` over chunks of `0..n`, in parallel, adding the partial sums in chunk order.
+fn par_sum(n: usize, f: impl Fn(Range<usize>) -> f64 + Sync) -> f64 {
+    let t = threads();
+    if n < PARALLEL_MIN || t == 1 {
+        return f(0..n);
+    }
+    let chunk = n.div_ceil(t);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                let f = &f;
+                scope.spawn(move || f(start..(start + chunk).min(n)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a sum worker panicked")).sum()
+    })
+}
+
+/// The seed of the random stream of one tensor of one model.
+pub fn stream_seed(seed: u64, tensor: &str, model: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"drover merge mask v1\0");
+    h.update(&seed.to_le_bytes());
+    h.update(tensor.as_bytes());
+    h.update(b"\0");
+    h.update(model.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// A uniform draw in [0, 1) for each element of `range`, from the stream `seed`: element `i`
+/// always gets the stream's `i`-th word, whichever thread asks.
+fn uniforms(seed: &[u8; 32], range: Range<usize>, mut f: impl FnMut(usize, f32)) {
+    let mut rng = ChaCha8Rng::from_seed(*seed);
+    rng.set_word_pos(range.start as u128);
+    for i in range {
+        let u = (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+        f(i, u);
+    }
+}
+
+/// Why a tensor cannot be merged.
+pub type MergeError = String;
+
+/// Merges one tensor. `sources` holds each source's values (consumed), `names` the models'
+/// names (for random streams and messages); the result is written to `out`.
+pub fn merge(
+    method: Method,
+    plan: &TensorPlan,
+    sources: &mut [Vec<f32>],
+    names: &[&str],
+    seed: u64,
+    scratch: &mut Vec<f32>,
+    out: &mut Vec<f32>,
+) -> Result<(), MergeError> {
+    let n = plan.numel();
+    out.clear();
+    out.resize(n, 0.0);
+    match method {
+        Method::Linear => linear(plan, sources, out),
+        Method::Passthrough => {
+            let scale = plan.sources[0].params.scale as f32;
+            let x = &sources[0];
+            par_chunks(out, |o, c| c.iter_mut().enumerate().for_each(|(i, v)| *v = x[o + i] * scale));
+            Ok(())
+        }
+        Method::Slerp => {
+            if sources.len() == 1 {
+                out.copy_from_slice(&sources[0]);
+                return Ok(());
+            }
+            let b = plan.base.expect("slerp has a base (checked by the config)");
+            let (v0, v1) = (&sources[b], &sources[1 - b]);
+            slerp(plan.global.t, v0, v1, out);
+            Ok(())
+        }
+        Method::ModelStock => model_stock(plan, sources, out),
+        m => {
+            let ta = m.task_arithmetic().expect("every other method is task arithmetic");
+            task_arithmetic(plan, ta.sparsify, ta.consensus, sources, names, seed, scratch, out)
+        }
+    }
+}
+
+fn linear(plan: &TensorPlan, sources: &[Vec<f32>], out: &mut [f32]) -> Result<(), MergeError> {
+    let w: Vec<f32> = plan.sources.iter().map(|s| s.params.weight as f32).collect();
+    let total: f32 = w.iter().sum();
+    let divisor = if plan.global.normalize {
+        if total == 0.0 {
+            return Err(format!(
+                "the weights of tensor `{}` sum to zero, and `normalize` divides by their sum",
+                plan.name
+            ));
+        }
+        total
+    } else {
+        1.0
+    };
+    par_chunks(out, |o, c| {
+        for (i, v) in c.iter_mut().enumerate() {
+            let mut acc = 0.0f32;
+            for (x, w) in sources.iter().zip(&w) {
+                acc += w * x[o + i];
+            }
+            *v = acc / divisor;
+        }
+    });
+    Ok(())
+}
+
+/// Spherical interpolation between `v0` (t = 0) and `v1` (t = 1), treating each tensor as one
+/// vector; nearly parallel vectors (|cos| > 0.9995) are interpolated linearly.
+fn slerp(t: f64, v0: &[f32], v1: &[f32], out: &mut [f32]) {
+    let n = v0.len();
+    let n0 = par_sum(n, |r| v0[r].iter().map(|x| (*x as f64) * (*x as f64)).sum()).sqrt();
+    let n1 = par_sum(n, |r| v1[r].iter().map(|x| (*x as f64) * (*x as f64)).sum()).sqrt();
+    let eps = 1e-8;
+    let (s0n, s1n) = (if n0 > eps { n0 } else { 1.0 }, if n1 > eps { n1 } else { 1.0 });
+    let dot = par_sum(n, |r| r.map(|i| v0[i] as f64 * v1[i] as f64).sum()) / (s0n * s1n);
+    let (c0, c1) = if dot.abs() > 0.9995 {
+        (1.0 - t, t)
+    } else {
+        let theta0 = dot.acos();
+        let sin0 = theta0.sin();
+        (((1.0 - t) * theta0).sin() / sin0, (t * theta0).sin() / sin0)
+    };
+    let (c0, c1) = (c0 as f32, c1 as f32);
+    par_chunks(out, |o, c| c.iter_mut().enumerate().for_each(|(i, v)| *v = c0 * v0[o + i] + c1 * v1[o + i]));
+}
+
+/// Rows for row-wise methods: all leading dimensions by the last (a vector is one row).
+fn rows(shape: &[usize]) -> (usize, usize) {
+    match shape {
+        [] => (1, 1),
+        [n] => (1, *n),
+        _ => {
+            let cols = *shape.last().expect("non-empty");
+            (shape.iter().product::<usize>() / cols.max(1), cols)
+        }
+    }
+}
+
+fn model_stock(plan: &TensorPlan, sources: &mut [Vec<f32>], out: &mut [f32]) -> Result<(), MergeError> {
+    let b = plan.base.expect("model_stock has a base (checked by the config)");
+    let base = std::mem::take(&mut sources[b]);
+    let others: Vec<&mut Vec<f32>> = sources.iter_mut().enumerate().filter(|(j, _)| *j != b).map(|(_, s)| s).collect();
+    let k = others.len();
+    let (nrows, cols) = if plan.global.filter_wise { rows(&plan.shape) } else { (1, plan.numel()) };
+    // Offsets from the base, in place.
+    let mut offsets: Vec<&mut Vec<f32>> = others;
+    for x in offsets.iter_mut() {
+        par_chunks(x, |o, c| c.iter_mut().enumerate().for_each(|(i, v)| *v -= base[o + i]));
+    }
+    let mut t_row = vec![0f32; nrows];
+    for (r, t_out) in t_row.iter_mut().enumerate() {
+        let range = r * cols..(r + 1) * cols;
+        let norms: Vec<f64> = offsets
+            .iter()
+            .map(|d| {
+                par_sum(cols, |q| {
+                    d[range.start + q.start..range.start + q.end].iter().map(|x| (*x as f64).powi(2)).sum()
+                })
+                .sqrt()
+            })
+            .collect();
+        let mut cos_sum = 0.0;
+        let mut pairs = 0;
+        for i in 0..k {
+            for j in i + 1..k {
+                let (a, bb) = (&offsets[i], &offsets[j]);
+                let dot = par_sum(cols, |q| {
+                    (q.start..q.end).map(|e| a[range.start + e] as f64 * bb[range.start + e] as f64).sum()
+                });
+                cos_sum += (dot / (norms[i] * norms[j]).max(1e-6)).clamp(-1.0, 1.0);
+                pairs += 1;
+            }
+        }
+        let cos = cos_sum / pairs as f64;
+        let nn = k as f64;
+        *t_out = (nn * cos / (1.0 + (nn - 1.0) * cos)) as f32;
+    }
+    let inv_k = 1.0 / k as f32;
+    par_chunks(out, |o, c| {
+        for (i, v) in c.iter_mut().enumerate() {
+            let e = o + i;
+            let t = t_row[e / cols];
+            let w0 = base[e];
+            // mean of the models = base + mean of the offsets
+            let mean_offset: f32 = offsets.iter().map(|d| d[e]).sum::<f32>() * inv_k;
+            *v = t * (w0 + mean_offset) + (1.0 - t) * w0;
+        }
+    });
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn task_arithmetic(
+    plan: &TensorPlan,
+    sparsify: Option<Sparsify>,
+    consensus: bool,
+    sources: &mut [Vec<f32>],
+    names: &[&str],
+    seed: u64,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) -> Result<(), MergeError> {
+    let b = plan.base.expect("task arithmetic has a base (checked by the config)");
+    let base = std::mem::take(&mut sources[b]);
+    let mut weights = Vec::new();
+    let mut deltas: Vec<&mut Vec<f32>> = Vec::new();
+    for (j, x) in sources.iter_mut().enumerate() {
+        if j == b {
+            continue;
+        }
+        par_chunks(x, |o, c| c.iter_mut().enumerate().for_each(|(i, v)| *v -= base[o + i]));
+        let p = &plan.sources[j].params;
+        if let Some(method) = sparsify
+            && p.density < 1.0
+        {
+            let stream = stream_seed(seed, &plan.name, names[j]);
+            thin(method, x, &plan.shape, p.density, p.gamma, p.epsilon, plan.global.rescale, &stream, scratch)
+                .map_err(|e| format!("tensor `{}` of model `{}`: {e}", plan.sources[j].name, names[j]))?;
+        }
+        weights.push(p.weight as f32);
+        deltas.push(x);
+    }
+    if deltas.is_empty() {
+        out.copy_from_slice(&base);
+        return Ok(());
+    }
+    let g = &plan.global;
+    let lambda = g.lambda as f32;
+    let plain_divisor = {
+        let s: f32 = weights.iter().sum();
+        if s.abs() < 1e-8 { 1.0 } else { s }
+    };
+    let deltas: Vec<&Vec<f32>> = deltas.into_iter().map(|d| &*d).collect();
+    par_chunks(out, |o, c| {
+        for (i, v) in c.iter_mut().enumerate() {
+            let e = o + i;
+            let (mixed, divisor) = if consensus {
+                let total: f32 = deltas.iter().zip(&weights).map(|(d, w)| w * d[e]).sum();
+                let majority = if total >= 0.0 { 1.0 } else { -1.0 };
+                let mut mixed = 0.0f32;
+                let mut divisor = 0.0f32;
+                for (d, w) in deltas.iter().zip(&weights) {
+                    let wd = w * d[e];
+                    if sign(wd) == majority {
+                        mixed += wd;
+                        divisor += w;
+                    }
+                }
+                (mixed, if divisor == 0.0 { 1.0 } else { divisor })
+            } else {
+                (deltas.iter().zip(&weights).map(|(d, w)| w * d[e]).sum::<f32>(), plain_divisor)
+            };
+            let mixed = if g.normalize { mixed / divisor } else { mixed };
+            *v = base[e] + mixed * lambda;
+        }
+    });
+    Ok(())
+}
+
+fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// Thins a task vector in place (mergekit's `sparsify`), then, with `rescale`, scales what is
+/// left back to the task vector's L1 norm.
+#[allow(clippy::too_many_arguments)]
+pub fn thin(
+    method: Sparsify,
+    delta: &mut [f32],
+    shape: &[usize],
+    density: f64,
+    gamma: f64,
+    epsilon: f64,
+    rescale: bool,
+    stream: &[u8; 32],
+    scratch: &mut Vec<f32>,
+) -> Result<(), String> {
+    let n = delta.len();
+    let l1 = |d: &[f32]| par_sum(d.len(), |r| d[r].iter().map(|x| x.abs() as f64).sum());
+    let before = if rescale { l1(delta) } else { 0.0 };
+    match method {
+        Sparsify::Magnitude => {
+            let k = (density * n as f64) as usize;
+            if k == 0 {
+                return Err(format!("density {density} keeps none of its {n} elements"));
+            }
+            keep_ranks(delta, n - k..n, scratch);
+        }
+        Sparsify::MagnitudeOutliers => {
+            let target = (density * n as f64) as usize;
+            let mut n_top = (gamma * n as f64) as isize;
+            let mut n_bot = n as isize - target as isize - n_top;
+            if n_bot < 0 {
+                n_top += n_bot;
+                n_bot = 0;
+            }
+            keep_ranks(delta, n_bot as usize..n - n_top.max(0) as usize, scratch);
+        }
+        Sparsify::Random => {
+            let p = density as f32;
+            par_chunks(delta, |o, c| {
+                uniforms(stream, o..o + c.len(), |i, u| {
+                    if u >= p {
+                        c[i - o] = 0.0;
+                    }
+                })
+            });
+        }
+        Sparsify::DellaMagprune => {
+            if density + epsilon >= 1.0 || density - epsilon <= 0.0 {
+                return Err(format!(
+                    "density {density} ± epsilon {epsilon} leaves (0, 1); choose epsilon so that both stay inside"
+                ));
+            }
+            let (nrows, cols) = rows(shape);
+            let lo = density - epsilon;
+            let span = 2.0 * epsilon;
+            // One row per task; rows are independent, and each element's draw is fixed by its
+            // position, so any split of the rows gives the same mask.
+            let per_thread = nrows.div_ceil(threads()).max(1);
+            std::thread::scope(|scope| {
+                for (ci, block) in delta.chunks_mut(per_thread * cols).enumerate() {
+                    scope.spawn(move || {
+                        let mut order: Vec<u32> = Vec::with_capacity(cols);
+                        for (ri, row) in block.chunks_mut(cols).enumerate() {
+                            let start = (ci * per_thread + ri) * cols;
+                            order.clear();
+                            order.extend(0..row.len() as u32);
+                            order.sort_by(|a, b| {
+                                row[*a as usize].abs().total_cmp(&row[*b as usize].abs()).then(a.cmp(b))
+                            });
+                            let mut keep_p = vec![0f32; row.len()];
+                            let denom = (row.len().max(2) - 1) as f64;
+                            for (rank, idx) in order.iter().enumerate() {
+                                keep_p[*idx as usize] = (lo + span * rank as f64 / denom) as f32;
+                            }
+                            uniforms(stream, start..start + row.len(), |i, u| {
+                                if u >= keep_p[i - start] {
+                                    row[i - start] = 0.0;
+                                }
+                            });
+                        }
+                    });
+                }
+            });
+        }
+    }
+    if rescale {
+        let after = l1(delta);
+        if before >= 1e-7 && after >= 1e-7 {
+            let s = (before / after) as f32;
+            par_chunks(delta, |_, c| c.iter_mut().for_each(|v| *v *= s));
+        }
+    }
+    Ok(())
+}
+
+/// Zeroes every element whose rank by magnitude (ascending; equal magnitudes ranked by
+/// position) falls outside `keep`.
+fn keep_ranks(delta: &mut [f32], keep: Range<usize>, scratch: &mut Vec<f32>) {
+    let n = delta.len();
+    if keep.start == 0 && keep.end >= n {
+        return;
+    }
+    if keep.start >= keep.end {
+        delta.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    scratch.clear();
+    scratch.extend(delta.iter().map(|v| v.abs()));
+    let cmp = |a: &f32, b: &f32| a.total_cmp(b);
+    // The magnitude at rank r, and how many elements of that magnitude rank below r.
+    let mut cut = |r: usize| -> Option<(f32, usize)> {
+        if r == 0 || r >= n {
+            return None;
+        }
+        let (_, v, _) = scratch.select_nth_unstable_by(r, cmp);
+        let v = *v;
+        let below = scratch[..r].iter().filter(|x| x.total_cmp(&v) == Ordering::Less).count();
+        Some((v, r - below))
+    };
+    let lo = cut(keep.start);
+    let hi = cut(keep.end);
+    let (mut seen_lo, mut seen_hi) = (0usize, 0usize);
+    for x in delta.iter_mut() {
+        let a = x.abs();
+        // rank(x) < r  <=>  a < v, or a == v and it is among the first `eq` such elements.
+        let below = |cut: Option<(f32, usize)>, seen: &mut usize, r_is_end: bool| -> bool {
+            match cut {
+                None => r_is_end,
+                Some((v, eq)) => match a.total_cmp(&v) {
+                    Ordering::Less => true,
+                    Ordering::Greater => false,
+                    Ordering::Equal => {
+                        *seen += 1;
+                        *seen <= eq
+                    }
+                },
+            }
+        };
+        // lo: None means keep.start == 0 (nothing below); hi: None means keep.end >= n.
+        let below_lo = below(lo, &mut seen_lo, false);
+        let below_hi = below(hi, &mut seen_hi, true);
+        if below_lo || !below_hi {
+            *x = 0.0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_ranks_keeps_exactly_the_range_with_ties_by_position() {
+        let mut d = vec![0.5, -0.5, 0.1, 0.5, -0.9, 0.2];
+        // ascending |d| with position: 0.1(2) 0.2(5) 0.5(0) 0.5(1) 0.5(3) 0.9(4)
+        let mut s = Vec::new();
+        keep_ranks(&mut d, 3..6, &mut s);
+        assert_eq!(d, vec![0.0, -0.5, 0.0, 0.5, -0.9, 0.0]);
+        let mut d = vec![0.5, -0.5, 0.1, 0.5, -0.9, 0.2];
+        keep_ranks(&mut d, 1..4, &mut s);
+        assert_eq!(d, vec![0.5, -0.5, 0.0, 0.0, 0.0, 0.2]);
+    }
+
+    #[test]
+    fn random_draws_do_not_depend_on_the_split() {
+        let seed = stream_seed(7, "t", "m");
+        let mut whole = Vec::new();
+        uniforms(&seed, 0..100, |_, u| whole.push(u));
+        let mut parts = Vec::new();
+        uniforms(&seed, 0..37, |_, u| parts.push(u));
+        uniforms(&seed, 37..100, |_, u| parts.push(u));
+        assert_eq!(whole, parts);
+        assert!(whole.iter().all(|u| (0.0..1.0).contains(u)));
+    }
+}
