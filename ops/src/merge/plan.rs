@@ -4,11 +4,13 @@
 //!
 //! Layers are found from tensor names, without a table of architectures: a name with a numeric
 //! segment after `layers`, `h`, `blocks`, `block` or `layer` (`model.layers.3.mlp.up_proj.weight`)
-//! belongs to that layer. As in mergekit's planner, the tensors outside the layers are merged
-//! from the first slice's sources at t = 0 when they come before the layers (embeddings: names
-//! containing `embed`, or `wte`/`wpe`) and from the last slice's sources at t = 1 otherwise
-//! (final norm, `lm_head`); the layers of each slice are numbered on from the previous slice's,
-//! with t = i / (n - 1) for layer i of an n-layer slice.
+//! belongs to that layer. As in mergekit's planner (`plan.py`, release 0.1.5), the tensors
+//! outside the layers are merged from the first slice's sources when they come before the layers
+//! (embeddings: names containing `embed`, or `wte`/`wpe`) and from the last slice's sources
+//! otherwise (final norm, `lm_head`), both at t = 0 (releases before 0.1.5 read the last ones at
+//! t = 1; drover follows the current release, against which users check their merges). The
+//! layers of each slice are numbered on from the previous slice's, with t = i / (n - 1) for
+//! layer i of an n-layer slice.
 
 use std::collections::BTreeMap;
 
@@ -219,10 +221,10 @@ pub fn plan(config: &MergeConfig, models: &[Model]) -> Result<Plan, String> {
             out_layer += 1;
         }
     }
-    // Tensors after the layers, from the last slice at t = 1.
+    // Tensors after the layers, from the last slice, also at t = 0.
     let last = slices.last().expect("a config has at least one slice");
     for name in outside_names(last, models, &index_of, false)? {
-        planner.tensor(last, 1.0, &name, |_| Ok(name.clone()))?;
+        planner.tensor(last, 0.0, &name, |_| Ok(name.clone()))?;
     }
 
     let config_model = match &config.base_model {
