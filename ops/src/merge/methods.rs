@@ -20,6 +20,7 @@ use rand_chacha::rand_core::SeedableRng;
 
 use super::config::{Method, Sparsify};
 use super::plan::TensorPlan;
+use super::weights::{WeightDtype, decode, encode, par_chunks_bytes};
 
 /// Elements below which a pass runs on one thread.
 const PARALLEL_MIN: usize = 1 << 16;
@@ -130,20 +131,21 @@ pub fn merge(
     }
 }
 
-fn linear(plan: &TensorPlan, sources: &[Vec<f32>], out: &mut [f32]) -> Result<(), MergeError> {
+/// The weights of a linear merge and what the weighted sum is divided by.
+fn linear_weights(plan: &TensorPlan) -> Result<(Vec<f32>, f32), MergeError> {
     let w: Vec<f32> = plan.sources.iter().map(|s| s.params.weight as f32).collect();
     let total: f32 = w.iter().sum();
-    let divisor = if plan.global.normalize {
-        if total == 0.0 {
-            return Err(format!(
-                "the weights of tensor `{}` sum to zero, and `normalize` divides by their sum",
-                plan.name
-            ));
-        }
-        total
-    } else {
-        1.0
-    };
+    if !plan.global.normalize {
+        return Ok((w, 1.0));
+    }
+    if total == 0.0 {
+        return Err(format!("the weights of tensor `{}` sum to zero, and `normalize` divides by their sum", plan.name));
+    }
+    Ok((w, total))
+}
+
+fn linear(plan: &TensorPlan, sources: &[Vec<f32>], out: &mut [f32]) -> Result<(), MergeError> {
+    let (w, divisor) = linear_weights(plan)?;
     par_chunks(out, |o, c| {
         for (i, v) in c.iter_mut().enumerate() {
             let mut acc = 0.0f32;
@@ -254,7 +256,6 @@ fn task_arithmetic(
 ) -> Result<(), MergeError> {
     let b = plan.base.expect("task arithmetic has a base (checked by the config)");
     let base = std::mem::take(&mut sources[b]);
-    let mut weights = Vec::new();
     let mut deltas: Vec<&mut Vec<f32>> = Vec::new();
     for (j, x) in sources.iter_mut().enumerate() {
         if j == b {
@@ -269,44 +270,167 @@ fn task_arithmetic(
             thin(method, x, &plan.shape, p.density, p.gamma, p.epsilon, plan.global.rescale, &stream, scratch)
                 .map_err(|e| format!("tensor `{}` of model `{}`: {e}", plan.sources[j].name, names[j]))?;
         }
-        weights.push(p.weight as f32);
         deltas.push(x);
     }
     if deltas.is_empty() {
         out.copy_from_slice(&base);
         return Ok(());
     }
-    let g = &plan.global;
-    let lambda = g.lambda as f32;
-    let plain_divisor = {
-        let s: f32 = weights.iter().sum();
-        if s.abs() < 1e-8 { 1.0 } else { s }
-    };
+    let combine = Combine::new(plan, consensus);
     let deltas: Vec<&Vec<f32>> = deltas.into_iter().map(|d| &*d).collect();
     par_chunks(out, |o, c| {
         for (i, v) in c.iter_mut().enumerate() {
             let e = o + i;
-            let (mixed, divisor) = if consensus {
-                let total: f32 = deltas.iter().zip(&weights).map(|(d, w)| w * d[e]).sum();
-                let majority = if total >= 0.0 { 1.0 } else { -1.0 };
-                let mut mixed = 0.0f32;
-                let mut divisor = 0.0f32;
-                for (d, w) in deltas.iter().zip(&weights) {
-                    let wd = w * d[e];
-                    if sign(wd) == majority {
-                        mixed += wd;
-                        divisor += w;
-                    }
-                }
-                (mixed, if divisor == 0.0 { 1.0 } else { divisor })
-            } else {
-                (deltas.iter().zip(&weights).map(|(d, w)| w * d[e]).sum::<f32>(), plain_divisor)
-            };
-            let mixed = if g.normalize { mixed / divisor } else { mixed };
-            *v = base[e] + mixed * lambda;
+            *v = combine.apply(base[e], |k| deltas[k][e]);
         }
     });
     Ok(())
+}
+
+/// The last step of task arithmetic, element by element: weight the task vectors, elect a
+/// sign (TIES), sum, normalise, scale by lambda, add to the base.
+struct Combine {
+    /// The weights of the task vectors (every source but the base), in source order.
+    weights: Vec<f32>,
+    consensus: bool,
+    normalize: bool,
+    /// The divisor without sign election: the sum of the weights (1 when it is ~0).
+    plain_divisor: f32,
+    lambda: f32,
+}
+
+impl Combine {
+    fn new(plan: &TensorPlan, consensus: bool) -> Combine {
+        let b = plan.base.expect("task arithmetic has a base");
+        let weights: Vec<f32> =
+            plan.sources.iter().enumerate().filter(|(j, _)| *j != b).map(|(_, s)| s.params.weight as f32).collect();
+        let s: f32 = weights.iter().sum();
+        Combine {
+            weights,
+            consensus,
+            normalize: plan.global.normalize,
+            plain_divisor: if s.abs() < 1e-8 { 1.0 } else { s },
+            lambda: plan.global.lambda as f32,
+        }
+    }
+
+    /// The merged value of one element, given the base's value and task vector `k`'s.
+    #[inline]
+    fn apply(&self, base: f32, delta: impl Fn(usize) -> f32) -> f32 {
+        let (mixed, divisor) = if self.consensus {
+            let total: f32 = self.weights.iter().enumerate().map(|(k, w)| w * delta(k)).sum();
+            let majority = if total >= 0.0 { 1.0 } else { -1.0 };
+            let mut mixed = 0.0f32;
+            let mut divisor = 0.0f32;
+            for (k, w) in self.weights.iter().enumerate() {
+                let wd = w * delta(k);
+                if sign(wd) == majority {
+                    mixed += wd;
+                    divisor += w;
+                }
+            }
+            (mixed, if divisor == 0.0 { 1.0 } else { divisor })
+        } else {
+            (self.weights.iter().enumerate().map(|(k, w)| w * delta(k)).sum::<f32>(), self.plain_divisor)
+        };
+        let mixed = if self.normalize { mixed / divisor } else { mixed };
+        base + mixed * self.lambda
+    }
+}
+
+/// Whether a tensor's merge is element by element, so that it can run block by block straight
+/// from the stored bytes ([`merge_streamed`]): linear, passthrough, and task arithmetic when
+/// no task vector is thinned.
+pub fn streams(method: Method, plan: &TensorPlan) -> bool {
+    match method {
+        Method::Linear | Method::Passthrough => true,
+        m => m.task_arithmetic().is_some_and(|ta| {
+            ta.sparsify.is_none()
+                || plan.sources.iter().enumerate().all(|(j, s)| Some(j) == plan.base || s.params.density >= 1.0)
+        }),
+    }
+}
+
+/// Merges an element-by-element tensor (see [`streams`]) from the inputs' stored bytes into
+/// `out`, encoded as `out_dtype`: each thread decodes a few thousand elements of every input
+/// at a time, merges them and encodes the result, so no input is ever held as f32 and memory
+/// is read once.
+pub fn merge_streamed(
+    method: Method,
+    plan: &TensorPlan,
+    inputs: &[(&[u8], WeightDtype)],
+    out_dtype: WeightDtype,
+    out: &mut Vec<u8>,
+) -> Result<(), MergeError> {
+    match method {
+        Method::Linear => {
+            let (w, divisor) = linear_weights(plan)?;
+            // One pass per model over a cache-sized block (vectorises), summed in model order as
+            // the element-wise loop of the in-memory path does.
+            stream_blocks(plan.numel(), inputs, out_dtype, out, |xs, o| {
+                o.iter_mut().zip(xs[0]).for_each(|(v, x)| *v = w[0] * x);
+                for (x, w) in xs.iter().zip(&w).skip(1) {
+                    o.iter_mut().zip(*x).for_each(|(v, x)| *v += w * x);
+                }
+                if divisor != 1.0 {
+                    o.iter_mut().for_each(|v| *v /= divisor);
+                }
+            });
+        }
+        Method::Passthrough => {
+            let scale = plan.sources[0].params.scale as f32;
+            stream_blocks(plan.numel(), inputs, out_dtype, out, |xs, o| {
+                o.iter_mut().zip(xs[0]).for_each(|(v, x)| *v = x * scale)
+            });
+        }
+        m => {
+            let ta = m.task_arithmetic().expect("streams() admits only task arithmetic besides these");
+            let b = plan.base.expect("task arithmetic has a base");
+            let others: Vec<usize> = (0..plan.sources.len()).filter(|j| *j != b).collect();
+            if others.is_empty() {
+                stream_blocks(plan.numel(), inputs, out_dtype, out, |xs, o| o.copy_from_slice(xs[b]));
+                return Ok(());
+            }
+            let combine = Combine::new(plan, ta.consensus);
+            stream_blocks(plan.numel(), inputs, out_dtype, out, |xs, o| {
+                for (e, v) in o.iter_mut().enumerate() {
+                    let base = xs[b][e];
+                    *v = combine.apply(base, |k| xs[others[k]][e] - base);
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs `kernel` over blocks of every input, decoded to f32, and encodes its output.
+fn stream_blocks(
+    n: usize,
+    inputs: &[(&[u8], WeightDtype)],
+    out_dtype: WeightDtype,
+    out: &mut Vec<u8>,
+    kernel: impl Fn(&[&[f32]], &mut [f32]) + Sync,
+) {
+    const BLOCK: usize = 1 << 13;
+    let size = out_dtype.size();
+    out.resize(n * size, 0);
+    par_chunks_bytes(out, size, |offset, bytes| {
+        let mut decoded: Vec<Vec<f32>> = vec![vec![0.0; BLOCK]; inputs.len()];
+        let mut result = vec![0f32; BLOCK];
+        let count = bytes.len() / size;
+        let mut done = 0;
+        while done < count {
+            let len = BLOCK.min(count - done);
+            let e0 = offset + done;
+            for (buf, (b, dtype)) in decoded.iter_mut().zip(inputs) {
+                decode(*dtype, &b[e0 * dtype.size()..(e0 + len) * dtype.size()], &mut buf[..len]);
+            }
+            let views: Vec<&[f32]> = decoded.iter().map(|d| &d[..len]).collect();
+            kernel(&views, &mut result[..len]);
+            encode(out_dtype, &result[..len], &mut bytes[done * size..(done + len) * size]);
+            done += len;
+        }
+    });
 }
 
 fn sign(x: f32) -> f32 {

@@ -295,25 +295,84 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
     cx.progress.set_total(total_elements as u64);
     cx.progress.message(&format!("{} merge of {} tensors", plan.method, plan.tensors.len()));
     let names: Vec<&str> = models.iter().map(|m| m.reference.as_str()).collect();
+    let out_dtype = plan.out_dtype;
     let mut buffers: Vec<Vec<f32>> = Vec::new();
     let mut scratch = Vec::new();
     let mut out = Vec::new();
     let mut bytes_read = 0usize;
-    for t in &plan.tensors {
-        buffers.resize_with(t.sources.len(), Vec::new);
-        let mut source_names = Vec::with_capacity(t.sources.len());
-        for (buf, src) in buffers.iter_mut().zip(&t.sources) {
-            let m = &models[src.model];
-            m.weights.read_f32(&src.name, buf).map_err(OpError::failed)?;
-            bytes_read += m.weights.entry(&src.name).map(|e| e.dtype.size() * t.numel()).unwrap_or(0);
-            source_names.push(names[src.model]);
-        }
-        methods::merge(plan.method, t, &mut buffers, &source_names, seed, &mut scratch, &mut out)
-            .map_err(OpError::failed)?;
-        writer.write(&t.name, &out).map_err(OpError::failed)?;
-        cx.progress.advance(t.numel() as u64);
-    }
-    let shards = writer.finish().map_err(OpError::failed)?;
+    // Seconds spent reading (and converting) inputs and merging; writing is timed by the writer.
+    let mut phases = [0f64; 2];
+    // Tensors merged straight from the stored bytes.
+    let mut streamed = 0usize;
+    // Shards are written on their own thread, one tensor behind the merge: disk writes overlap
+    // the next tensor's arithmetic. The rendezvous channel keeps two encoded tensors alive at
+    // most (one being written, one being filled); written buffers come back for reuse.
+    let (to_writer, from_merge) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(0);
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (merged, written) = std::thread::scope(|scope| {
+        let writer_thread = scope.spawn(move || -> Result<(Vec<String>, f64), String> {
+            let mut secs = 0.0;
+            for (name, bytes) in from_merge {
+                let t = Instant::now();
+                writer.write_bytes(&name, &bytes)?;
+                secs += t.elapsed().as_secs_f64();
+                let _ = recycle.send(bytes);
+            }
+            Ok((writer.finish()?, secs))
+        });
+        let merged = (|| -> Result<(), OpError> {
+            for (i, t) in plan.tensors.iter().enumerate() {
+                // Let the kernel read the next tensor from disk while this one is merged.
+                for src in plan.tensors.get(i + 1).map(|n| &n.sources[..]).unwrap_or_default() {
+                    models[src.model].weights.prefetch(&src.name);
+                }
+                let mut out_bytes = recycled.try_recv().unwrap_or_default();
+                let t0 = Instant::now();
+                if methods::streams(plan.method, t) {
+                    let inputs = t
+                        .sources
+                        .iter()
+                        .map(|s| models[s.model].weights.bytes(&s.name))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(OpError::failed)?;
+                    bytes_read += inputs.iter().map(|(b, _)| b.len()).sum::<usize>();
+                    methods::merge_streamed(plan.method, t, &inputs, out_dtype, &mut out_bytes)
+                        .map_err(OpError::failed)?;
+                    for s in &t.sources {
+                        models[s.model].weights.release(&s.name);
+                    }
+                    streamed += 1;
+                    phases[1] += t0.elapsed().as_secs_f64();
+                } else {
+                    buffers.resize_with(t.sources.len(), Vec::new);
+                    let mut source_names = Vec::with_capacity(t.sources.len());
+                    for (buf, src) in buffers.iter_mut().zip(&t.sources) {
+                        let m = &models[src.model];
+                        m.weights.read_f32(&src.name, buf).map_err(OpError::failed)?;
+                        bytes_read += m.weights.entry(&src.name).map(|e| e.dtype.size() * t.numel()).unwrap_or(0);
+                        source_names.push(names[src.model]);
+                    }
+                    let t1 = Instant::now();
+                    phases[0] += (t1 - t0).as_secs_f64();
+                    methods::merge(plan.method, t, &mut buffers, &source_names, seed, &mut scratch, &mut out)
+                        .map_err(OpError::failed)?;
+                    weights::encode_all(out_dtype, &out, &mut out_bytes);
+                    phases[1] += t1.elapsed().as_secs_f64();
+                }
+                if to_writer.send((t.name.clone(), out_bytes)).is_err() {
+                    // The writer stopped on an error; joining it below reports it.
+                    break;
+                }
+                cx.progress.advance(t.numel() as u64);
+            }
+            Ok(())
+        })();
+        drop(to_writer);
+        let written = writer_thread.join().unwrap_or_else(|_| Err("the shard writer panicked".into()));
+        (merged, written)
+    });
+    let (shards, write_secs) = written.map_err(OpError::failed)?;
+    merged?;
 
     write_config(&models[plan.config_model], &plan, &out_dir)?;
     copy_tokenizer(cx, &resolved, &models[plan.tokenizer_model], &out_dir)?;
@@ -324,7 +383,9 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
     let secs = started.elapsed().as_secs_f64();
     let log = format!(
         "{} merge: {} tensors ({} layers) from {} models, {:.1} MB read, {:.1} MB written in {} shard(s) as {:?}, \
-         {:.2}s ({:.2} GB/s of input)\nlargest tensor: {} elements; threads: {}; seed: {seed}\n",
+         {:.2}s ({:.2} GB/s of input)\nphases: read {:.2}s, merge {:.2}s, write {:.2}s (on its own thread, overlapping the others; \
+         {streamed} of the tensors merged block by block from the stored bytes, their reading counted as merging)\n\
+         largest tensor: {} elements; threads: {}; seed: {seed}\n",
         plan.method,
         plan.tensors.len(),
         plan.num_layers,
@@ -335,6 +396,9 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
         plan.out_dtype,
         secs,
         bytes_read as f64 / 1e9 / secs.max(1e-9),
+        phases[0],
+        phases[1],
+        write_secs,
         plan.largest_tensor(),
         methods::threads(),
     );

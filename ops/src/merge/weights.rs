@@ -15,7 +15,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
-use memmap2::Mmap;
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+
+use super::methods::par_chunks;
 use safetensors::{Dtype, SafeTensors};
 
 /// The element types drover reads and writes.
@@ -163,18 +165,108 @@ impl ModelWeights {
         self.tensors.get(name)
     }
 
-    /// Reads a tensor into `out` as f32 (cleared first).
-    pub fn read_f32(&self, name: &str, out: &mut Vec<f32>) -> Result<(), String> {
+    /// A tensor's stored bytes and their dtype, straight from the map.
+    pub fn bytes(&self, name: &str) -> Result<(&[u8], WeightDtype), String> {
         let entry = self.tensors.get(name).ok_or_else(|| format!("no tensor `{name}` in {}", self.dir.display()))?;
-        let bytes = &self.maps[entry.file][entry.start..entry.end];
-        out.clear();
-        match entry.dtype {
-            WeightDtype::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-            WeightDtype::F16 => out.extend(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())),
-            WeightDtype::Bf16 => out.extend(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-        }
+        Ok((&self.maps[entry.file][entry.start..entry.end], entry.dtype))
+    }
+
+    /// Reads a tensor into `out` as f32 (resized to fit), converting on several threads, then
+    /// [`release`](Self::release)s its pages.
+    pub fn read_f32(&self, name: &str, out: &mut Vec<f32>) -> Result<(), String> {
+        let (bytes, dtype) = self.bytes(name)?;
+        // Growing fills only the new part; shrinking is free. No pass over the old values.
+        out.resize(bytes.len() / dtype.size(), 0.0);
+        par_chunks(out, |offset, chunk| {
+            decode(dtype, &bytes[offset * dtype.size()..(offset + chunk.len()) * dtype.size()], chunk)
+        });
+        self.release(name);
         Ok(())
     }
+
+    /// Drops a tensor's pages from this process's mapping once it has been read (they stay in
+    /// the page cache), so that the resident size of a merge stays near its buffers rather than
+    /// growing to the size of the models.
+    pub fn release(&self, name: &str) {
+        if let Some(entry) = self.tensors.get(name) {
+            // SAFETY: the map is a read-only, shared file mapping: a dropped page is read from
+            // the file again if touched (here, a page shared with the next tensor).
+            let _ = unsafe {
+                self.maps[entry.file].unchecked_advise_range(
+                    UncheckedAdvice::DontNeed,
+                    entry.start,
+                    entry.end - entry.start,
+                )
+            };
+        }
+    }
+
+    /// Asks the kernel to start reading a tensor from disk, ahead of `read_f32`.
+    pub fn prefetch(&self, name: &str) {
+        if let Some(entry) = self.tensors.get(name) {
+            let _ = self.maps[entry.file].advise_range(Advice::WillNeed, entry.start, entry.end - entry.start);
+        }
+    }
+}
+
+/// Converts stored little-endian values to f32 (`values.len()` of them).
+pub fn decode(dtype: WeightDtype, bytes: &[u8], values: &mut [f32]) {
+    match dtype {
+        WeightDtype::F32 => values
+            .iter_mut()
+            .zip(bytes.chunks_exact(4))
+            .for_each(|(v, b)| *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        WeightDtype::F16 => values
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(v, b)| *v = f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        // bf16 is the top half of an f32: widening is a shift (which vectorises).
+        WeightDtype::Bf16 => values
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(v, b)| *v = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)),
+    }
+}
+
+/// Converts f32 values to stored little-endian bytes (rounding to nearest even).
+pub fn encode(dtype: WeightDtype, values: &[f32], bytes: &mut [u8]) {
+    match dtype {
+        WeightDtype::F32 => {
+            bytes.chunks_exact_mut(4).zip(values).for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes()))
+        }
+        WeightDtype::F16 => {
+            bytes.chunks_exact_mut(2).zip(values).for_each(|(o, v)| o.copy_from_slice(&f16::from_f32(*v).to_le_bytes()))
+        }
+        WeightDtype::Bf16 => bytes
+            .chunks_exact_mut(2)
+            .zip(values)
+            .for_each(|(o, v)| o.copy_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+    }
+}
+
+/// Encodes all of `values` into `bytes` (resized to fit), on several threads.
+pub fn encode_all(dtype: WeightDtype, values: &[f32], bytes: &mut Vec<u8>) {
+    let size = dtype.size();
+    bytes.resize(values.len() * size, 0);
+    par_chunks_bytes(bytes, size, |offset, b| encode(dtype, &values[offset..offset + b.len() / size], b));
+}
+
+/// [`par_chunks`] over a byte buffer of `size`-byte elements: `f` gets each chunk's offset in
+/// elements.
+pub fn par_chunks_bytes(bytes: &mut [u8], size: usize, f: impl Fn(usize, &mut [u8]) + Sync) {
+    let n = bytes.len() / size;
+    let threads = super::methods::threads();
+    if n < 1 << 16 || threads == 1 {
+        f(0, bytes);
+        return;
+    }
+    let per = n.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (i, chunk) in bytes.chunks_mut(per * size).enumerate() {
+            let f = &f;
+            scope.spawn(move || f(i * per, chunk));
+        }
+    });
 }
 
 /// What goes into the output, decided before any tensor is computed.
@@ -201,6 +293,8 @@ pub struct ShardWriter {
     shard: usize,
     done: usize,
     out: Option<BufWriter<File>>,
+    /// Converted bytes, reused from tensor to tensor.
+    buf: Vec<u8>,
 }
 
 impl ShardWriter {
@@ -229,12 +323,26 @@ impl ShardWriter {
                 tensors,
             })
             .collect();
-        ShardWriter { dir: dir.to_path_buf(), dtype, shards, shard: 0, done: 0, out: None }
+        ShardWriter { dir: dir.to_path_buf(), dtype, shards, shard: 0, done: 0, out: None, buf: Vec::new() }
     }
 
-    /// Appends the next planned tensor. `name` must be the next one in the plan and `data` hold
-    /// exactly its elements.
+    /// Appends the next planned tensor, given as f32. `name` must be the next one in the plan
+    /// and `data` hold exactly its elements.
     pub fn write(&mut self, name: &str, data: &[f32]) -> Result<(), String> {
+        let mut bytes = std::mem::take(&mut self.buf);
+        encode_all(self.dtype, data, &mut bytes);
+        let written = self.write_bytes(name, &bytes);
+        self.buf = bytes;
+        written
+    }
+
+    /// The dtype tensors are written in.
+    pub fn dtype(&self) -> WeightDtype {
+        self.dtype
+    }
+
+    /// Appends the next planned tensor, already encoded in the writer's dtype.
+    pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), String> {
         let Some(shard) = self.shards.get(self.shard) else {
             return Err(format!("tensor `{name}` is not in the output plan (every planned tensor is written)"));
         };
@@ -243,8 +351,12 @@ impl ShardWriter {
             return Err(format!("tensor `{name}` written out of order: `{}` comes next", planned.name));
         }
         let count: usize = planned.shape.iter().product();
-        if data.len() != count {
-            return Err(format!("tensor `{name}`: {} values for shape {:?} ({count})", data.len(), planned.shape));
+        if bytes.len() != count * self.dtype.size() {
+            return Err(format!(
+                "tensor `{name}`: {} bytes for shape {:?} ({count} values)",
+                bytes.len(),
+                planned.shape
+            ));
         }
         if self.out.is_none() {
             let path = self.dir.join(&shard.file);
@@ -254,24 +366,12 @@ impl ShardWriter {
             self.out = Some(out);
         }
         let out = self.out.as_mut().expect("opened above");
-        let io = |e: std::io::Error| format!("cannot write {}: {e}", shard.file);
-        let mut buf = Vec::with_capacity(data.len().min(1 << 16) * self.dtype.size());
-        for chunk in data.chunks(1 << 16) {
-            buf.clear();
-            match self.dtype {
-                WeightDtype::F32 => chunk.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
-                WeightDtype::F16 => chunk.iter().for_each(|v| buf.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-                WeightDtype::Bf16 => {
-                    chunk.iter().for_each(|v| buf.extend_from_slice(&bf16::from_f32(*v).to_le_bytes()))
-                }
-            }
-            out.write_all(&buf).map_err(io)?;
-        }
+        out.write_all(bytes).map_err(|e| format!("cannot write {}: {e}", shard.file))?;
         self.done += 1;
         if self.done == shard.tensors.len() {
+            // Durability is the store's: it syncs each file as it takes it in.
             let out = self.out.take().expect("open");
-            let file = out.into_inner().map_err(|e| format!("cannot write {}: {}", shard.file, e.error()))?;
-            file.sync_all().map_err(io)?;
+            out.into_inner().map_err(|e| format!("cannot write {}: {}", shard.file, e.error()))?;
             self.shard += 1;
             self.done = 0;
         }
@@ -400,7 +500,7 @@ mod tests {
         let p = plan(&[("a", &[2]), ("b", &[2])]);
         let mut w = ShardWriter::new(dir.path(), WeightDtype::F32, &p, 1 << 20);
         assert_eq!(w.write("b", &[1.0, 2.0]).unwrap_err(), "tensor `b` written out of order: `a` comes next");
-        assert_eq!(w.write("a", &[1.0]).unwrap_err(), "tensor `a`: 1 values for shape [2] (2)");
+        assert_eq!(w.write("a", &[1.0]).unwrap_err(), "tensor `a`: 4 bytes for shape [2] (2 values)");
         w.write("a", &[1.0, 2.0]).unwrap();
         assert_eq!(w.finish().unwrap_err(), "tensor `b` was never written");
     }
