@@ -2,8 +2,7 @@
 //! (`merge_methods/*.py`, `sparsify.py`; see `shared/reference/ops-anchors.md` §f).
 //!
 //! The inputs arrive as f32 buffers (`sources`, in the slice's order) and are consumed: task
-//! vectors are formed in place, so a merge holds the inputs, the output and one scratch buffer,
-//! never more. Passes over the elements are split across threads in fixed chunks, so results do
+//! vectors are formed in place, so a merge holds the inputs and the output, never more. Passes over the elements are split across threads in fixed chunks, so results do
 //! not depend on the thread count. Random masks (DARE, DELLA) come from a ChaCha8 stream per
 //! tensor and model, seeded from the merge seed, the tensor's name and the model's, and read
 //! at the element's position: the same seed gives the same merge on any machine.
@@ -11,7 +10,6 @@
 //! Where mergekit leaves a choice to chance (which of several equal magnitudes a top-k keeps),
 //! the earlier element wins, so that results are reproducible.
 
-use std::cmp::Ordering;
 use std::ops::Range;
 
 use rand::RngCore;
@@ -99,7 +97,6 @@ pub fn merge(
     sources: &mut [Vec<f32>],
     names: &[&str],
     seed: u64,
-    scratch: &mut Vec<f32>,
     out: &mut Vec<f32>,
 ) -> Result<(), MergeError> {
     let n = plan.numel();
@@ -126,7 +123,7 @@ pub fn merge(
         Method::ModelStock => model_stock(plan, sources, out),
         m => {
             let ta = m.task_arithmetic().expect("every other method is task arithmetic");
-            task_arithmetic(plan, ta.sparsify, ta.consensus, sources, names, seed, scratch, out)
+            task_arithmetic(plan, ta.sparsify, ta.consensus, sources, names, seed, out)
         }
     }
 }
@@ -240,6 +237,8 @@ fn model_stock(plan: &TensorPlan, sources: &mut [Vec<f32>], out: &mut [f32]) -> 
             *v = t * (w0 + mean_offset) + (1.0 - t) * w0;
         }
     });
+    drop(offsets);
+    sources[b] = base;
     Ok(())
 }
 
@@ -251,7 +250,6 @@ fn task_arithmetic(
     sources: &mut [Vec<f32>],
     names: &[&str],
     seed: u64,
-    scratch: &mut Vec<f32>,
     out: &mut [f32],
 ) -> Result<(), MergeError> {
     let b = plan.base.expect("task arithmetic has a base (checked by the config)");
@@ -261,29 +259,33 @@ fn task_arithmetic(
         if j == b {
             continue;
         }
-        par_chunks(x, |o, c| c.iter_mut().enumerate().for_each(|(i, v)| *v -= base[o + i]));
+        par_chunks(x, |o, c| {
+            let n = c.len();
+            c.iter_mut().zip(&base[o..o + n]).for_each(|(v, b)| *v -= b)
+        });
         let p = &plan.sources[j].params;
         if let Some(method) = sparsify
             && p.density < 1.0
         {
             let stream = stream_seed(seed, &plan.name, names[j]);
-            thin(method, x, &plan.shape, p.density, p.gamma, p.epsilon, plan.global.rescale, &stream, scratch)
+            thin(method, x, &plan.shape, p.density, p.gamma, p.epsilon, plan.global.rescale, &stream)
                 .map_err(|e| format!("tensor `{}` of model `{}`: {e}", plan.sources[j].name, names[j]))?;
         }
         deltas.push(x);
     }
     if deltas.is_empty() {
         out.copy_from_slice(&base);
+        sources[b] = base;
         return Ok(());
     }
     let combine = Combine::new(plan, consensus);
     let deltas: Vec<&Vec<f32>> = deltas.into_iter().map(|d| &*d).collect();
     par_chunks(out, |o, c| {
-        for (i, v) in c.iter_mut().enumerate() {
-            let e = o + i;
-            *v = combine.apply(base[e], |k| deltas[k][e]);
-        }
+        let ds: Vec<&[f32]> = deltas.iter().map(|d| &d[o..o + c.len()]).collect();
+        combine.block(&base[o..o + c.len()], &ds, c);
     });
+    // The buffer goes back for the next tensor: reallocating it would fault in fresh pages.
+    sources[b] = base;
     Ok(())
 }
 
@@ -314,27 +316,51 @@ impl Combine {
         }
     }
 
-    /// The merged value of one element, given the base's value and task vector `k`'s.
-    #[inline]
-    fn apply(&self, base: f32, delta: impl Fn(usize) -> f32) -> f32 {
-        let (mixed, divisor) = if self.consensus {
-            let total: f32 = self.weights.iter().enumerate().map(|(k, w)| w * delta(k)).sum();
-            let majority = if total >= 0.0 { 1.0 } else { -1.0 };
-            let mut mixed = 0.0f32;
-            let mut divisor = 0.0f32;
-            for (k, w) in self.weights.iter().enumerate() {
-                let wd = w * delta(k);
-                if sign(wd) == majority {
-                    mixed += wd;
-                    divisor += w;
+    /// Merges a block: `base` and each task vector's values (`deltas[k]`) for the same
+    /// elements, into `out`. Each step is one pass over the block per task vector, summed in
+    /// task-vector order, so that it vectorises and every path adds in the same order.
+    fn block(&self, base: &[f32], deltas: &[&[f32]], out: &mut [f32]) {
+        const BLOCK: usize = 1024;
+        let mut total = [0f32; BLOCK];
+        let mut divisor = [0f32; BLOCK];
+        for (o, start) in out.chunks_mut(BLOCK).zip((0..).step_by(BLOCK)) {
+            let len = o.len();
+            let base = &base[start..start + len];
+            // `o` holds the weighted sum of the task vectors (TIES: of those that agree).
+            if self.consensus {
+                let total = &mut total[..len];
+                total.fill(0.0);
+                for (d, w) in deltas.iter().zip(&self.weights) {
+                    total.iter_mut().zip(&d[start..start + len]).for_each(|(t, d)| *t += w * d);
+                }
+                let divisor = &mut divisor[..len];
+                o.fill(0.0);
+                divisor.fill(0.0);
+                for (d, w) in deltas.iter().zip(&self.weights) {
+                    for (((m, dv), t), d) in
+                        o.iter_mut().zip(divisor.iter_mut()).zip(total.iter()).zip(&d[start..start + len])
+                    {
+                        let wd = w * d;
+                        // The majority sign is + when the sum is >= 0; zeros never agree.
+                        let agrees = if *t >= 0.0 { wd > 0.0 } else { wd < 0.0 };
+                        *m += if agrees { wd } else { 0.0 };
+                        *dv += if agrees { *w } else { 0.0 };
+                    }
+                }
+                if self.normalize {
+                    o.iter_mut().zip(divisor.iter()).for_each(|(m, d)| *m /= if *d == 0.0 { 1.0 } else { *d });
+                }
+            } else {
+                o.fill(0.0);
+                for (d, w) in deltas.iter().zip(&self.weights) {
+                    o.iter_mut().zip(&d[start..start + len]).for_each(|(m, d)| *m += w * d);
+                }
+                if self.normalize {
+                    o.iter_mut().for_each(|m| *m /= self.plain_divisor);
                 }
             }
-            (mixed, if divisor == 0.0 { 1.0 } else { divisor })
-        } else {
-            (self.weights.iter().enumerate().map(|(k, w)| w * delta(k)).sum::<f32>(), self.plain_divisor)
-        };
-        let mixed = if self.normalize { mixed / divisor } else { mixed };
-        base + mixed * self.lambda
+            o.iter_mut().zip(base).for_each(|(m, b)| *m = b + *m * self.lambda);
+        }
     }
 }
 
@@ -393,10 +419,11 @@ pub fn merge_streamed(
             }
             let combine = Combine::new(plan, ta.consensus);
             stream_blocks(plan.numel(), inputs, out_dtype, out, |xs, o| {
-                for (e, v) in o.iter_mut().enumerate() {
-                    let base = xs[b][e];
-                    *v = combine.apply(base, |k| xs[others[k]][e] - base);
-                }
+                // Task vectors of the block, then the same combination as in memory.
+                let deltas: Vec<Vec<f32>> =
+                    others.iter().map(|&j| xs[j].iter().zip(xs[b]).map(|(x, base)| x - base).collect()).collect();
+                let views: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+                combine.block(xs[b], &views, o);
             });
         }
     }
@@ -433,16 +460,6 @@ fn stream_blocks(
     });
 }
 
-fn sign(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        0.0
-    }
-}
-
 /// Thins a task vector in place (mergekit's `sparsify`), then, with `rescale`, scales what is
 /// left back to the task vector's L1 norm.
 #[allow(clippy::too_many_arguments)]
@@ -455,7 +472,6 @@ pub fn thin(
     epsilon: f64,
     rescale: bool,
     stream: &[u8; 32],
-    scratch: &mut Vec<f32>,
 ) -> Result<(), String> {
     let n = delta.len();
     let l1 = |d: &[f32]| par_sum(d.len(), |r| d[r].iter().map(|x| x.abs() as f64).sum());
@@ -466,7 +482,7 @@ pub fn thin(
             if k == 0 {
                 return Err(format!("density {density} keeps none of its {n} elements"));
             }
-            keep_ranks(delta, n - k..n, scratch);
+            keep_ranks(delta, n - k..n);
         }
         Sparsify::MagnitudeOutliers => {
             let target = (density * n as f64) as usize;
@@ -476,7 +492,7 @@ pub fn thin(
                 n_top += n_bot;
                 n_bot = 0;
             }
-            keep_ranks(delta, n_bot as usize..n - n_top.max(0) as usize, scratch);
+            keep_ranks(delta, n_bot as usize..n - n_top.max(0) as usize);
         }
         Sparsify::Random => {
             let p = density as f32;
@@ -539,7 +555,13 @@ pub fn thin(
 
 /// Zeroes every element whose rank by magnitude (ascending; equal magnitudes ranked by
 /// position) falls outside `keep`.
-fn keep_ranks(delta: &mut [f32], keep: Range<usize>, scratch: &mut Vec<f32>) {
+///
+/// The magnitudes at the two cuts are found by a radix select on the bits of |x| (for
+/// non-negative floats the bits order as the values do): a histogram of the top 16 bits, then
+/// of the low 16 bits within the bucket that holds the rank, each one parallel pass. Equal
+/// magnitudes at a cut are split by position, with each chunk told how many equal elements
+/// come before it, so the mask is exact whatever the thread count.
+fn keep_ranks(delta: &mut [f32], keep: Range<usize>) {
     let n = delta.len();
     if keep.start == 0 && keep.end >= n {
         return;
@@ -548,45 +570,114 @@ fn keep_ranks(delta: &mut [f32], keep: Range<usize>, scratch: &mut Vec<f32>) {
         delta.iter_mut().for_each(|v| *v = 0.0);
         return;
     }
-    scratch.clear();
-    scratch.extend(delta.iter().map(|v| v.abs()));
-    let cmp = |a: &f32, b: &f32| a.total_cmp(b);
-    // The magnitude at rank r, and how many elements of that magnitude rank below r.
-    let mut cut = |r: usize| -> Option<(f32, usize)> {
-        if r == 0 || r >= n {
-            return None;
-        }
-        let (_, v, _) = scratch.select_nth_unstable_by(r, cmp);
-        let v = *v;
-        let below = scratch[..r].iter().filter(|x| x.total_cmp(&v) == Ordering::Less).count();
-        Some((v, r - below))
+    let lo = (keep.start > 0).then(|| rank_cut(delta, keep.start));
+    let hi = (keep.end < n).then(|| rank_cut(delta, keep.end));
+    let bits = |x: f32| x.to_bits() & 0x7fff_ffff;
+    // Elements equal to each cut's magnitude, per chunk, for the chunks' starting counts.
+    let chunk = n.div_ceil(threads()).max(PARALLEL_MIN);
+    let equal_counts: Vec<(usize, usize)> = {
+        let d: &[f32] = delta;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = d
+                .chunks(chunk)
+                .map(|c| {
+                    scope.spawn(move || {
+                        let count = |cut: Option<Cut>| {
+                            cut.map(|cut| c.iter().filter(|x| bits(**x) == cut.value).count()).unwrap_or(0)
+                        };
+                        (count(lo), count(hi))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("a counting worker panicked")).collect()
+        })
     };
-    let lo = cut(keep.start);
-    let hi = cut(keep.end);
-    let (mut seen_lo, mut seen_hi) = (0usize, 0usize);
-    for x in delta.iter_mut() {
-        let a = x.abs();
-        // rank(x) < r  <=>  a < v, or a == v and it is among the first `eq` such elements.
-        let below = |cut: Option<(f32, usize)>, seen: &mut usize, r_is_end: bool| -> bool {
-            match cut {
-                None => r_is_end,
-                Some((v, eq)) => match a.total_cmp(&v) {
-                    Ordering::Less => true,
-                    Ordering::Greater => false,
-                    Ordering::Equal => {
-                        *seen += 1;
-                        *seen <= eq
+    std::thread::scope(|scope| {
+        let (mut seen_lo, mut seen_hi) = (0usize, 0usize);
+        for (c, (eq_lo, eq_hi)) in delta.chunks_mut(chunk).zip(equal_counts) {
+            let (start_lo, start_hi) = (seen_lo, seen_hi);
+            seen_lo += eq_lo;
+            seen_hi += eq_hi;
+            scope.spawn(move || {
+                let (mut seen_lo, mut seen_hi) = (start_lo, start_hi);
+                for x in c.iter_mut() {
+                    let b = bits(*x);
+                    // rank(x) < cut  <=>  |x| below the cut's magnitude, or equal to it and
+                    // among the first `equal_below` such elements.
+                    let below = |cut: Option<Cut>, seen: &mut usize, none: bool| match cut {
+                        None => none,
+                        Some(cut) if b < cut.value => true,
+                        Some(cut) if b > cut.value => false,
+                        Some(cut) => {
+                            *seen += 1;
+                            *seen <= cut.equal_below
+                        }
+                    };
+                    let below_lo = below(lo, &mut seen_lo, false);
+                    let below_hi = below(hi, &mut seen_hi, true);
+                    if below_lo || !below_hi {
+                        *x = 0.0;
                     }
-                },
-            }
-        };
-        // lo: None means keep.start == 0 (nothing below); hi: None means keep.end >= n.
-        let below_lo = below(lo, &mut seen_lo, false);
-        let below_hi = below(hi, &mut seen_hi, true);
-        if below_lo || !below_hi {
-            *x = 0.0;
+                }
+            });
         }
-    }
+    });
+}
+
+/// Where rank `r` falls: the magnitude (as bits) of the element of rank `r`, and how many
+/// elements of that magnitude rank below `r`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Cut {
+    value: u32,
+    equal_below: usize,
+}
+
+/// Counts the magnitudes of `x` (as bits) into 2^16 buckets chosen by `pick`, in parallel.
+fn histogram(x: &[f32], pick: impl Fn(u32) -> Option<usize> + Sync) -> Vec<usize> {
+    let chunk = x.len().div_ceil(threads()).max(PARALLEL_MIN);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = x
+            .chunks(chunk)
+            .map(|c| {
+                let pick = &pick;
+                scope.spawn(move || {
+                    let mut h = vec![0usize; 1 << 16];
+                    for v in c {
+                        if let Some(bucket) = pick(v.to_bits() & 0x7fff_ffff) {
+                            h[bucket] += 1;
+                        }
+                    }
+                    h
+                })
+            })
+            .collect();
+        let mut total = vec![0usize; 1 << 16];
+        for h in handles {
+            for (t, v) in total.iter_mut().zip(h.join().expect("a histogram worker panicked")) {
+                *t += v;
+            }
+        }
+        total
+    })
+}
+
+/// Radix select of rank `r` (0-based, ascending) among the magnitudes of `x`.
+fn rank_cut(x: &[f32], r: usize) -> Cut {
+    // The bucket holding rank `r`, and how many elements lie in the buckets before it.
+    let find = |h: &[usize], r: usize| -> (usize, usize) {
+        let mut before = 0;
+        for (bucket, count) in h.iter().enumerate() {
+            if before + count > r {
+                return (bucket, before);
+            }
+            before += count;
+        }
+        unreachable!("rank {r} is below the element count")
+    };
+    let (high, below_high) = find(&histogram(x, |b| Some((b >> 16) as usize)), r);
+    let (low, below_low) =
+        find(&histogram(x, |b| ((b >> 16) as usize == high).then_some((b & 0xffff) as usize)), r - below_high);
+    Cut { value: ((high as u32) << 16) | low as u32, equal_below: r - below_high - below_low }
 }
 
 #[cfg(test)]
@@ -597,12 +688,30 @@ mod tests {
     fn keep_ranks_keeps_exactly_the_range_with_ties_by_position() {
         let mut d = vec![0.5, -0.5, 0.1, 0.5, -0.9, 0.2];
         // ascending |d| with position: 0.1(2) 0.2(5) 0.5(0) 0.5(1) 0.5(3) 0.9(4)
-        let mut s = Vec::new();
-        keep_ranks(&mut d, 3..6, &mut s);
+        keep_ranks(&mut d, 3..6);
         assert_eq!(d, vec![0.0, -0.5, 0.0, 0.5, -0.9, 0.0]);
         let mut d = vec![0.5, -0.5, 0.1, 0.5, -0.9, 0.2];
-        keep_ranks(&mut d, 1..4, &mut s);
+        keep_ranks(&mut d, 1..4);
         assert_eq!(d, vec![0.5, -0.5, 0.0, 0.0, 0.0, 0.2]);
+    }
+
+    #[test]
+    fn keep_ranks_splits_ties_by_position_across_chunks() {
+        // Many equal magnitudes, in more elements than one thread's chunk.
+        let n = 300_001;
+        let values: Vec<f32> =
+            (0..n).map(|i| ((i * 7919) % 37) as f32 * 0.25 * if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|a, b| values[*a].abs().total_cmp(&values[*b].abs()).then(a.cmp(b)));
+        for keep in [n / 2..n, 1234..n - 5678, 0..n / 3, n - 1..n] {
+            let mut want = vec![0.0; n];
+            for &i in &order[keep.clone()] {
+                want[i] = values[i];
+            }
+            let mut got = values.clone();
+            keep_ranks(&mut got, keep.clone());
+            assert!(got == want, "{keep:?}");
+        }
     }
 
     #[test]

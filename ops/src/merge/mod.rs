@@ -297,7 +297,6 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
     let names: Vec<&str> = models.iter().map(|m| m.reference.as_str()).collect();
     let out_dtype = plan.out_dtype;
     let mut buffers: Vec<Vec<f32>> = Vec::new();
-    let mut scratch = Vec::new();
     let mut out = Vec::new();
     let mut bytes_read = 0usize;
     // Seconds spent reading (and converting) inputs and merging; writing is timed by the writer.
@@ -354,7 +353,7 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
                     }
                     let t1 = Instant::now();
                     phases[0] += (t1 - t0).as_secs_f64();
-                    methods::merge(plan.method, t, &mut buffers, &source_names, seed, &mut scratch, &mut out)
+                    methods::merge(plan.method, t, &mut buffers, &source_names, seed, &mut out)
                         .map_err(OpError::failed)?;
                     weights::encode_all(out_dtype, &out, &mut out_bytes);
                     phases[1] += t1.elapsed().as_secs_f64();
