@@ -410,7 +410,10 @@ fn every_method_matches_the_f64_reference() {
     }
     yaml += "  slerp:\n    op: merge_models\n    in: { base: base, a: a }\n    with: { merge_method: slerp, base_model: base, models: [{model: base}, {model: a}], parameters: {t: 0.3}, out_dtype: float32 }\n";
     p.write("drover.yaml", &yaml);
-    p.drover(&["run"]).expect_code(0);
+    // On the CPU, then through burn on wgpu (lavapipe in CI): the device is never in a key, so
+    // the second run needs a store of its own.
+    p.drover(&["run", "--device", "cpu"]).expect_code(0);
+    p.drover(&["run", "--device", "wgpu", "--store", "wgpu-store"]).expect_code(0);
 
     let pw = |w: f64, d: f64| P { weight: w, density: d };
     let ps = [pw(0.5, 0.6), pw(0.3, 0.4), pw(-0.2, 0.75)];
@@ -445,6 +448,9 @@ fn every_method_matches_the_f64_reference() {
         let (got, dtype) = read_model(&p, &dir);
         assert_eq!(dtype, Dtype::F32, "{stage}");
         assert_close(stage, &got, w);
+        let dir = format!("out-wgpu/{stage}");
+        p.drover(&["export", "--store", "wgpu-store", &format!("{stage}.model"), &dir]).expect_code(0);
+        assert_close(&format!("{stage} on wgpu"), &read_model(&p, &dir).0, w);
     }
     // Sparsifying methods did thin: some task-vector elements were dropped.
     let (ties, _) = read_model(&p, "out/ties");

@@ -97,6 +97,7 @@ pub fn merge(
     sources: &mut [Vec<f32>],
     names: &[&str],
     seed: u64,
+    device: Option<&burn::tensor::Device>,
     out: &mut Vec<f32>,
 ) -> Result<(), MergeError> {
     let n = plan.numel();
@@ -117,15 +118,23 @@ pub fn merge(
             }
             let b = plan.base.expect("slerp has a base (checked by the config)");
             let (v0, v1) = (&sources[b], &sources[1 - b]);
-            slerp(plan.global.t, v0, v1, out);
+            match device {
+                Some(d) => out.copy_from_slice(&super::device::slerp(d, plan.global.t, v0, v1)?),
+                None => slerp(plan.global.t, v0, v1, out),
+            }
             Ok(())
         }
         Method::ModelStock => model_stock(plan, sources, out),
         m => {
             let ta = m.task_arithmetic().expect("every other method is task arithmetic");
-            task_arithmetic(plan, ta.sparsify, ta.consensus, sources, names, seed, out)
+            task_arithmetic(plan, ta.sparsify, ta.consensus, sources, names, seed, device, out)
         }
     }
+}
+
+/// Whether `merge` hands a method's arithmetic to the device when it is given one.
+pub fn uses_device(method: Method) -> bool {
+    method == Method::Slerp || method.task_arithmetic().is_some()
 }
 
 /// The weights of a linear merge and what the weighted sum is divided by.
@@ -161,18 +170,25 @@ fn slerp(t: f64, v0: &[f32], v1: &[f32], out: &mut [f32]) {
     let n = v0.len();
     let n0 = par_sum(n, |r| v0[r].iter().map(|x| (*x as f64) * (*x as f64)).sum()).sqrt();
     let n1 = par_sum(n, |r| v1[r].iter().map(|x| (*x as f64) * (*x as f64)).sum()).sqrt();
+    let dot = par_sum(n, |r| r.map(|i| v0[i] as f64 * v1[i] as f64).sum());
+    let (c0, c1) = slerp_coefficients(t, n0, n1, dot);
+    par_chunks(out, |o, c| c.iter_mut().enumerate().for_each(|(i, v)| *v = c0 * v0[o + i] + c1 * v1[o + i]));
+}
+
+/// The coefficients of v0 and v1 in slerp at `t`, from the vectors' norms and dot product
+/// (mergekit: each vector normalised unless its norm is <= 1e-8; lerp when |cos| > 0.9995).
+pub fn slerp_coefficients(t: f64, n0: f64, n1: f64, dot: f64) -> (f32, f32) {
     let eps = 1e-8;
     let (s0n, s1n) = (if n0 > eps { n0 } else { 1.0 }, if n1 > eps { n1 } else { 1.0 });
-    let dot = par_sum(n, |r| r.map(|i| v0[i] as f64 * v1[i] as f64).sum()) / (s0n * s1n);
-    let (c0, c1) = if dot.abs() > 0.9995 {
+    let cos = dot / (s0n * s1n);
+    let (c0, c1) = if cos.abs() > 0.9995 {
         (1.0 - t, t)
     } else {
-        let theta0 = dot.acos();
+        let theta0 = cos.acos();
         let sin0 = theta0.sin();
         (((1.0 - t) * theta0).sin() / sin0, (t * theta0).sin() / sin0)
     };
-    let (c0, c1) = (c0 as f32, c1 as f32);
-    par_chunks(out, |o, c| c.iter_mut().enumerate().for_each(|(i, v)| *v = c0 * v0[o + i] + c1 * v1[o + i]));
+    (c0 as f32, c1 as f32)
 }
 
 /// Rows for row-wise methods: all leading dimensions by the last (a vector is one row).
@@ -250,6 +266,7 @@ fn task_arithmetic(
     sources: &mut [Vec<f32>],
     names: &[&str],
     seed: u64,
+    device: Option<&burn::tensor::Device>,
     out: &mut [f32],
 ) -> Result<(), MergeError> {
     let b = plan.base.expect("task arithmetic has a base (checked by the config)");
@@ -280,6 +297,19 @@ fn task_arithmetic(
     }
     let combine = Combine::new(plan, consensus);
     let deltas: Vec<&Vec<f32>> = deltas.into_iter().map(|d| &*d).collect();
+    if let Some(device) = device {
+        let views: Vec<&[f32]> = deltas.iter().map(|d| d.as_slice()).collect();
+        let spec = super::device::CombineSpec {
+            weights: &combine.weights,
+            consensus: combine.consensus,
+            normalize: combine.normalize,
+            plain_divisor: combine.plain_divisor,
+            lambda: combine.lambda,
+        };
+        out.copy_from_slice(&super::device::combine(device, &base, &views, &spec)?);
+        sources[b] = base;
+        return Ok(());
+    }
     par_chunks(out, |o, c| {
         let ds: Vec<&[f32]> = deltas.iter().map(|d| &d[o..o + c.len()]).collect();
         combine.block(&base[o..o + c.len()], &ds, c);

@@ -13,6 +13,7 @@
 //! are reused from tensor to tensor; `weights` reads memory-mapped inputs and writes shards.
 
 pub mod config;
+pub mod device;
 pub mod methods;
 pub mod plan;
 pub mod weights;
@@ -284,6 +285,9 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
         models.push(plan::Model { reference: reference.clone(), weights, config: config_json });
     }
     let plan = plan::plan(config, &models).map_err(OpError::failed)?;
+    // A GPU takes the arithmetic-heavy steps (see `device`); the CPU is the fallback.
+    let compute = crate::compute::resolve(&cx.device)?;
+    let on_device = (compute.backend == crate::compute::Backend::Wgpu).then_some(&compute.device);
 
     let out_dir = cx.output("model")?.path.clone();
     std::fs::create_dir_all(&out_dir).map_err(|e| OpError::io(format!("cannot create {}", out_dir.display()), e))?;
@@ -301,8 +305,10 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
     let mut bytes_read = 0usize;
     // Seconds spent reading (and converting) inputs and merging; writing is timed by the writer.
     let mut phases = [0f64; 2];
-    // Tensors merged straight from the stored bytes.
+    // Tensors merged straight from the stored bytes, and tensors whose arithmetic ran on the
+    // compute device.
     let mut streamed = 0usize;
+    let mut device_tensors = 0usize;
     // Shards are written on their own thread, one tensor behind the merge: disk writes overlap
     // the next tensor's arithmetic. The rendezvous channel keeps two encoded tensors alive at
     // most (one being written, one being filled); written buffers come back for reuse.
@@ -353,8 +359,11 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
                     }
                     let t1 = Instant::now();
                     phases[0] += (t1 - t0).as_secs_f64();
-                    methods::merge(plan.method, t, &mut buffers, &source_names, seed, &mut out)
+                    methods::merge(plan.method, t, &mut buffers, &source_names, seed, on_device, &mut out)
                         .map_err(OpError::failed)?;
+                    if on_device.is_some() && methods::uses_device(plan.method) {
+                        device_tensors += 1;
+                    }
                     weights::encode_all(out_dtype, &out, &mut out_bytes);
                     phases[1] += t1.elapsed().as_secs_f64();
                 }
@@ -372,6 +381,12 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
     });
     let (shards, write_secs) = written.map_err(OpError::failed)?;
     merged?;
+    let device = if device_tensors > 0 {
+        format!("{} for {device_tensors} of the tensors, the CPU for the rest", compute.describe())
+    } else {
+        format!("cpu ({} threads)", methods::threads())
+    };
+    cx.notes.set_device(if device_tensors > 0 { compute.describe() } else { "cpu".to_string() });
 
     write_config(&models[plan.config_model], &plan, &out_dir)?;
     copy_tokenizer(cx, &resolved, &models[plan.tokenizer_model], &out_dir)?;
@@ -384,7 +399,7 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
         "{} merge: {} tensors ({} layers) from {} models, {:.1} MB read, {:.1} MB written in {} shard(s) as {:?}, \
          {:.2}s ({:.2} GB/s of input)\nphases: read {:.2}s, merge {:.2}s, write {:.2}s (on its own thread, overlapping the others; \
          {streamed} of the tensors merged block by block from the stored bytes, their reading counted as merging)\n\
-         largest tensor: {} elements; threads: {}; seed: {seed}\n",
+         device: {device}; largest tensor: {} elements; seed: {seed}\n",
         plan.method,
         plan.tensors.len(),
         plan.num_layers,
@@ -399,7 +414,6 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
         phases[1],
         write_secs,
         plan.largest_tensor(),
-        methods::threads(),
     );
     std::fs::write(&cx.log_path, log).map_err(|e| OpError::io(format!("cannot write {}", cx.log_path.display()), e))?;
     Ok(())
