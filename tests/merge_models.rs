@@ -402,6 +402,8 @@ fn every_method_matches_the_f64_reference() {
         ("breadcrumbs_ties", format!("{{ merge_method: breadcrumbs_ties, base_model: base, models: {three}, parameters: {{gamma: 0.05, normalize: true}}, out_dtype: float32 }}")),
         ("della", format!("{{ merge_method: della, base_model: base, models: {three}, parameters: {{epsilon: 0.1}}, seed: 13, out_dtype: float32 }}")),
         ("della_linear", format!("{{ merge_method: della_linear, base_model: base, models: {three}, parameters: {{epsilon: 0.1}}, seed: 14, out_dtype: float32 }}")),
+        // Nothing thinned: merged block by block from the stored bytes, with sign election.
+        ("ties_dense", "{ merge_method: ties, base_model: base, models: [{model: a, parameters: {weight: 0.5}}, {model: b, parameters: {weight: 0.3}}, {model: c, parameters: {weight: -0.2}}], parameters: {lambda: 0.7}, out_dtype: float32 }".to_string()),
         ("model_stock", "{ merge_method: model_stock, base_model: base, models: [{model: a}, {model: b}, {model: c}], out_dtype: float32 }".to_string()),
     ];
     let mut yaml = READS.to_string();
@@ -436,6 +438,15 @@ fn every_method_matches_the_f64_reference() {
     want.insert("ties", ta(Thin::TopK, true, true, false, 1.0, 0));
     want.insert("dare_linear", ta(Thin::Bernoulli, false, false, true, 1.0, 11));
     want.insert("dare_ties", ta(Thin::Bernoulli, true, false, true, 1.0, 12));
+    want.insert(
+        "ties_dense",
+        map_tensors(&base, |n, shape| {
+            let (xa, xb, xc) = (get(&a, n), get(&b, n), get(&c, n));
+            let dense = |w| P { weight: w, density: 1.0 };
+            let models = [("a", &xa[..], dense(0.5)), ("b", &xb[..], dense(0.3)), ("c", &xc[..], dense(-0.2))];
+            ref_task_arithmetic(&base[n].1, &models, shape, Thin::TopK, true, true, false, 0.7, n, 0)
+        }),
+    );
     want.insert("breadcrumbs", ta(Thin::Breadcrumbs(0.05), false, false, false, 1.0, 0));
     want.insert("breadcrumbs_ties", ta(Thin::Breadcrumbs(0.05), true, true, false, 1.0, 0));
     want.insert("della", ta(Thin::Della(0.1), true, true, true, 1.0, 13));
