@@ -778,6 +778,13 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("the vocabulary sizes differ: `model.embed_tokens.weight` has 68 rows in model `other` and 67 in model `base`"), "{}", out.stderr);
 
+    // Thinning that would keep nothing of a small tensor, found before anything is written.
+    p.write("drover.yaml", &pipeline("models/a", "{ merge_method: ties, base_model: base, models: [{model: other, parameters: {weight: 1, density: 0.04}}] }"));
+    let out = p.drover(&["run"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("density 0.04 keeps none of the 24 elements of tensor"), "{}", out.stderr);
+    assert_ne!(p.drover(&["export", "m.model", "nothing"]).code, 0, "no output was stored");
+
     // Plan-time errors: located in the pipeline file, before anything runs.
     let cases = [
         (

@@ -378,6 +378,27 @@ impl Planner<'_> {
                 epsilon: get("epsilon", 0.15),
                 scale: get("scale", 1.0),
             };
+            // Thinning that cannot work is found here, before anything is written.
+            let sparsify = method.task_arithmetic().and_then(|ta| ta.sparsify);
+            if !is_base && params.density < 1.0 {
+                let numel: usize = entry.shape.iter().product();
+                let (d, eps) = (params.density, params.epsilon);
+                if sparsify == Some(super::config::Sparsify::Magnitude) && (d * numel as f64) as usize == 0 {
+                    return Err(format!(
+                        "density {d} keeps none of the {numel} elements of tensor `{name}` of model `{}` \
+                         (mergekit refuses this too); raise the density for this tensor, e.g. with a \
+                         `{{filter, value}}` list",
+                        src.model
+                    ));
+                }
+                if sparsify == Some(super::config::Sparsify::DellaMagprune) && (d + eps >= 1.0 || d - eps <= 0.0) {
+                    return Err(format!(
+                        "density {d} ± epsilon {eps} leaves (0, 1) for tensor `{name}` of model `{}`; \
+                         choose epsilon below both density and 1 - density",
+                        src.model
+                    ));
+                }
+            }
             sources.push(Source { model, name, params });
         }
         let (_, shape) = shape.expect("a slice has sources");
