@@ -7,6 +7,8 @@ pub mod dedup;
 pub mod merge;
 pub mod read_model;
 pub mod read_table;
+pub mod rouge;
+pub mod rouge_dedup;
 pub mod sample;
 pub mod scaling;
 pub mod select;
@@ -23,6 +25,7 @@ pub fn registry() -> OpRegistry {
     ops.register(merge::MergeModels);
     ops.register(read_model::ReadModel);
     ops.register(read_table::ReadTable);
+    ops.register(rouge_dedup::RougeDedup);
     ops.register(sample::Sample);
     ops.register(scaling::ScalingLawFit);
     ops.register(select::Select);
