@@ -778,6 +778,15 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("the vocabulary sizes differ: `model.embed_tokens.weight` has 68 rows in model `other` and 67 in model `base`"), "{}", out.stderr);
 
+    // A model without a tensor the others have (tied embeddings: no lm_head).
+    let mut tied = random_model(TINY, 11);
+    tied.remove("lm_head.weight");
+    write_model(&p, "models/tied", &tied, Dtype::F32, 1, TINY.layers, "tied");
+    p.write("drover.yaml", &pipeline("models/tied", ties));
+    let out = p.drover(&["run"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("tensor `lm_head.weight` is in model"), "{}", out.stderr);
+
     // Thinning that would keep nothing of a small tensor, found before anything is written.
     p.write("drover.yaml", &pipeline("models/a", "{ merge_method: ties, base_model: base, models: [{model: other, parameters: {weight: 1, density: 0.04}}] }"));
     let out = p.drover(&["run"]);
