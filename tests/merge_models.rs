@@ -835,3 +835,31 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
     out.expect_code(2);
     assert!(out.stderr.contains("bad.yml:7:16: `density` must be in (0, 1], not 0"), "{}", out.stderr);
 }
+
+#[test]
+fn the_merge_example_runs_offline_from_models_its_script_writes() {
+    let p = Project::new();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    // The committed stand-in models are exactly what the script writes.
+    let script = format!("{repo}/examples/scripts/make_tiny_models.py");
+    let status = std::process::Command::new("python3").arg(&script).arg(p.join("fresh")).status().unwrap();
+    assert!(status.success());
+    for m in ["base", "math", "code"] {
+        let committed = std::fs::read(format!("{repo}/examples/models/{m}/model.safetensors")).unwrap();
+        assert_eq!(std::fs::read(p.join(&format!("fresh/{m}/model.safetensors"))).unwrap(), committed, "{m}");
+    }
+    let example = format!("{repo}/examples/merge.yaml");
+    let store = p.join("store").display().to_string();
+    p.drover(&["run", &example, "--store", &store]).expect_code(0);
+    p.drover(&["export", "soft.model", "out", "-f", &example, "--store", &store]).expect_code(0);
+    let (got, dtype) = read_model(&p, "out");
+    assert_eq!(dtype, Dtype::BF16);
+    assert_eq!(got.len(), 3 + 2 * 9);
+    let (base, _) = read_model(&p, "fresh/base");
+    let name = "model.layers.1.mlp.up_proj.weight";
+    assert!(got[name].1.iter().all(|v| v.is_finite()));
+    assert_ne!(got[name].1, base[name].1, "the merge moved the weights");
+    // A second run is all cached.
+    let out = p.drover(&["run", &example, "--store", &store]);
+    assert!(out.stderr.contains("0 ran, 5 cached"), "{}", out.stderr);
+}
