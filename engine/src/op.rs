@@ -132,6 +132,10 @@ pub struct OpInfo {
     pub params: serde_json::Value,
     /// Same inputs, params and seed always give the same output bytes.
     pub deterministic: bool,
+    /// The op renders `${in.*}` and `${out.*}` in its params itself, at run time (`command`):
+    /// the planner leaves those references, and `$${` escapes, for it.
+    #[serde(skip)]
+    pub templated_params: bool,
 }
 
 /// A problem an op finds at plan time. The engine attaches the YAML location.

@@ -247,7 +247,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         if with.is_null() {
             with = Value::Object(Default::default());
         }
-        let templated = p.info.as_ref().is_some_and(|i| matches!(i.inputs, Ports::Declared(_)));
+        let templated = p.info.as_ref().is_some_and(|i| i.templated_params);
         if !templated {
             interp::unescape(&mut with);
         }

@@ -42,6 +42,7 @@ impl Op for Halve {
             outputs: Ports::Fixed(vec![blob("out", false)]),
             params: params_schema::<HalveParams>(),
             deterministic: true,
+            templated_params: false,
         }
     }
 

@@ -50,6 +50,7 @@ impl Op for Command {
             outputs: Ports::Declared("declared under `out:` as table, blob or dir; `${out.NAME}` is where to write it"),
             params: params_schema::<CommandParams>(),
             deterministic: false,
+            templated_params: true,
         }
     }
 

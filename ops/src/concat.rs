@@ -62,6 +62,7 @@ impl Op for Concat {
             outputs: Ports::Fixed(Self::outputs()),
             params: params_schema::<ConcatParams>(),
             deterministic: true,
+            templated_params: false,
         }
     }
 

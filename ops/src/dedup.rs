@@ -135,6 +135,7 @@ impl Op for Dedup {
             outputs: Ports::Fixed(Self::outputs()),
             params: params_schema::<DedupParams>(),
             deterministic: true,
+            templated_params: false,
         }
     }
 

@@ -62,6 +62,7 @@ impl Op for ReadModel {
             outputs: Ports::Fixed(Self::outputs()),
             params: params_schema::<ReadModelParams>(),
             deterministic: true,
+            templated_params: false,
         }
     }
 

@@ -55,6 +55,7 @@ impl Op for ReadTable {
             outputs: Ports::Fixed(Self::outputs()),
             params: params_schema::<ReadTableParams>(),
             deterministic: true,
+            templated_params: false,
         }
     }
 

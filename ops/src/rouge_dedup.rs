@@ -118,6 +118,7 @@ impl Op for RougeDedup {
             outputs: Ports::Fixed(Self::outputs()),
             params: params_schema::<RougeDedupParams>(),
             deterministic: true,
+            templated_params: false,
         }
     }
 

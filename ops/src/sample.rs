@@ -95,6 +95,7 @@ impl Op for Sample {
             outputs: Ports::Fixed(Self::outputs()),
             params: params_schema::<SampleParams>(),
             deterministic: true,
+            templated_params: false,
         }
     }
 

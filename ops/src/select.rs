@@ -151,6 +151,7 @@ impl Op for Select {
             outputs: Ports::Fixed(Self::outputs()),
             params: params_schema::<SelectParams>(),
             deterministic: true,
+            templated_params: false,
         }
     }
 

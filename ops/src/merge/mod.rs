@@ -226,6 +226,7 @@ impl Op for MergeModels {
             }]),
             params: params_schema::<MergeParams>(),
             deterministic: true,
+            templated_params: false,
         }
     }
 

@@ -335,6 +335,7 @@ impl Op for ScalingLawFit {
             outputs: Ports::Fixed(Self::outputs()),
             params: params_schema::<FitParams>(),
             deterministic: true,
+            templated_params: false,
         }
     }
 
