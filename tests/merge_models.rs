@@ -1,6 +1,6 @@
 //! End-to-end tests of `merge_models`: every method against an f64 reference written here from
 //! the published formulas, on tiny Llama-shaped checkpoints generated here (seeded, odd sizes);
-//! sharded and bf16 inputs, slices, gradients and filters, mergekit's example configs, the
+//! sharded, bf16 and f16 inputs, slices, gradients and filters, mergekit's example configs, the
 //! cache, and bad inputs.
 
 mod common;
@@ -81,7 +81,11 @@ fn rounded(w: &Weights, dtype: Dtype) -> Weights {
         .map(|(n, (d, v))| {
             let v = v
                 .iter()
-                .map(|x| if dtype == Dtype::BF16 { bf16::from_f64(*x).to_f64() } else { *x as f32 as f64 })
+                .map(|x| match dtype {
+                    Dtype::BF16 => bf16::from_f64(*x).to_f64(),
+                    Dtype::F16 => half::f16::from_f64(*x).to_f64(),
+                    _ => *x as f32 as f64,
+                })
                 .collect();
             (n.clone(), (d.clone(), v))
         })
@@ -102,6 +106,7 @@ fn write_model(p: &Project, dir: &str, w: &Weights, dtype: Dtype, shards: usize,
         .map(|(n, (_, v))| {
             let b = match dtype {
                 Dtype::BF16 => v.iter().flat_map(|x| bf16::from_f64(*x).to_le_bytes()).collect(),
+                Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f64(*x).to_le_bytes()).collect(),
                 _ => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
             };
             (n, b)
@@ -513,14 +518,14 @@ fn dare_keeps_about_density_of_each_task_vector_and_is_seeded() {
 }
 
 #[test]
-fn sharded_and_bf16_inputs_and_sharded_output() {
+fn sharded_bf16_and_f16_inputs_and_sharded_output() {
     let p = Project::new();
     let base = rounded(&random_model(TINY, 21), Dtype::BF16);
     let a = rounded(&finetune(&base, 22, 0.05), Dtype::BF16);
-    let b = rounded(&finetune(&base, 23, 0.05), Dtype::F32);
+    let b = rounded(&finetune(&base, 23, 0.05), Dtype::F16);
     write_model(&p, "models/base", &base, Dtype::BF16, 3, TINY.layers, "base");
     write_model(&p, "models/a", &a, Dtype::BF16, 1, TINY.layers, "a");
-    write_model(&p, "models/b", &b, Dtype::F32, 2, TINY.layers, "b");
+    write_model(&p, "models/b", &b, Dtype::F16, 2, TINY.layers, "b");
     let yaml = "stages:
   base: { op: read_model, with: { path: models/base } }
   a: { op: read_model, with: { path: models/a } }
@@ -553,7 +558,7 @@ fn sharded_and_bf16_inputs_and_sharded_output() {
         let models = [("a", &a[n].1[..], pw(0.7, 0.5)), ("b", &b[n].1[..], pw(0.3, 0.5))];
         ref_task_arithmetic(&base[n].1, &models, shape, Thin::TopK, true, true, false, 1.0, n, 0)
     });
-    assert_close("bf16 + sharded", &got, &want);
+    assert_close("bf16 + f16 + sharded", &got, &want);
 }
 
 #[test]
