@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use rand::RngCore;
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 
@@ -78,12 +78,25 @@ pub fn stream_seed(seed: u64, tensor: &str, model: &str) -> [u8; 32] {
 /// A uniform draw in [0, 1) for each element of `range`, from the stream `seed`: element `i`
 /// always gets the stream's `i`-th word, whichever thread asks.
 fn uniforms(seed: &[u8; 32], range: Range<usize>, mut f: impl FnMut(usize, f32)) {
-    let mut rng = ChaCha8Rng::from_seed(*seed);
-    rng.set_word_pos(range.start as u128);
-    for i in range {
-        let u = (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
-        f(i, u);
+    let mut rng = stream_at(seed, range.start);
+    let mut words = [0u32; 1024];
+    let mut start = range.start;
+    while start < range.end {
+        let n = (range.end - start).min(words.len());
+        rng.fill(&mut words[..n]);
+        for (k, w) in words[..n].iter().enumerate() {
+            f(start + k, (w >> 8) as f32 * (1.0 / (1u32 << 24) as f32));
+        }
+        start += n;
     }
+}
+
+/// The stream `seed`, positioned at word `start`. Filling a slice of words from it gives the
+/// same words as drawing them one by one.
+fn stream_at(seed: &[u8; 32], start: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::from_seed(*seed);
+    rng.set_word_pos(start as u128);
+    rng
 }
 
 /// Why a tensor cannot be merged.
@@ -525,13 +538,21 @@ pub fn thin(
             keep_ranks(delta, n_bot as usize..n - n_top.max(0) as usize);
         }
         Sparsify::Random => {
-            let p = density as f32;
+            // u = (w >> 8) / 2^24 >= density  <=>  (w >> 8) >= ceil(density * 2^24): the same
+            // test as on the f32 draw (both sides are exact), on integers, which vectorises.
+            let cut = ((density as f32) as f64 * (1u64 << 24) as f64).ceil() as u32;
             par_chunks(delta, |o, c| {
-                uniforms(stream, o..o + c.len(), |i, u| {
-                    if u >= p {
-                        c[i - o] = 0.0;
-                    }
-                })
+                let mut rng = stream_at(stream, o);
+                let mut words = [0u32; 1024];
+                for block in c.chunks_mut(words.len()) {
+                    let words = &mut words[..block.len()];
+                    rng.fill(&mut words[..]);
+                    block.iter_mut().zip(words.iter()).for_each(|(v, w)| {
+                        if (w >> 8) >= cut {
+                            *v = 0.0;
+                        }
+                    });
+                }
             });
         }
         Sparsify::DellaMagprune => {
