@@ -17,7 +17,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 /// Combination settings, as in `methods::Combine`.
 pub struct CombineSpec<'a> {
+    /// The weights (summed by the divisors).
     pub weights: &'a [f32],
+    /// Each weight times its task vector's rescale factor (what the task vector is multiplied by).
+    pub factors: &'a [f32],
     pub consensus: bool,
     pub normalize: bool,
     pub plain_divisor: f32,
@@ -41,7 +44,8 @@ pub fn combine(device: &Device, base: &[f32], deltas: &[&[f32]], spec: &CombineS
     let n = base.len();
     let d: Tensor<2> = Tensor::cat(deltas.iter().map(|x| upload(device, x)).collect(), 0);
     let w: Tensor<2> = Tensor::from_data(TensorData::new(spec.weights.to_vec(), [k, 1]), device);
-    let wd = d.mul(w.clone());
+    let f: Tensor<2> = Tensor::from_data(TensorData::new(spec.factors.to_vec(), [k, 1]), device);
+    let wd = d.mul(f);
     let mixed = if spec.consensus {
         let total = wd.clone().sum_dim(0);
         // The majority sign: +1 where the weighted sum is >= 0, else -1. sign(0) = 0 agrees

@@ -45,6 +45,41 @@ pub fn par_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
     });
 }
 
+/// The sum of |x| in f64, with eight running sums so that it vectorises (a single running sum
+/// waits on each add).
+fn abs_sum(x: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v.abs() as f64;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|v| v.abs() as f64).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// [`par_chunks`] whose chunks each return a partial sum; the partials are added in chunk order.
+fn par_chunks_sum(out: &mut [f32], f: impl Fn(usize, &mut [f32]) -> f64 + Sync) -> f64 {
+    let n = out.len();
+    let t = threads();
+    if n < PARALLEL_MIN || t == 1 {
+        return f(0, out);
+    }
+    let chunk = n.div_ceil(t);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = out
+            .chunks_mut(chunk)
+            .enumerate()
+            .map(|(i, c)| {
+                let f = &f;
+                scope.spawn(move || f(i * chunk, c))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a worker panicked")).sum()
+    })
+}
+
 /// Sums `f(range)` over chunks of `0..n`, in parallel, adding the partial sums in chunk order.
 fn par_sum(n: usize, f: impl Fn(Range<usize>) -> f64 + Sync) -> f64 {
     let t = threads();
@@ -285,22 +320,35 @@ fn task_arithmetic(
     let b = plan.base.expect("task arithmetic has a base (checked by the config)");
     let base = std::mem::take(&mut sources[b]);
     let mut deltas: Vec<&mut Vec<f32>> = Vec::new();
+    let mut scales = Vec::new();
     for (j, x) in sources.iter_mut().enumerate() {
         if j == b {
             continue;
         }
-        par_chunks(x, |o, c| {
-            let n = c.len();
-            c.iter_mut().zip(&base[o..o + n]).for_each(|(v, b)| *v -= b)
-        });
         let p = &plan.sources[j].params;
-        if let Some(method) = sparsify
-            && p.density < 1.0
-        {
+        let thinning = sparsify.filter(|_| p.density < 1.0);
+        let want_l1 = thinning.is_some() && plan.global.rescale;
+        // The task vector, in place; with its L1 norm in the same pass when a rescale needs it.
+        let l1 = par_chunks_sum(x, |o, c| {
+            let mut sum = 0.0f64;
+            // Cache-sized blocks: the norm reads what the subtraction just wrote.
+            for (k, block) in c.chunks_mut(4096).enumerate() {
+                let start = o + k * 4096;
+                let n = block.len();
+                block.iter_mut().zip(&base[start..start + n]).for_each(|(v, b)| *v -= b);
+                if want_l1 {
+                    sum += abs_sum(block);
+                }
+            }
+            sum
+        });
+        let mut scale = 1.0;
+        if let Some(method) = thinning {
             let stream = stream_seed(seed, &plan.name, names[j]);
-            thin(method, x, &plan.shape, p.density, p.gamma, p.epsilon, plan.global.rescale, &stream)
+            scale = thin(method, x, &plan.shape, p.density, p.gamma, p.epsilon, want_l1.then_some(l1), &stream)
                 .map_err(|e| format!("tensor `{}` of model `{}`: {e}", plan.sources[j].name, names[j]))?;
         }
+        scales.push(scale);
         deltas.push(x);
     }
     if deltas.is_empty() {
@@ -308,12 +356,13 @@ fn task_arithmetic(
         sources[b] = base;
         return Ok(());
     }
-    let combine = Combine::new(plan, consensus);
+    let combine = Combine::new(plan, consensus, scales);
     let deltas: Vec<&Vec<f32>> = deltas.into_iter().map(|d| &*d).collect();
     if let Some(device) = device {
         let views: Vec<&[f32]> = deltas.iter().map(|d| d.as_slice()).collect();
         let spec = super::device::CombineSpec {
             weights: &combine.weights,
+            factors: &combine.factors,
             consensus: combine.consensus,
             normalize: combine.normalize,
             plain_divisor: combine.plain_divisor,
@@ -337,6 +386,9 @@ fn task_arithmetic(
 struct Combine {
     /// The weights of the task vectors (every source but the base), in source order.
     weights: Vec<f32>,
+    /// Each weight times its task vector's rescale factor: what the task vector is multiplied
+    /// by (the divisors sum the plain weights).
+    factors: Vec<f32>,
     consensus: bool,
     normalize: bool,
     /// The divisor without sign election: the sum of the weights (1 when it is ~0).
@@ -345,12 +397,13 @@ struct Combine {
 }
 
 impl Combine {
-    fn new(plan: &TensorPlan, consensus: bool) -> Combine {
+    fn new(plan: &TensorPlan, consensus: bool, scales: Vec<f32>) -> Combine {
         let b = plan.base.expect("task arithmetic has a base");
         let weights: Vec<f32> =
             plan.sources.iter().enumerate().filter(|(j, _)| *j != b).map(|(_, s)| s.params.weight as f32).collect();
         let s: f32 = weights.iter().sum();
         Combine {
+            factors: weights.iter().zip(&scales).map(|(w, s)| w * s).collect(),
             weights,
             consensus,
             normalize: plan.global.normalize,
@@ -373,21 +426,21 @@ impl Combine {
             if self.consensus {
                 let total = &mut total[..len];
                 total.fill(0.0);
-                for (d, w) in deltas.iter().zip(&self.weights) {
-                    total.iter_mut().zip(&d[start..start + len]).for_each(|(t, d)| *t += w * d);
+                for (d, f) in deltas.iter().zip(&self.factors) {
+                    total.iter_mut().zip(&d[start..start + len]).for_each(|(t, d)| *t += f * d);
                 }
                 let divisor = &mut divisor[..len];
                 o.fill(0.0);
                 divisor.fill(0.0);
-                for (d, w) in deltas.iter().zip(&self.weights) {
+                for ((d, &f), &w) in deltas.iter().zip(&self.factors).zip(&self.weights) {
                     for (((m, dv), t), d) in
                         o.iter_mut().zip(divisor.iter_mut()).zip(total.iter()).zip(&d[start..start + len])
                     {
-                        let wd = w * d;
+                        let wd = f * d;
                         // The majority sign is + when the sum is >= 0; zeros never agree.
                         let agrees = if *t >= 0.0 { wd > 0.0 } else { wd < 0.0 };
                         *m += if agrees { wd } else { 0.0 };
-                        *dv += if agrees { *w } else { 0.0 };
+                        *dv += if agrees { w } else { 0.0 };
                     }
                 }
                 if self.normalize {
@@ -395,8 +448,8 @@ impl Combine {
                 }
             } else {
                 o.fill(0.0);
-                for (d, w) in deltas.iter().zip(&self.weights) {
-                    o.iter_mut().zip(&d[start..start + len]).for_each(|(m, d)| *m += w * d);
+                for (d, f) in deltas.iter().zip(&self.factors) {
+                    o.iter_mut().zip(&d[start..start + len]).for_each(|(m, d)| *m += f * d);
                 }
                 if self.normalize {
                     o.iter_mut().for_each(|m| *m /= self.plain_divisor);
@@ -460,7 +513,7 @@ pub fn merge_streamed(
                 stream_blocks(plan.numel(), inputs, out_dtype, out, |xs, o| o.copy_from_slice(xs[b]));
                 return Ok(());
             }
-            let combine = Combine::new(plan, ta.consensus);
+            let combine = Combine::new(plan, ta.consensus, vec![1.0; others.len()]);
             stream_blocks(plan.numel(), inputs, out_dtype, out, |xs, o| {
                 // Task vectors of the block, then the same combination as in memory.
                 let deltas: Vec<Vec<f32>> =
@@ -503,8 +556,9 @@ fn stream_blocks(
     });
 }
 
-/// Thins a task vector in place (mergekit's `sparsify`), then, with `rescale`, scales what is
-/// left back to the task vector's L1 norm.
+/// Thins a task vector in place (mergekit's `sparsify`). With `rescale` (the task vector's L1
+/// norm before thinning), returns the factor that brings what is left back to that norm, for the
+/// combination to apply (one pass fewer than scaling here); else 1.
 #[allow(clippy::too_many_arguments)]
 pub fn thin(
     method: Sparsify,
@@ -513,12 +567,10 @@ pub fn thin(
     density: f64,
     gamma: f64,
     epsilon: f64,
-    rescale: bool,
+    rescale: Option<f64>,
     stream: &[u8; 32],
-) -> Result<(), String> {
+) -> Result<f32, String> {
     let n = delta.len();
-    let l1 = |d: &[f32]| par_sum(d.len(), |r| d[r].iter().map(|x| x.abs() as f64).sum());
-    let before = if rescale { l1(delta) } else { 0.0 };
     match method {
         Sparsify::Magnitude => {
             let k = (density * n as f64) as usize;
@@ -594,14 +646,9 @@ pub fn thin(
             });
         }
     }
-    if rescale {
-        let after = l1(delta);
-        if before >= 1e-7 && after >= 1e-7 {
-            let s = (before / after) as f32;
-            par_chunks(delta, |_, c| c.iter_mut().for_each(|v| *v *= s));
-        }
-    }
-    Ok(())
+    let Some(before) = rescale else { return Ok(1.0) };
+    let after = par_sum(n, |r| abs_sum(&delta[r]));
+    Ok(if before >= 1e-7 && after >= 1e-7 { (before / after) as f32 } else { 1.0 })
 }
 
 /// Zeroes every element whose rank by magnitude (ascending; equal magnitudes ranked by
