@@ -590,6 +590,15 @@ impl MergeConfig {
             out_dtype: dtype("out_dtype", &raw.out_dtype)?,
             tokenizer_source: raw.tokenizer_source,
         };
+        // mergekit's `model+lora` applies a LoRA before merging; drover would take the whole
+        // string as a name and merge the model without it.
+        if let Some(m) = config.referenced_models().into_iter().find(|m| m.contains('+')) {
+            return Err(ConfigError::at(
+                &[],
+                format!("model `{m}` names a LoRA (`model+lora`), which drover does not apply"),
+            )
+            .help("merge the LoRA into its model first (e.g. with peft's merge_and_unload) and name that directory"));
+        }
         config.check_method()?;
         Ok(config)
     }
@@ -809,6 +818,14 @@ mod tests {
         let c = json!({"merge_method": "task_arithmetic", "base_model": "b", "models": [{"model": "a"}]});
         let e = MergeConfig::parse(&c).unwrap_err();
         assert!(e.message.contains("model `a` has no `weight`"), "{e:?}");
+    }
+
+    #[test]
+    fn lora_references_are_refused_rather_than_merged_without_the_lora() {
+        let c = json!({"merge_method": "linear", "models": [
+            {"model": "base+adapter", "parameters": {"weight": 1}}, {"model": "b", "parameters": {"weight": 1}}]});
+        let e = MergeConfig::parse(&c).unwrap_err();
+        assert!(e.message.contains("names a LoRA"), "{e:?}");
     }
 
     #[test]
