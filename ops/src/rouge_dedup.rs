@@ -233,13 +233,11 @@ impl Op for RougeDedup {
                     columns.push(Arc::new(BooleanArray::from(kept)));
                     columns.push(Arc::new(Float64Array::from(rouge_l)));
                     columns.push(Arc::new(StringArray::from(most_similar)));
-                    let schema = Arc::new(Schema::new(fields));
-                    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(failed)?;
-                    return table::write_parquet(&cx.output("out")?.path, &schema, &[batch]);
+                    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(failed)?
                 } else {
                     filter_record_batch(&all, &BooleanArray::from(kept)).map_err(failed)?
                 };
-                table::write_parquet(&cx.output("out")?.path, &schema, &[out])
+                table::write_parquet(&cx.output("out")?.path, &out.schema(), &[out])
             })
             .await
         })

@@ -18,7 +18,7 @@ use rand_chacha::rand_core::SeedableRng;
 
 use super::config::{Method, Sparsify};
 use super::plan::TensorPlan;
-use super::weights::{WeightDtype, decode, encode, par_chunks_bytes};
+use super::weights::{WeightDtype, decode, encode};
 
 /// Elements below which a pass runs on one thread.
 const PARALLEL_MIN: usize = 1 << 16;
@@ -28,21 +28,32 @@ pub fn threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(16)
 }
 
-/// Runs `f` over `out` in chunks, on up to `threads()` threads; `f` gets each chunk's offset.
-pub fn par_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
-    let n = out.len();
+/// Splits `items` into one run per thread, cut at multiples of `unit` items, and returns
+/// `f(offset, run)` for each run in order, `offset` counted in units. Fewer than
+/// `PARALLEL_MIN` units run on the calling thread.
+pub fn par_runs<T: Send, R: Send>(items: &mut [T], unit: usize, f: impl Fn(usize, &mut [T]) -> R + Sync) -> Vec<R> {
+    let n = items.len() / unit;
     let t = threads();
     if n < PARALLEL_MIN || t == 1 {
-        f(0, out);
-        return;
+        return vec![f(0, items)];
     }
-    let chunk = n.div_ceil(t);
+    let per = n.div_ceil(t);
     std::thread::scope(|scope| {
-        for (i, c) in out.chunks_mut(chunk).enumerate() {
-            let f = &f;
-            scope.spawn(move || f(i * chunk, c));
-        }
-    });
+        let handles: Vec<_> = items
+            .chunks_mut(per * unit)
+            .enumerate()
+            .map(|(i, c)| {
+                let f = &f;
+                scope.spawn(move || f(i * per, c))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a worker panicked")).collect()
+    })
+}
+
+/// Runs `f` over `out` in chunks, on up to `threads()` threads; `f` gets each chunk's offset.
+pub fn par_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    par_runs(out, 1, f);
 }
 
 /// The sum of |x| in f64, with eight running sums so that it vectorises (a single running sum
@@ -61,23 +72,7 @@ fn abs_sum(x: &[f32]) -> f64 {
 
 /// [`par_chunks`] whose chunks each return a partial sum; the partials are added in chunk order.
 fn par_chunks_sum(out: &mut [f32], f: impl Fn(usize, &mut [f32]) -> f64 + Sync) -> f64 {
-    let n = out.len();
-    let t = threads();
-    if n < PARALLEL_MIN || t == 1 {
-        return f(0, out);
-    }
-    let chunk = n.div_ceil(t);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = out
-            .chunks_mut(chunk)
-            .enumerate()
-            .map(|(i, c)| {
-                let f = &f;
-                scope.spawn(move || f(i * chunk, c))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("a worker panicked")).sum()
-    })
+    par_runs(out, 1, f).into_iter().sum()
 }
 
 /// Sums `f(range)` over chunks of `0..n`, in parallel, adding the partial sums in chunk order.
@@ -137,8 +132,9 @@ fn stream_at(seed: &[u8; 32], start: usize) -> ChaCha8Rng {
 /// Why a tensor cannot be merged.
 pub type MergeError = String;
 
-/// Merges one tensor. `sources` holds each source's values (consumed), `names` the models'
-/// names (for random streams and messages); the result is written to `out`.
+/// Merges one tensor whose method does not [`stream`](streams). `sources` holds each source's
+/// values (consumed), `names` the models' names (for random streams and messages); the result
+/// is written to `out`.
 pub fn merge(
     method: Method,
     plan: &TensorPlan,
@@ -152,12 +148,8 @@ pub fn merge(
     out.clear();
     out.resize(n, 0.0);
     match method {
-        Method::Linear => linear(plan, sources, out),
-        Method::Passthrough => {
-            let scale = plan.sources[0].params.scale as f32;
-            let x = &sources[0];
-            par_chunks(out, |o, c| c.iter_mut().enumerate().for_each(|(i, v)| *v = x[o + i] * scale));
-            Ok(())
+        Method::Linear | Method::Passthrough => {
+            unreachable!("{method} is merged block by block from the stored bytes (`streams`)")
         }
         Method::Slerp => {
             if sources.len() == 1 {
@@ -196,20 +188,6 @@ fn linear_weights(plan: &TensorPlan) -> Result<(Vec<f32>, f32), MergeError> {
         return Err(format!("the weights of tensor `{}` sum to zero, and `normalize` divides by their sum", plan.name));
     }
     Ok((w, total))
-}
-
-fn linear(plan: &TensorPlan, sources: &[Vec<f32>], out: &mut [f32]) -> Result<(), MergeError> {
-    let (w, divisor) = linear_weights(plan)?;
-    par_chunks(out, |o, c| {
-        for (i, v) in c.iter_mut().enumerate() {
-            let mut acc = 0.0f32;
-            for (x, w) in sources.iter().zip(&w) {
-                acc += w * x[o + i];
-            }
-            *v = acc / divisor;
-        }
-    });
-    Ok(())
 }
 
 /// Spherical interpolation between `v0` (t = 0) and `v1` (t = 1), treating each tensor as one
@@ -345,8 +323,7 @@ fn task_arithmetic(
         let mut scale = 1.0;
         if let Some(method) = thinning {
             let stream = stream_seed(seed, &plan.name, names[j]);
-            scale = thin(method, x, &plan.shape, p.density, p.gamma, p.epsilon, want_l1.then_some(l1), &stream)
-                .map_err(|e| format!("tensor `{}` of model `{}`: {e}", plan.sources[j].name, names[j]))?;
+            scale = thin(method, x, &plan.shape, p.density, p.gamma, p.epsilon, want_l1.then_some(l1), &stream);
         }
         scales.push(scale);
         deltas.push(x);
@@ -537,7 +514,7 @@ fn stream_blocks(
     const BLOCK: usize = 1 << 13;
     let size = out_dtype.size();
     out.resize(n * size, 0);
-    par_chunks_bytes(out, size, |offset, bytes| {
+    par_runs(out, size, |offset, bytes| {
         let mut decoded: Vec<Vec<f32>> = vec![vec![0.0; BLOCK]; inputs.len()];
         let mut result = vec![0f32; BLOCK];
         let count = bytes.len() / size;
@@ -556,7 +533,9 @@ fn stream_blocks(
     });
 }
 
-/// Thins a task vector in place (mergekit's `sparsify`). With `rescale` (the task vector's L1
+/// Thins a task vector in place (mergekit's `sparsify`). The plan has checked that `density`
+/// keeps at least one element and that DELLA's density ± epsilon stays in (0, 1). With
+/// `rescale` (the task vector's L1
 /// norm before thinning), returns the factor that brings what is left back to that norm, for the
 /// combination to apply (one pass fewer than scaling here); else 1.
 #[allow(clippy::too_many_arguments)]
@@ -569,14 +548,11 @@ pub fn thin(
     epsilon: f64,
     rescale: Option<f64>,
     stream: &[u8; 32],
-) -> Result<f32, String> {
+) -> f32 {
     let n = delta.len();
     match method {
         Sparsify::Magnitude => {
             let k = (density * n as f64) as usize;
-            if k == 0 {
-                return Err(format!("density {density} keeps none of its {n} elements"));
-            }
             keep_ranks(delta, n - k..n);
         }
         Sparsify::MagnitudeOutliers => {
@@ -608,11 +584,6 @@ pub fn thin(
             });
         }
         Sparsify::DellaMagprune => {
-            if density + epsilon >= 1.0 || density - epsilon <= 0.0 {
-                return Err(format!(
-                    "density {density} ± epsilon {epsilon} leaves (0, 1); choose epsilon so that both stay inside"
-                ));
-            }
             let (nrows, cols) = rows(shape);
             let lo = density - epsilon;
             let span = 2.0 * epsilon;
@@ -646,9 +617,9 @@ pub fn thin(
             });
         }
     }
-    let Some(before) = rescale else { return Ok(1.0) };
+    let Some(before) = rescale else { return 1.0 };
     let after = par_sum(n, |r| abs_sum(&delta[r]));
-    Ok(if before >= 1e-7 && after >= 1e-7 { (before / after) as f32 } else { 1.0 })
+    if before >= 1e-7 && after >= 1e-7 { (before / after) as f32 } else { 1.0 }
 }
 
 /// Zeroes every element whose rank by magnitude (ascending; equal magnitudes ranked by

@@ -90,6 +90,8 @@ struct Resolved {
     /// model reference -> input port.
     ports: BTreeMap<String, String>,
     shard_bytes: usize,
+    /// The `seed` param, if given.
+    seed: Option<u64>,
 }
 
 /// Parses `5B`, `500M`, `2G`, `10K` (mergekit's `parse_kmb`; B and G both mean 10^9) or a number.
@@ -206,7 +208,7 @@ fn resolve(
                 .help("a number of bytes, or with a suffix: `500M`, `5B` (B and G are 10^9)")
         })?,
     };
-    Ok((Resolved { config, json, ports, shard_bytes }, file))
+    Ok((Resolved { config, json, ports, shard_bytes, seed: params.seed }, file))
 }
 
 impl Op for MergeModels {
@@ -267,8 +269,7 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
     let started = Instant::now();
     let inputs: Vec<String> = cx.inputs.keys().cloned().collect();
     let (resolved, _) = resolve(&cx.params, &cx.pipeline_dir, &inputs).map_err(|e| OpError::failed(e.message))?;
-    let params: MergeParams = table::run_params(cx)?;
-    let seed = params.seed.unwrap_or(cx.seed);
+    let seed = resolved.seed.unwrap_or(cx.seed);
     let config = &resolved.config;
 
     let mut models = Vec::new();

@@ -362,12 +362,6 @@ impl Planner<'_> {
                     None if is_base && method != Method::Linear => 0.0,
                     None => return Err(required(pname, format!("tensor `{name}` of model `{}`", src.model))),
                 };
-                if pname == "density" && !(v > 0.0 && v <= 1.0) {
-                    return Err(format!(
-                        "`density` is {v} for tensor `{name}` of model `{}`; it must be in (0, 1]",
-                        src.model
-                    ));
-                }
                 values.insert(pname, v);
             }
             let get = |n: &str, d: f64| values.get(n).copied().unwrap_or(d);

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
-use super::methods::par_chunks;
+use super::methods::{par_chunks, par_runs};
 use safetensors::{Dtype, SafeTensors};
 
 /// The element types drover reads and writes.
@@ -248,25 +248,7 @@ pub fn encode(dtype: WeightDtype, values: &[f32], bytes: &mut [u8]) {
 pub fn encode_all(dtype: WeightDtype, values: &[f32], bytes: &mut Vec<u8>) {
     let size = dtype.size();
     bytes.resize(values.len() * size, 0);
-    par_chunks_bytes(bytes, size, |offset, b| encode(dtype, &values[offset..offset + b.len() / size], b));
-}
-
-/// [`par_chunks`] over a byte buffer of `size`-byte elements: `f` gets each chunk's offset in
-/// elements.
-pub fn par_chunks_bytes(bytes: &mut [u8], size: usize, f: impl Fn(usize, &mut [u8]) + Sync) {
-    let n = bytes.len() / size;
-    let threads = super::methods::threads();
-    if n < 1 << 16 || threads == 1 {
-        f(0, bytes);
-        return;
-    }
-    let per = n.div_ceil(threads);
-    std::thread::scope(|scope| {
-        for (i, chunk) in bytes.chunks_mut(per * size).enumerate() {
-            let f = &f;
-            scope.spawn(move || f(i * per, chunk));
-        }
-    });
+    par_runs(bytes, size, |offset, b| encode(dtype, &values[offset..offset + b.len() / size], b));
 }
 
 /// What goes into the output, decided before any tensor is computed.
@@ -293,8 +275,6 @@ pub struct ShardWriter {
     shard: usize,
     done: usize,
     out: Option<BufWriter<File>>,
-    /// Converted bytes, reused from tensor to tensor.
-    buf: Vec<u8>,
 }
 
 impl ShardWriter {
@@ -323,25 +303,11 @@ impl ShardWriter {
                 tensors,
             })
             .collect();
-        ShardWriter { dir: dir.to_path_buf(), dtype, shards, shard: 0, done: 0, out: None, buf: Vec::new() }
+        ShardWriter { dir: dir.to_path_buf(), dtype, shards, shard: 0, done: 0, out: None }
     }
 
-    /// Appends the next planned tensor, given as f32. `name` must be the next one in the plan
-    /// and `data` hold exactly its elements.
-    pub fn write(&mut self, name: &str, data: &[f32]) -> Result<(), String> {
-        let mut bytes = std::mem::take(&mut self.buf);
-        encode_all(self.dtype, data, &mut bytes);
-        let written = self.write_bytes(name, &bytes);
-        self.buf = bytes;
-        written
-    }
-
-    /// The dtype tensors are written in.
-    pub fn dtype(&self) -> WeightDtype {
-        self.dtype
-    }
-
-    /// Appends the next planned tensor, already encoded in the writer's dtype.
+    /// Appends the next planned tensor, encoded in the writer's dtype ([`encode_all`]). `name`
+    /// must be the next one in the plan and `bytes` hold exactly its elements.
     pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), String> {
         let Some(shard) = self.shards.get(self.shard) else {
             return Err(format!("tensor `{name}` is not in the output plan (every planned tensor is written)"));
@@ -438,6 +404,13 @@ mod tests {
         tensors.iter().map(|(n, s)| PlannedTensor { name: n.to_string(), shape: s.to_vec() }).collect()
     }
 
+    /// Encodes and appends a tensor, as the merge does.
+    fn write(w: &mut ShardWriter, name: &str, data: &[f32]) -> Result<(), String> {
+        let mut bytes = Vec::new();
+        encode_all(w.dtype, data, &mut bytes);
+        w.write_bytes(name, &bytes)
+    }
+
     fn values(n: usize, seed: f32) -> Vec<f32> {
         (0..n).map(|i| (i as f32 * 0.37 + seed).sin() * 3.0).collect()
     }
@@ -450,7 +423,7 @@ mod tests {
         let mut w = ShardWriter::new(dir.path(), WeightDtype::Bf16, &p, 48);
         let data: Vec<Vec<f32>> = vec![values(15, 0.1), values(7, 0.2), values(8, 0.3)];
         for (t, d) in p.iter().zip(&data) {
-            w.write(&t.name, d).unwrap();
+            write(&mut w, &t.name, d).unwrap();
         }
         let files = w.finish().unwrap();
         assert_eq!(files, ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]);
@@ -481,7 +454,7 @@ mod tests {
             let p = plan(&[("x", &[4, 3])]);
             let mut w = ShardWriter::new(dir.path(), dtype, &p, 1 << 30);
             let d = values(12, 1.0);
-            w.write("x", &d).unwrap();
+            write(&mut w, "x", &d).unwrap();
             assert_eq!(w.finish().unwrap(), ["model.safetensors"]);
             assert!(!dir.path().join("model.safetensors.index.json").exists());
             // The file parses with the safetensors crate itself.
@@ -499,9 +472,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = plan(&[("a", &[2]), ("b", &[2])]);
         let mut w = ShardWriter::new(dir.path(), WeightDtype::F32, &p, 1 << 20);
-        assert_eq!(w.write("b", &[1.0, 2.0]).unwrap_err(), "tensor `b` written out of order: `a` comes next");
-        assert_eq!(w.write("a", &[1.0]).unwrap_err(), "tensor `a`: 4 bytes for shape [2] (2 values)");
-        w.write("a", &[1.0, 2.0]).unwrap();
+        assert_eq!(write(&mut w, "b", &[1.0, 2.0]).unwrap_err(), "tensor `b` written out of order: `a` comes next");
+        assert_eq!(write(&mut w, "a", &[1.0]).unwrap_err(), "tensor `a`: 4 bytes for shape [2] (2 values)");
+        write(&mut w, "a", &[1.0, 2.0]).unwrap();
         assert_eq!(w.finish().unwrap_err(), "tensor `b` was never written");
     }
 
@@ -515,7 +488,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let mut w = ShardWriter::new(dir.path(), WeightDtype::F32, &plan(&[("a", &[1])]), 64);
-        w.write("a", &[1.0]).unwrap();
+        write(&mut w, "a", &[1.0]).unwrap();
         w.finish().unwrap();
         std::fs::write(
             dir.path().join("model.safetensors.index.json"),
