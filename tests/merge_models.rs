@@ -775,6 +775,7 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
         out.stderr
     );
     assert!(out.stderr.contains("model `base`") && out.stderr.contains("model `other`"), "{}", out.stderr);
+    assert!(out.stderr.contains("fine-tunes of the same base"), "a hint: {}", out.stderr);
     assert_ne!(p.drover(&["export", "m.model", "nothing"]).code, 0, "no output was stored");
     assert!(!p.join("nothing").exists());
 
@@ -782,6 +783,7 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
     let out = p.drover(&["run"]);
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("the vocabulary sizes differ: `model.embed_tokens.weight` has 68 rows in model `other` and 67 in model `base`"), "{}", out.stderr);
+    assert!(out.stderr.contains("does not merge vocabularies"), "a hint: {}", out.stderr);
 
     // A model without a tensor the others have (tied embeddings: no lm_head).
     let mut tied = random_model(TINY, 11);

@@ -59,6 +59,9 @@ pub fn split_layer(name: &str) -> Option<(&str, usize, &str)> {
     None
 }
 
+/// The hint for models whose tensors do not line up.
+const SAME_ARCH: &str = "merge models of one architecture and size (fine-tunes of the same base)";
+
 fn layer_name(prefix: &str, index: usize, suffix: &str) -> String {
     if suffix.is_empty() { format!("{prefix}.{index}") } else { format!("{prefix}.{index}.{suffix}") }
 }
@@ -186,7 +189,8 @@ pub fn plan(config: &MergeConfig, models: &[Model]) -> Result<Plan, String> {
                 .collect();
             if names.is_empty() {
                 return Err(format!(
-                    "model `{}` has no tensors for layer {in_index} (its layer_range is [{start}, {end}])",
+                    "model `{}` has no tensors for layer {in_index} (its layer_range is [{start}, {end}]); \
+                     keep layer_range within the model's num_hidden_layers",
                     models[lead].reference
                 ));
             }
@@ -269,10 +273,10 @@ fn outside_names(
     let (lead, names) = &lists[0];
     for (model, other) in &lists[1..] {
         if let Some(missing) = names.iter().find(|n| !other.contains(n)) {
-            return Err(format!("tensor `{missing}` is in model `{lead}` but not in model `{model}`"));
+            return Err(format!("tensor `{missing}` is in model `{lead}` but not in model `{model}`; {SAME_ARCH}"));
         }
         if let Some(extra) = other.iter().find(|n| !names.contains(n)) {
-            return Err(format!("tensor `{extra}` is in model `{model}` but not in model `{lead}`"));
+            return Err(format!("tensor `{extra}` is in model `{model}` but not in model `{lead}`; {SAME_ARCH}"));
         }
     }
     Ok(names.clone())
@@ -330,7 +334,7 @@ impl Planner<'_> {
             let model = (self.index_of)(&src.model)?;
             let name = input_name(j)?;
             let Some(entry) = self.models[model].weights.entry(&name) else {
-                return Err(format!("tensor `{name}` is missing from model `{}`", src.model));
+                return Err(format!("tensor `{name}` is missing from model `{}`; {SAME_ARCH}", src.model));
             };
             match &shape {
                 None => shape = Some((src.model.clone(), entry.shape.clone())),
@@ -338,12 +342,14 @@ impl Planner<'_> {
                     let vocab = is_pre(&name) || name.contains("lm_head");
                     let what = if vocab && s.len() == entry.shape.len() && s[1..] == entry.shape[1..] {
                         format!(
-                            "the vocabulary sizes differ: `{name}` has {} rows in model `{first}` and {} in model `{}`",
+                            "the vocabulary sizes differ: `{name}` has {} rows in model `{first}` and {} in model `{}`; \
+                             drover does not merge vocabularies: merge models that share a tokenizer, or resize \
+                             one model's embeddings first",
                             s[0], entry.shape[0], src.model
                         )
                     } else {
                         format!(
-                            "tensor `{name}` has shape {s:?} in model `{first}` but {:?} in model `{}`",
+                            "tensor `{name}` has shape {s:?} in model `{first}` but {:?} in model `{}`; {SAME_ARCH}",
                             entry.shape, src.model
                         )
                     };
