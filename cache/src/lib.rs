@@ -11,6 +11,7 @@
 mod error;
 mod fsutil;
 mod gc;
+mod memo;
 mod object;
 mod record;
 mod runs;
@@ -19,6 +20,7 @@ mod store;
 
 pub use error::{CacheError, Result};
 pub use gc::{GcReport, VerifyReport};
+pub use memo::Memo;
 pub use object::{DirEntry, DirManifest, ObjectHash};
 pub use record::{CacheKey, OutputKind, OutputRef, StageRecord};
 pub use runs::{RunRecord, RunStage, StageOutcome};

@@ -25,7 +25,7 @@ pub struct KeyLock {
     _file: File,
 }
 
-const DIRS: [&str; 8] = ["objects", "records", "locks", "runs", "logs", "state", "tmp", "quarantine"];
+const DIRS: [&str; 9] = ["objects", "records", "locks", "runs", "logs", "state", "tmp", "quarantine", "memo"];
 
 impl Store {
     /// Opens (creating if needed) a store at `root`.
@@ -40,6 +40,11 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The memo of this store: values kept by key inside a stage's work (see [`Memo`]).
+    pub fn memo(&self) -> crate::Memo {
+        crate::Memo::new(&self.root)
     }
 
     /// A fresh directory for a stage's scratch files, inside the store's filesystem so that

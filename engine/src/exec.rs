@@ -554,6 +554,8 @@ impl StageJob {
             progress: self.reporter.progress(&node.id),
             device: self.device.clone(),
             notes: self.notes.clone(),
+            llms: self.plan.llms.clone(),
+            memo: self.store.memo(),
         };
         let op = node.op.clone();
         let task = tokio::spawn(async move { op.run(cx).await });

@@ -21,7 +21,11 @@ pub const KEY_FORMAT: u32 = 1;
 /// canonical JSON directly; `params` (arbitrary JSON) is written with sorted keys.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
-    /// Content hashes of dep files, by path as written.
+    /// What the op resolved beyond its params (an endpoint's model id). Absent when empty, so
+    /// that keys of ops without context did not change when it was added.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", serialize_with = "sorted_map")]
+    pub context: BTreeMap<String, Value>,
+    /// Content hashes of dep files, by path as written (or by an op's label).
     pub deps: BTreeMap<String, String>,
     pub format: u32,
     /// Content hashes of the inputs, by port.
@@ -134,10 +138,10 @@ pub fn recipe_for(
         inputs.insert(port.clone(), input);
     }
     let mut deps = BTreeMap::new();
-    for dep in &node.deps {
+    for (name, dep) in &node.deps {
         let path = plan.dir.join(dep);
         deps.insert(
-            dep.clone(),
+            name.clone(),
             hash_dep(store, &path).map_err(|e| EngineError::Dep {
                 stage: node.id.clone(),
                 path: dep.clone(),
@@ -157,6 +161,7 @@ pub fn recipe_for(
         })
         .collect();
     Ok(Some(Recipe {
+        context: node.context.clone(),
         format: KEY_FORMAT,
         op: node.op_name.clone(),
         op_version: node.op_version,
@@ -203,6 +208,7 @@ mod tests {
 
     fn recipe(params: Value) -> Recipe {
         Recipe {
+            context: BTreeMap::new(),
             format: KEY_FORMAT,
             op: "command".into(),
             op_version: 1,

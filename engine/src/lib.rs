@@ -14,6 +14,7 @@ pub mod spec;
 pub mod status;
 pub mod yaml;
 
+pub use drover_cache::Memo;
 pub use op::{
     BoxFuture, CheckCx, CheckError, CheckLocation, Checked, Column, Input, InputItem, NoProgress, Op, OpError,
     OpErrorKind, OpInfo, OpRegistry, OutputSlot, PortDecl, PortType, Ports, Progress, RunCx, StageNotes, TableSchema,

@@ -159,6 +159,8 @@ pub enum CheckLocation {
     Input(String),
     /// An output port (points at its `out:` entry).
     Output(String),
+    /// A language-model endpoint of the pipeline's `llms:` block: its name, then a path inside it.
+    Llm(Vec<String>),
 }
 
 impl CheckError {
@@ -174,6 +176,13 @@ impl CheckError {
     }
     pub fn input(port: &str, message: impl Into<String>) -> CheckError {
         CheckError { message: message.into(), at: CheckLocation::Input(port.into()), help: None }
+    }
+    pub fn llm(path: &[&str], message: impl Into<String>) -> CheckError {
+        CheckError {
+            message: message.into(),
+            at: CheckLocation::Llm(path.iter().map(|s| s.to_string()).collect()),
+            help: None,
+        }
     }
     pub fn help(mut self, help: impl Into<String>) -> CheckError {
         self.help = Some(help.into());
@@ -191,6 +200,9 @@ pub struct CheckCx<'a> {
     /// The stage's `out:` block (used by ops with declared ports).
     pub declared_outputs: &'a BTreeMap<String, PortType>,
     pub pipeline_dir: &'a Path,
+    /// The pipeline's `llms:` block (a mapping of endpoint name to its settings, overrides
+    /// applied; `{}` when there is none).
+    pub llms: &'a serde_json::Value,
 }
 
 impl CheckCx<'_> {
@@ -263,6 +275,12 @@ pub struct Checked {
     /// Files (relative to the pipeline directory, or absolute) whose content enters the key,
     /// e.g. the file `read_table` reads.
     pub file_deps: Vec<PathBuf>,
+    /// Files whose content enters the key under a name rather than their path, for files whose
+    /// place differs between machines (a model in a user cache): `("llm default: gguf", path)`.
+    pub named_deps: Vec<(String, PathBuf)>,
+    /// What the op resolved from outside its params that decides its output (the model id of
+    /// the endpoint a stage uses). Enters the key; endpoints and secrets must not.
+    pub context: BTreeMap<String, serde_json::Value>,
 }
 
 /// One input artifact, materialised as a read-only path.
@@ -339,6 +357,12 @@ pub struct RunCx {
     pub device: String,
     /// What the op reports about how it ran, for the run record.
     pub notes: StageNotes,
+    /// The pipeline's `llms:` block, as [`CheckCx::llms`]. Endpoints and key variable names
+    /// live here, never in `params`, so they stay out of keys.
+    pub llms: Arc<serde_json::Value>,
+    /// Values the op keeps by key across attempts (responses already received), so a stage that
+    /// dies resumes its work. Not part of the stage's output.
+    pub memo: drover_cache::Memo,
 }
 
 /// Facts about how a stage ran that belong in its run record but not in its key.

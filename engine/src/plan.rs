@@ -21,6 +21,8 @@ pub struct Plan {
     pub file: PathBuf,
     pub dir: PathBuf,
     pub resources: BTreeMap<String, u64>,
+    /// The `llms:` block as JSON (`{}` when absent), handed to ops at run time.
+    pub llms: Arc<Value>,
     pub nodes: Vec<PlanNode>,
     /// Node indices in an order where every node comes after its inputs.
     pub order: Vec<usize>,
@@ -45,8 +47,11 @@ pub struct PlanNode {
     pub outputs: BTreeMap<String, PortType>,
     /// Per table output, the file format an op is asked to write.
     pub out_formats: BTreeMap<String, String>,
-    /// Files whose content enters the key, relative to the pipeline directory or absolute.
-    pub deps: Vec<String>,
+    /// Files whose content enters the key: the name the recipe gives it (the path as written,
+    /// or an op's label) and the path, relative to the pipeline directory or absolute.
+    pub deps: Vec<(String, String)>,
+    /// What the op resolved at plan time beyond its params (see `Checked::context`).
+    pub context: BTreeMap<String, Value>,
     pub retries: u32,
     pub timeout: Option<Duration>,
     pub resources: BTreeMap<String, u64>,
@@ -129,6 +134,10 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         v => v,
     };
     let no_ports = BTreeSet::new();
+    let llms = match spec.llms.to_json() {
+        Value::Null => Value::Object(Default::default()),
+        v => v,
+    };
 
     // 1. Expand every stage into nodes.
     struct Pending<'s> {
@@ -337,7 +346,8 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
 
     // 4. Types, in order: each op checks its params and inputs and says what comes out.
     let mut outputs: Vec<Option<BTreeMap<String, PortType>>> = vec![None; pending.len()];
-    let mut extra_deps: Vec<Vec<String>> = vec![Vec::new(); pending.len()];
+    let mut extra_deps: Vec<Vec<(String, String)>> = vec![Vec::new(); pending.len()];
+    let mut contexts: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new(); pending.len()];
     let mut out_formats: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); pending.len()];
     for &idx in &order {
         if let Some(r) = resolved[idx].as_mut() {
@@ -496,11 +506,15 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
             inputs: &check_inputs,
             declared_outputs: &declared,
             pipeline_dir: &spec.dir,
+            llms: &llms,
         };
         match op.check(&cx) {
             Ok(checked) => {
                 outputs[idx] = Some(checked.outputs);
-                extra_deps[idx] = checked.file_deps.iter().map(|p| p.to_string_lossy().to_string()).collect();
+                let path = |p: &std::path::Path| p.to_string_lossy().to_string();
+                extra_deps[idx] = checked.file_deps.iter().map(|p| (path(p), path(p))).collect();
+                extra_deps[idx].extend(checked.named_deps.iter().map(|(name, p)| (name.clone(), path(p))));
+                contexts[idx] = checked.context;
             }
             Err(errors) => {
                 for e in errors {
@@ -522,6 +536,9 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                         CheckLocation::Output(port) => {
                             stage.outputs.iter().find(|o| &o.port == port).map_or(stage.name_span, |o| o.port_span)
                         }
+                        CheckLocation::Llm(path) => deepest(&spec.llms, path.as_slice())
+                            .filter(|n| n.span != Span::default())
+                            .map_or(stage.name_span, |n| n.span),
                     };
                     let label = match &e.at {
                         CheckLocation::Param(path) | CheckLocation::ParamKey(path) if !path.is_empty() => {
@@ -579,7 +596,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
     let mut nodes = Vec::with_capacity(pending.len());
     for (idx, (p, r)) in pending.into_iter().zip(resolved).enumerate() {
         let r = r.expect("resolved when there are no errors");
-        let mut deps = r.deps;
+        let mut deps: Vec<(String, String)> = r.deps.into_iter().map(|d| (d.clone(), d)).collect();
         deps.extend(std::mem::take(&mut extra_deps[idx]));
         nodes.push(PlanNode {
             id: ids[idx].clone(),
@@ -594,6 +611,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
             outputs: outputs[idx].take().unwrap_or_default(),
             out_formats: std::mem::take(&mut out_formats[idx]),
             deps,
+            context: std::mem::take(&mut contexts[idx]),
             retries: p.spec.retries,
             timeout: p.spec.timeout,
             resources: p.spec.resources.clone(),
@@ -607,6 +625,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         file: spec.file.clone(),
         dir: spec.dir.clone(),
         resources: spec.resources.clone(),
+        llms: Arc::new(llms),
         nodes,
         order,
         by_id,

@@ -11,7 +11,7 @@ use crate::op::{Column, PortType, TableSchema};
 use crate::yaml::{self, Node, NodeKind, Span};
 
 /// Keys allowed at the top of a pipeline file.
-pub const TOP_KEYS: &[&str] = &["pipeline", "description", "params", "seed", "resources", "stages"];
+pub const TOP_KEYS: &[&str] = &["pipeline", "description", "params", "llms", "seed", "resources", "stages"];
 /// Keys allowed in a stage.
 pub const STAGE_KEYS: &[&str] =
     &["op", "description", "in", "with", "out", "deps", "matrix", "retries", "timeout", "resources", "seed"];
@@ -26,6 +26,9 @@ pub struct PipelineSpec {
     pub source: SourceFile,
     /// The `params:` mapping (a `Null` node when absent), after overrides.
     pub params: Node,
+    /// The `llms:` mapping of language-model endpoints (a `Null` node when absent), after
+    /// overrides.
+    pub llms: Node,
     pub seed: u64,
     /// Capacity of each named resource (`gpu: 1`).
     pub resources: BTreeMap<String, u64>,
@@ -135,6 +138,7 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
         dir,
         source,
         params: Node { span: Span::default(), kind: NodeKind::Null },
+        llms: Node { span: Span::default(), kind: NodeKind::Null },
         seed: 0,
         resources: BTreeMap::new(),
         stages: Vec::new(),
@@ -176,6 +180,19 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
                     spec.params = v.clone();
                 }
             }
+            "llms" => {
+                if !matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) {
+                    d.error(
+                        None,
+                        v.span,
+                        format!("`llms` must be a mapping of endpoint name to its settings; found {}", v.type_name()),
+                        "expected a mapping",
+                        Some("e.g. `llms: { default: { base_url: http://127.0.0.1:8080/v1, model: NAME } }`".into()),
+                    );
+                } else {
+                    spec.llms = v.clone();
+                }
+            }
             "seed" => spec.seed = expect_u64(&mut d, None, v, "seed").unwrap_or(0),
             "resources" => spec.resources = parse_resources(&mut d, None, v),
             "stages" => {}
@@ -191,7 +208,10 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
             ),
         }
     }
-    apply_overrides(&mut d, &mut spec.params, overrides);
+    let (llm_sets, param_sets): (Vec<&String>, Vec<&String>) =
+        overrides.sets.iter().partition(|s| s.trim_start().starts_with("llms."));
+    apply_overrides(&mut d, &mut spec.params, &overrides.files, &param_sets);
+    apply_llm_overrides(&mut d, &mut spec.llms, &llm_sets);
     match root.get_mut("stages") {
         None => d.error(
             None,
@@ -554,8 +574,8 @@ pub fn parse_duration_str(s: &str) -> Option<Duration> {
     (any && total > 0.0).then(|| Duration::from_secs_f64(total))
 }
 
-fn apply_overrides(d: &mut Diags, params: &mut Node, overrides: &ParamOverrides) {
-    for file in &overrides.files {
+fn apply_overrides(d: &mut Diags, params: &mut Node, files: &[PathBuf], sets: &[&String]) {
+    for file in files {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
@@ -588,7 +608,7 @@ fn apply_overrides(d: &mut Diags, params: &mut Node, overrides: &ParamOverrides)
             }
         }
     }
-    for set in &overrides.sets {
+    for set in sets {
         let Some((path, value)) = set.split_once('=') else {
             d.error(
                 None,
@@ -613,6 +633,45 @@ fn apply_overrides(d: &mut Diags, params: &mut Node, overrides: &ParamOverrides)
         }
         set_spans(&mut node, params.span);
         merge(d, params, node, &format!("--set {set}"));
+    }
+}
+
+/// `--set llms.NAME=MAPPING` replaces an endpoint (or adds one); `--set llms.NAME.FIELD=VALUE`
+/// sets one of its settings. Settings are checked by the ops that use the endpoint.
+fn apply_llm_overrides(d: &mut Diags, llms: &mut Node, sets: &[&String]) {
+    for set in sets {
+        let (path, value) = set.split_once('=').unwrap_or((set.as_str(), ""));
+        let segs: Vec<&str> = path.trim().split('.').skip(1).collect();
+        if segs.is_empty() || segs.iter().any(|s| s.is_empty()) || !set.contains('=') {
+            d.error(
+                None,
+                llms.span,
+                format!("--set `{set}`: expected `llms.NAME=MAPPING` or `llms.NAME.FIELD=VALUE`"),
+                "llms defined here",
+                Some("e.g. `--set llms.default.base_url=http://127.0.0.1:8000/v1`".into()),
+            );
+            continue;
+        }
+        let mut value = yaml::parse(value).unwrap_or(Node { span: llms.span, kind: NodeKind::Str(value.to_string()) });
+        let span = llms.span;
+        set_spans(&mut value, span);
+        let mut node = &mut *llms;
+        for seg in &segs {
+            if !matches!(node.kind, NodeKind::Map(_)) {
+                node.kind = NodeKind::Map(Vec::new());
+            }
+            let NodeKind::Map(entries) = &mut node.kind else { unreachable!("made a map above") };
+            let at = match entries.iter().position(|(k, _)| k.key_text() == *seg) {
+                Some(i) => i,
+                None => {
+                    let key = Node { span, kind: NodeKind::Str(seg.to_string()) };
+                    entries.push((key, Node { span, kind: NodeKind::Null }));
+                    entries.len() - 1
+                }
+            };
+            node = &mut entries[at].1;
+        }
+        *node = value;
     }
 }
 

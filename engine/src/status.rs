@@ -168,6 +168,15 @@ fn diff(node: &PlanNode, prev: &StageRecord, old: &Recipe, new: &Recipe) -> Vec<
             _ => {}
         }
     }
+    let context: BTreeSet<&String> = old.context.keys().chain(new.context.keys()).collect();
+    for name in context {
+        match (old.context.get(name), new.context.get(name)) {
+            (Some(a), Some(b)) if a != b => reasons.push(format!("{name} changed from {a} to {b}")),
+            (None, Some(b)) => reasons.push(format!("{name} is now {b}")),
+            (Some(_), None) => reasons.push(format!("{name} removed")),
+            _ => {}
+        }
+    }
     if old.outputs != new.outputs {
         reasons.push("declared outputs changed".into());
     }

@@ -48,7 +48,7 @@ impl Op for Halve {
 
     fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
         cx.params::<HalveParams>().map_err(|e| vec![e])?;
-        Ok(Checked { outputs: [("out".to_string(), PortType::Blob)].into(), file_deps: vec![] })
+        Ok(Checked { outputs: [("out".to_string(), PortType::Blob)].into(), ..Default::default() })
     }
 
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {

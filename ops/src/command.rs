@@ -59,7 +59,7 @@ impl Op for Command {
         if params.run.trim().is_empty() {
             return Err(vec![CheckError::param(&["run"], "`run` is empty").help("give the shell command to run")]);
         }
-        Ok(Checked { outputs: cx.declared_outputs.clone(), file_deps: vec![] })
+        Ok(Checked { outputs: cx.declared_outputs.clone(), file_deps: vec![], ..Default::default() })
     }
 
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {

@@ -77,7 +77,11 @@ impl Op for Concat {
             None => return Err(vec![CheckError::stage("input `parts` is not connected")]),
         }
         // The matrix columns are only known at run time, so the output columns are too.
-        Ok(Checked { outputs: [("out".to_string(), PortType::any_table())].into(), file_deps: Vec::new() })
+        Ok(Checked {
+            outputs: [("out".to_string(), PortType::any_table())].into(),
+            file_deps: Vec::new(),
+            ..Default::default()
+        })
     }
 
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
@@ -348,6 +352,7 @@ mod tests {
             inputs: &inputs,
             declared_outputs: &declared,
             pipeline_dir: dir.path(),
+            llms: &serde_json::Value::Null,
         };
         let errors = Concat.check(&cx).unwrap_err();
         assert_eq!(errors[0].message, "expected a list of tables, got blob");

@@ -148,7 +148,11 @@ impl Op for Dedup {
             return Err(errors);
         }
         let schema = columns.map_or_else(TableSchema::default, |c| TableSchema::with_columns(c.to_vec()));
-        Ok(Checked { outputs: [("out".to_string(), PortType::Table(schema))].into(), file_deps: Vec::new() })
+        Ok(Checked {
+            outputs: [("out".to_string(), PortType::Table(schema))].into(),
+            file_deps: Vec::new(),
+            ..Default::default()
+        })
     }
 
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {

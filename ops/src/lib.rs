@@ -4,6 +4,8 @@ pub mod command;
 pub mod compute;
 pub mod concat;
 pub mod dedup;
+pub mod llm;
+pub mod llm_generate;
 pub mod merge;
 pub mod read_model;
 pub mod read_table;
@@ -22,6 +24,7 @@ pub fn registry() -> OpRegistry {
     ops.register(command::Command);
     ops.register(concat::Concat);
     ops.register(dedup::Dedup);
+    ops.register(llm_generate::LlmGenerate);
     ops.register(merge::MergeModels);
     ops.register(read_model::ReadModel);
     ops.register(read_table::ReadTable);

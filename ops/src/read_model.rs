@@ -85,6 +85,7 @@ impl Op for ReadModel {
         Ok(Checked {
             outputs: [("model".to_string(), PortType::Dir)].into(),
             file_deps: vec![PathBuf::from(&params.path)],
+            ..Default::default()
         })
     }
 

@@ -79,6 +79,7 @@ impl Op for ReadTable {
         Ok(Checked {
             outputs: [("out".to_string(), PortType::Table(table::table_schema(&schema)))].into(),
             file_deps: vec![PathBuf::from(&params.path)],
+            ..Default::default()
         })
     }
 

@@ -163,7 +163,11 @@ impl Op for RougeDedup {
             }
             TableSchema::with_columns(cols)
         });
-        Ok(Checked { outputs: [("out".to_string(), PortType::Table(schema))].into(), file_deps: Vec::new() })
+        Ok(Checked {
+            outputs: [("out".to_string(), PortType::Table(schema))].into(),
+            file_deps: Vec::new(),
+            ..Default::default()
+        })
     }
 
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {

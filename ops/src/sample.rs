@@ -108,7 +108,11 @@ impl Op for Sample {
                 return Err([size.err(), columns.err()].into_iter().flatten().collect());
             }
         };
-        Ok(Checked { outputs: [("out".to_string(), PortType::Table(schema))].into(), file_deps: Vec::new() })
+        Ok(Checked {
+            outputs: [("out".to_string(), PortType::Table(schema))].into(),
+            file_deps: Vec::new(),
+            ..Default::default()
+        })
     }
 
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {

@@ -171,7 +171,11 @@ impl Op for Select {
             ),
             _ => TableSchema::default(),
         };
-        Ok(Checked { outputs: [("out".to_string(), PortType::Table(schema))].into(), file_deps: Vec::new() })
+        Ok(Checked {
+            outputs: [("out".to_string(), PortType::Table(schema))].into(),
+            file_deps: Vec::new(),
+            ..Default::default()
+        })
     }
 
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {

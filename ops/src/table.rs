@@ -450,6 +450,7 @@ pub(crate) mod testing {
         seed: u64,
         inputs: Vec<(String, TestInput)>,
         known_schemas: bool,
+        llms: serde_json::Value,
     }
 
     impl OpTest {
@@ -460,7 +461,15 @@ pub(crate) mod testing {
                 seed: 0,
                 inputs: Vec::new(),
                 known_schemas: true,
+                llms: serde_json::json!({}),
             }
+        }
+
+        /// The pipeline's `llms:` block.
+        #[allow(dead_code)]
+        pub(crate) fn llms(mut self, llms: serde_json::Value) -> OpTest {
+            self.llms = llms;
+            self
         }
 
         pub(crate) fn seed(mut self, seed: u64) -> OpTest {
@@ -521,6 +530,7 @@ pub(crate) mod testing {
                 inputs: &inputs,
                 declared_outputs: &declared,
                 pipeline_dir: self.dir.path(),
+                llms: &self.llms,
             };
             op.check(&cx)
         }
@@ -567,6 +577,8 @@ pub(crate) mod testing {
                 progress: Arc::new(NoProgress),
                 device: "cpu".into(),
                 notes: Default::default(),
+                llms: Arc::new(self.llms.clone()),
+                memo: drover_engine::Memo::new(&self.dir.path().join(".drover")),
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

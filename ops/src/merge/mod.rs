@@ -251,6 +251,7 @@ impl Op for MergeModels {
             Ok((_, file)) if errors.is_empty() => Ok(Checked {
                 outputs: [("model".to_string(), PortType::Dir)].into(),
                 file_deps: file.into_iter().collect(),
+                ..Default::default()
             }),
             Ok(_) => Err(errors),
             Err(e) => {

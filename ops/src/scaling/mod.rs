@@ -372,6 +372,7 @@ impl Op for ScalingLawFit {
             ]
             .into(),
             file_deps: Vec::new(),
+            ..Default::default()
         })
     }
 

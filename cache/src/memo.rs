@@ -1,0 +1,111 @@
+//! The memo: small values kept by key under `.drover/memo/`, such as language-model responses,
+//! so that work finished inside a stage survives the stage dying.
+//!
+//! Unlike objects and records, a memo entry is not synced to disk one by one: a language-model
+//! response takes a second to make and a sync costs as much as a small request. An entry is
+//! written to a temporary file and renamed into place, so a process that is killed leaves whole
+//! entries or none. After a power loss an entry may be empty or torn; every entry starts with
+//! the blake3 of its value, so such an entry reads as missing (the work is redone) and is never
+//! served. [`Memo::sync`] makes what was written durable, once per stage.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoContext, Result};
+use crate::fsutil::unique_name;
+
+/// A handle on the memo of one store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Memo {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+/// Bytes before the value: 64 hex digits of its blake3, then a newline.
+const HEADER: usize = 65;
+
+impl Memo {
+    /// The memo of the store rooted at `store_root` (see `Store::memo`).
+    pub fn new(store_root: &Path) -> Memo {
+        Memo { root: store_root.join("memo"), tmp: store_root.join("tmp") }
+    }
+
+    /// The path of `key`'s entry (keys are hex digests).
+    fn path(&self, key: &str) -> PathBuf {
+        let split = key.len().min(2);
+        self.root.join(&key[..split]).join(&key[split..])
+    }
+
+    /// The value stored under `key`, if a whole one is there.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let bytes = fs::read(self.path(key)).ok()?;
+        if bytes.len() < HEADER || bytes[HEADER - 1] != b'\n' {
+            return None;
+        }
+        let (head, value) = bytes.split_at(HEADER);
+        (blake3::hash(value).to_hex().as_bytes() == &head[..HEADER - 1]).then(|| value.to_vec())
+    }
+
+    /// Stores `value` under `key`, replacing what was there.
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        let dest = self.path(key);
+        let dir = dest.parent().expect("memo entries are in a directory");
+        fs::create_dir_all(dir).ctx("create memo directory", dir)?;
+        fs::create_dir_all(&self.tmp).ctx("create store directory", &self.tmp)?;
+        let tmp = self.tmp.join(unique_name("memo"));
+        let mut file = fs::File::create(&tmp).ctx("create", &tmp)?;
+        let mut bytes = Vec::with_capacity(HEADER + value.len());
+        bytes.extend_from_slice(blake3::hash(value).to_hex().as_bytes());
+        bytes.push(b'\n');
+        bytes.extend_from_slice(value);
+        file.write_all(&bytes).ctx("write", &tmp)?;
+        drop(file);
+        fs::rename(&tmp, &dest).ctx("rename into the memo", &dest)
+    }
+
+    /// Makes every entry written so far durable (one `syncfs` of the store's filesystem).
+    pub fn sync(&self) {
+        if let Ok(dir) = fs::File::open(&self.root) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: syncfs takes any open descriptor on the filesystem and only flushes it.
+            unsafe { libc::syncfs(dir.as_raw_fd()) };
+        }
+    }
+
+    /// How many entries there are and their total size in bytes (for `drover cache` reports).
+    pub fn usage(&self) -> (u64, u64) {
+        let mut count = 0;
+        let mut bytes = 0;
+        for sub in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            for entry in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                count += 1;
+                bytes += entry.metadata().map_or(0, |m| m.len());
+            }
+        }
+        (count, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_or_empty_entry_reads_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let memo = Memo::new(dir.path());
+        let key = "ab".repeat(32);
+        assert_eq!(memo.get(&key), None);
+        memo.put(&key, b"{\"text\":\"hello\"}").unwrap();
+        assert_eq!(memo.get(&key).as_deref(), Some(&b"{\"text\":\"hello\"}"[..]));
+        // What a power loss can leave: a short file, then an empty one.
+        let path = memo.path(&key);
+        let whole = fs::read(&path).unwrap();
+        fs::write(&path, &whole[..whole.len() - 3]).unwrap();
+        assert_eq!(memo.get(&key), None);
+        fs::write(&path, b"").unwrap();
+        assert_eq!(memo.get(&key), None);
+    }
+}

@@ -1,0 +1,550 @@
+//! The client every text op shares: OpenAI-compatible requests with a response memo, bounded
+//! concurrency, a request rate, retries with backoff, and progress.
+//!
+//! Each request is keyed by what decides its response (the endpoint's model identity, the
+//! messages or prompt, every sampling param, the seed) and its response is kept in the store's
+//! memo as soon as it arrives. A stage that dies half-way therefore resumes from the last
+//! response received, and a rerun that changes nothing upstream of the requests sends none.
+//! The API key is read from the environment when a request is sent and is never written.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use drover_engine::{Memo, OpError, RunCx};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use super::endpoint::{Endpoint, Target};
+use super::serve;
+
+/// Bumped when the request key or the stored response changes shape.
+const MEMO_FORMAT: &str = "drover llm response v1";
+
+/// One message of a chat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Message {
+        Message { role: role.to_string(), content: content.into() }
+    }
+}
+
+/// What is sent: a chat, or a plain prompt for `/completions`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prompt {
+    Chat(Vec<Message>),
+    Text(String),
+}
+
+/// Sampling params, as the OpenAI API names them. Unset ones are not sent (the server's
+/// defaults apply) and do not enter the key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub stop: Option<Vec<String>>,
+    /// The seed sent with each request. Default: derived from the stage's seed and the row,
+    /// so that rows sample independently and a rerun asks the same questions.
+    pub seed: Option<u64>,
+    /// Token id (as a string) to a bias in [-100, 100]. llama.cpp's server also takes a piece
+    /// of text as the key and biases each of its tokens.
+    pub logit_bias: Option<BTreeMap<String, f64>>,
+    /// Completions per request.
+    pub n: Option<u32>,
+    /// Return the chosen tokens' log probabilities, with this many alternatives each (0: none).
+    pub logprobs: Option<u32>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+}
+
+/// One request: a prompt and how to sample it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub prompt: Prompt,
+    pub sampling: Sampling,
+}
+
+/// One choice of a response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub text: String,
+    /// `stop`, `length`, ... as the server said (empty when it did not).
+    pub finish_reason: String,
+    /// The server's logprobs object, as it sent it (formats differ between servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Value>,
+}
+
+/// A response, as kept in the memo.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub choices: Vec<Choice>,
+    /// The model the server says answered.
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Completion {
+    /// The first choice's text.
+    pub fn text(&self) -> &str {
+        self.choices.first().map_or("", |c| c.text.as_str())
+    }
+
+    pub fn finish_reason(&self) -> &str {
+        self.choices.first().map_or("", |c| c.finish_reason.as_str())
+    }
+}
+
+/// Counters for the progress line and the stage log.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub sent: AtomicU64,
+    pub cached: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub retries: AtomicU64,
+    pub completion_tokens: AtomicU64,
+}
+
+/// Limits shared by every stage that uses one endpoint in this process.
+struct Shared {
+    slots: Arc<Semaphore>,
+    /// When the next request may start, for `requests_per_minute`.
+    next_start: tokio::sync::Mutex<Instant>,
+    checked: tokio::sync::OnceCell<()>,
+}
+
+fn shared(endpoint: &Endpoint, base_url: &str) -> Arc<Shared> {
+    static ALL: OnceLock<Mutex<HashMap<String, Arc<Shared>>>> = OnceLock::new();
+    let mut all = ALL.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    all.entry(format!("{}\0{base_url}\0{}", endpoint.name, endpoint.model))
+        .or_insert_with(|| {
+            Arc::new(Shared {
+                slots: Arc::new(Semaphore::new(endpoint.max_concurrency)),
+                next_start: tokio::sync::Mutex::new(Instant::now()),
+                checked: tokio::sync::OnceCell::new(),
+            })
+        })
+        .clone()
+}
+
+/// A client for one endpoint, inside one stage.
+#[derive(Clone)]
+pub struct Client {
+    endpoint: Arc<Endpoint>,
+    /// What decides the text besides the request: the model id, or the GGUF's hash.
+    identity: Arc<String>,
+    http: reqwest::Client,
+    memo: Memo,
+    /// Resolved lazily: a local server starts only when a request is not in the memo.
+    base_url: Arc<tokio::sync::OnceCell<(String, Arc<Shared>)>>,
+    pub stats: Arc<Stats>,
+    seed: u64,
+}
+
+/// Why a single attempt failed.
+enum Attempt {
+    /// Worth another try (429, 5xx, timeout, lost connection), after at least this long.
+    Retry(String, Option<Duration>),
+    /// Not worth another try: the request itself is wrong, or the server refuses it.
+    Fatal(OpError),
+}
+
+impl Client {
+    /// A client for endpoint `name` of the pipeline's `llms:` block.
+    pub fn new(cx: &RunCx, name: &str) -> Result<Client, OpError> {
+        let endpoint = Endpoint::resolve(&cx.llms, name, &cx.pipeline_dir)
+            .map_err(|e| OpError::environment(e.into_iter().map(|e| e.message).collect::<Vec<_>>().join("; ")))?;
+        let identity = match &endpoint.target {
+            Target::Remote { .. } => format!("model {}", endpoint.model),
+            Target::Serve { gguf, context, .. } => format!("gguf {} context {context}", gguf_hash(gguf)?),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(endpoint.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(endpoint.max_concurrency)
+            .build()
+            .map_err(|e| OpError::environment(format!("cannot build an HTTP client: {e}")))?;
+        Ok(Client {
+            endpoint: Arc::new(endpoint),
+            identity: Arc::new(identity),
+            http,
+            memo: cx.memo.clone(),
+            base_url: Default::default(),
+            stats: Default::default(),
+            seed: cx.seed,
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The seed for a request whose prompt is `prompt`, the `occurrence`-th time that prompt
+    /// appears in the stage, when the params do not fix one.
+    pub fn row_seed(&self, prompt: &str, occurrence: u64) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(b"drover llm row seed v1\0");
+        h.update(&self.seed.to_le_bytes());
+        h.update(&occurrence.to_le_bytes());
+        h.update(prompt.as_bytes());
+        let bytes = h.finalize();
+        // llama.cpp takes seeds as unsigned 32-bit values.
+        u32::from_le_bytes(bytes.as_bytes()[..4].try_into().expect("4 bytes")) as u64
+    }
+
+    /// The body sent for `request` (without the model, which is added when sending).
+    fn body(&self, request: &Request) -> Value {
+        let s = &request.sampling;
+        let mut body = serde_json::Map::new();
+        match &request.prompt {
+            Prompt::Chat(messages) => body.insert("messages".into(), json!(messages)),
+            Prompt::Text(text) => body.insert("prompt".into(), json!(text)),
+        };
+        let chat = matches!(request.prompt, Prompt::Chat(_));
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                body.insert(k.to_string(), v);
+            }
+        };
+        put("temperature", s.temperature.map(|v| json!(v)));
+        put("top_p", s.top_p.map(|v| json!(v)));
+        put("max_tokens", s.max_tokens.map(|v| json!(v)));
+        put("stop", s.stop.as_ref().map(|v| json!(v)));
+        put("seed", s.seed.map(|v| json!(v)));
+        put("logit_bias", s.logit_bias.as_ref().map(|v| json!(v)));
+        put("n", s.n.map(|v| json!(v)));
+        put("presence_penalty", s.presence_penalty.map(|v| json!(v)));
+        put("frequency_penalty", s.frequency_penalty.map(|v| json!(v)));
+        if let Some(k) = s.logprobs {
+            match chat {
+                true => {
+                    put("logprobs", Some(json!(true)));
+                    put("top_logprobs", Some(json!(k)));
+                }
+                false => put("logprobs", Some(json!(k))),
+            }
+        }
+        Value::Object(body)
+    }
+
+    /// The memo key of `request`: blake3 over the model identity and the canonical body.
+    pub fn key(&self, request: &Request) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(MEMO_FORMAT.as_bytes());
+        h.update(b"\0");
+        h.update(self.identity.as_bytes());
+        h.update(b"\0");
+        // serde_json's maps keep insertion order; `body` inserts in a fixed order.
+        h.update(&serde_json::to_vec(&self.body(request)).expect("a body serialises"));
+        h.finalize().to_hex().to_string()
+    }
+
+    /// The response already received for `request`, if any.
+    pub fn cached(&self, request: &Request) -> Option<Completion> {
+        let bytes = self.memo.get(&self.key(request))?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The response to `request`: from the memo, or from the server (then kept in the memo).
+    pub async fn complete(&self, request: &Request) -> Result<Completion, OpError> {
+        let key = self.key(request);
+        if let Some(bytes) = self.memo.get(&key)
+            && let Ok(done) = serde_json::from_slice::<Completion>(&bytes)
+        {
+            self.stats.cached.fetch_add(1, Ordering::Relaxed);
+            return Ok(done);
+        }
+        let (base_url, shared) = self.connect().await?;
+        let chat = matches!(request.prompt, Prompt::Chat(_));
+        let url = format!("{base_url}/{}", if chat { "chat/completions" } else { "completions" });
+        let mut body = self.body(request);
+        body["model"] = json!(self.endpoint.model);
+        let mut attempt = 0u32;
+        let completion = loop {
+            let permit = shared.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+            self.pace(&shared).await;
+            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            let result = self.send(&url, &body, chat).await;
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            match result {
+                Ok(c) => break c,
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(why, after)) => {
+                    if attempt >= self.endpoint.max_retries {
+                        return Err(OpError::environment(format!(
+                            "llm `{}`: gave up after {} attempts: {why}",
+                            self.endpoint.name,
+                            attempt + 1
+                        )));
+                    }
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff(attempt, after, &key)).await;
+                    attempt += 1;
+                }
+            }
+        };
+        self.stats.completion_tokens.fetch_add(completion.completion_tokens, Ordering::Relaxed);
+        let bytes = serde_json::to_vec(&completion).expect("a completion serialises");
+        self.memo.put(&key, &bytes).map_err(|e| OpError::environment(format!("cannot keep a response: {e}")))?;
+        Ok(completion)
+    }
+
+    /// Waits for the request rate, when the endpoint has one.
+    async fn pace(&self, shared: &Shared) {
+        let Some(rpm) = self.endpoint.requests_per_minute else { return };
+        let gap = Duration::from_secs_f64(60.0 / rpm as f64);
+        let start = {
+            let mut next = shared.next_start.lock().await;
+            let start = (*next).max(Instant::now());
+            *next = start + gap;
+            start
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+
+    /// The base URL, after starting the local server or checking the remote one once.
+    async fn connect(&self) -> Result<(String, Arc<Shared>), OpError> {
+        let endpoint = self.endpoint.clone();
+        let http = self.http.clone();
+        let got = self
+            .base_url
+            .get_or_try_init(|| async move {
+                let base_url = match &endpoint.target {
+                    Target::Remote { base_url } => base_url.clone(),
+                    Target::Serve { gguf, threads, context } => {
+                        serve::ensure(gguf, *threads, *context, endpoint.max_concurrency, &endpoint.model)
+                            .await
+                            .map_err(|e| OpError::environment(format!("llm `{}`: {e}", endpoint.name)))?
+                            .base_url
+                            .clone()
+                    }
+                };
+                let shared = shared(&endpoint, &base_url);
+                shared.checked.get_or_try_init(|| check_model(&http, &endpoint, &base_url)).await?;
+                Ok::<_, OpError>((base_url, shared))
+            })
+            .await?;
+        Ok(got.clone())
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, OpError> {
+        authorize(&self.endpoint, request)
+    }
+
+    async fn send(&self, url: &str, body: &Value, chat: bool) -> Result<Completion, Attempt> {
+        let request = self
+            .authorize(
+                self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string()),
+            )
+            .map_err(Attempt::Fatal)?;
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return Err(Attempt::Retry(format!("no answer within {:?}", self.endpoint.timeout), None));
+            }
+            Err(e) => return Err(Attempt::Retry(format!("request failed: {}", error_chain(&e)), None)),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(600.0)));
+        let text = match response.text().await {
+            Ok(t) => t,
+            Err(e) => return Err(Attempt::Retry(format!("response cut off: {}", error_chain(&e)), None)),
+        };
+        if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
+            return Err(Attempt::Retry(format!("HTTP {status}: {}", snippet(&text)), retry_after));
+        }
+        if !status.is_success() {
+            let err = match status.as_u16() {
+                401 | 403 => OpError::environment(format!(
+                    "llm `{}`: HTTP {status}: {} (is {} set to a valid key?)",
+                    self.endpoint.name,
+                    snippet(&text),
+                    self.endpoint.api_key_env.as_deref().unwrap_or("an API key variable (`api_key_env`)")
+                )),
+                404 => OpError::environment(format!(
+                    "llm `{}`: HTTP 404 from {url}: {} (is the model id `{}` right, and does the server speak the \
+                     OpenAI API under this base_url?)",
+                    self.endpoint.name,
+                    snippet(&text),
+                    self.endpoint.model
+                )),
+                _ => OpError::failed(format!(
+                    "llm `{}`: the server refused a request: HTTP {status}: {}",
+                    self.endpoint.name,
+                    snippet(&text)
+                )),
+            };
+            return Err(Attempt::Fatal(err));
+        }
+        parse_completion(&text, chat).map_err(|e| {
+            // A 200 whose body is not a completion: a proxy's error page or a cut stream.
+            Attempt::Retry(format!("unreadable response ({e}): {}", snippet(&text)), None)
+        })
+    }
+}
+
+fn authorize(endpoint: &Endpoint, request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, OpError> {
+    let Some(var) = &endpoint.api_key_env else { return Ok(request) };
+    match std::env::var(var) {
+        Ok(key) if !key.is_empty() => Ok(request.bearer_auth(key)),
+        _ => Err(OpError::environment(format!(
+            "llm `{}` reads its API key from ${var}, which is not set",
+            endpoint.name
+        ))),
+    }
+}
+
+/// Once per endpoint and process: can the server be reached, and does it serve the model?
+async fn check_model(http: &reqwest::Client, endpoint: &Endpoint, base_url: &str) -> Result<(), OpError> {
+    let url = format!("{base_url}/models");
+    let request = authorize(endpoint, http.get(&url).timeout(Duration::from_secs(30)))?;
+    let hint = format!(
+        "start the server, or point the endpoint elsewhere: `--set llms.{}.base_url=URL` (or DROVER_LLM_{})",
+        endpoint.name,
+        endpoint.name.to_uppercase()
+    );
+    let response = request.send().await.map_err(|e| {
+        OpError::environment(format!(
+            "llm `{}`: cannot reach the server at {base_url}: {}; {hint}",
+            endpoint.name,
+            error_chain(&e)
+        ))
+    })?;
+    let status = response.status();
+    if status.as_u16() == 401 || status.as_u16() == 403 {
+        return Err(OpError::environment(format!(
+            "llm `{}`: {base_url} refused the API key (HTTP {status})",
+            endpoint.name
+        )));
+    }
+    if !status.is_success() || matches!(endpoint.target, Target::Serve { .. }) {
+        return Ok(()); // Not every server lists its models; a local one serves its alias.
+    }
+    let Ok(list) = response.text().await.map(|t| serde_json::from_str::<Value>(&t).unwrap_or(Value::Null)) else {
+        return Ok(());
+    };
+    let ids: Vec<&str> = list["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+    if !ids.is_empty() && !ids.contains(&endpoint.model.as_str()) {
+        return Err(OpError::environment(format!(
+            "llm `{}`: the server at {base_url} does not serve model `{}`; it serves: {}",
+            endpoint.name,
+            endpoint.model,
+            ids.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Parses an OpenAI chat or text completion into a [`Completion`].
+fn parse_completion(text: &str, chat: bool) -> Result<Completion, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let choices = v["choices"].as_array().ok_or("no `choices`")?;
+    let mut out = Vec::with_capacity(choices.len());
+    for c in choices {
+        let text = match chat {
+            true => c["message"]["content"].as_str(),
+            false => c["text"].as_str(),
+        };
+        let text = text.ok_or("a choice without text")?.to_string();
+        let logprobs = c.get("logprobs").filter(|l| !l.is_null()).cloned();
+        out.push(Choice { text, finish_reason: c["finish_reason"].as_str().unwrap_or("").to_string(), logprobs });
+    }
+    Ok(Completion {
+        choices: out,
+        model: v["model"].as_str().unwrap_or("").to_string(),
+        prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+        completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Exponential backoff with full jitter: up to 0.5 s × 2^attempt (at most 60 s), and never
+/// less than the server's `Retry-After`. The jitter comes from the request key and attempt.
+fn backoff(attempt: u32, retry_after: Option<Duration>, key: &str) -> Duration {
+    let cap = (0.5 * 2f64.powi(attempt.min(7) as i32)).min(60.0);
+    let h = blake3::hash(format!("{key}{attempt}").as_bytes());
+    let unit = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
+    let jittered = Duration::from_secs_f64(cap * (0.5 + 0.5 * unit));
+    retry_after.map_or(jittered, |r| r.max(jittered.min(Duration::from_millis(100))))
+}
+
+fn snippet(text: &str) -> String {
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.dedup();
+    parts.join(": ")
+}
+
+/// blake3 of a model file, once per file per process.
+fn gguf_hash(path: &std::path::Path) -> Result<String, OpError> {
+    static HASHES: OnceLock<Mutex<HashMap<std::path::PathBuf, String>>> = OnceLock::new();
+    let mut hashes = HASHES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = hashes.get(path) {
+        return Ok(h.clone());
+    }
+    let mut hasher = blake3::Hasher::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
+        .map_err(|e| OpError::io(format!("read {}", path.display()), e))?;
+    let h = hasher.finalize().to_hex().to_string();
+    hashes.insert(path.to_path_buf(), h.clone());
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after() {
+        let key = "k";
+        assert!(backoff(0, None, key) <= Duration::from_millis(500));
+        assert!(backoff(0, None, key) >= Duration::from_millis(250));
+        assert!(backoff(5, None, key) >= Duration::from_secs(8));
+        assert!(backoff(30, None, key) <= Duration::from_secs(60));
+        assert_eq!(backoff(0, Some(Duration::from_secs(3)), key), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn completions_of_both_apis_parse() {
+        let chat = r#"{"model":"m","choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],
+                      "usage":{"prompt_tokens":5,"completion_tokens":1}}"#;
+        let c = parse_completion(chat, true).unwrap();
+        assert_eq!((c.text(), c.finish_reason(), c.prompt_tokens, c.completion_tokens), ("hi", "stop", 5, 1));
+        let text = r#"{"model":"m","choices":[{"text":" there","finish_reason":"length","logprobs":null}]}"#;
+        let c = parse_completion(text, false).unwrap();
+        assert_eq!((c.text(), c.finish_reason(), c.choices[0].logprobs.is_none()), (" there", "length", true));
+        assert!(parse_completion("<html>bad gateway</html>", true).is_err());
+        assert!(parse_completion(r#"{"error":"x"}"#, true).is_err());
+    }
+}

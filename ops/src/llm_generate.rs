@@ -1,0 +1,239 @@
+//! The `llm_generate` op: one language-model request per row, from a prompt template over the
+//! row's columns; adds `response`, `finish_reason`, `model` and token counts to each row.
+//!
+//! The template, system prompt, sampling params and the endpoint's model enter the key; each
+//! request's response is kept in the store's memo as it arrives (see `llm::client`), so a
+//! stage that dies resumes, and a rerun of a finished stage sends nothing.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, StringArray, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field};
+use drover_engine::{
+    BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
+    TableSchema, params_schema,
+};
+use serde::Deserialize;
+
+use crate::llm::template::{Rows, Template, check_no_clash, extend};
+use crate::llm::{self, Client, Message, Prompt, Request, Sampling};
+use crate::table;
+
+/// The `with:` block of an `llm_generate` stage.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmGenerateParams {
+    /// The endpoint under the pipeline's `llms:`. Default: `default`.
+    #[serde(default = "llm::default_llm")]
+    pub llm: String,
+    /// The prompt (the user message in chat mode): a Jinja template over the row's columns,
+    /// e.g. `"Answer briefly: {{ question }}"`. `row` is the whole row.
+    pub template: String,
+    /// A system message (chat mode), also a template.
+    pub system: Option<String>,
+    /// `chat` (`/chat/completions`, the server applies the model's chat template) or
+    /// `completion` (`/completions`, the rendered text is the whole prompt). Default: `chat`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Sampling params, as the OpenAI API names them.
+    #[serde(default)]
+    pub sampling: Sampling,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Chat,
+    Completion,
+}
+
+/// Sends one request per row.
+pub struct LlmGenerate;
+
+const ADDED: [(&str, &str); 6] = [
+    ("response", "Utf8"),
+    ("finish_reason", "Utf8"),
+    ("model", "Utf8"),
+    ("prompt_tokens", "UInt64"),
+    ("completion_tokens", "UInt64"),
+    ("choice", "UInt32"),
+];
+
+impl LlmGenerate {
+    pub const NAME: &str = "llm_generate";
+    pub const VERSION: u32 = 1;
+}
+
+/// Checks the sampling params every text op takes.
+pub fn check_sampling(s: &Sampling) -> Vec<CheckError> {
+    let mut errors = Vec::new();
+    let at = |field: &str, message: String| CheckError::param(&["sampling", field], message);
+    if let Some(t) = s.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        errors.push(at("temperature", format!("temperature {t} is outside [0, 2]")));
+    }
+    if let Some(p) = s.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        errors.push(at("top_p", format!("top_p {p} is outside (0, 1]")));
+    }
+    if s.max_tokens == Some(0) {
+        errors.push(at("max_tokens", "max_tokens is 0".into()).help("ask for at least one token"));
+    }
+    if s.n == Some(0) {
+        errors.push(at("n", "n is 0".into()).help("ask for at least one completion"));
+    }
+    for (token, bias) in s.logit_bias.iter().flatten() {
+        if !(-100.0..=100.0).contains(bias) {
+            errors.push(CheckError::param(
+                &["sampling", "logit_bias", token],
+                format!("bias {bias} is outside [-100, 100]"),
+            ));
+        }
+    }
+    errors
+}
+
+impl Op for LlmGenerate {
+    fn info(&self) -> OpInfo {
+        OpInfo {
+            name: Self::NAME,
+            version: Self::VERSION,
+            doc: "Sends one language-model request per row from a prompt template; adds response, finish_reason, \
+                  model, prompt_tokens, completion_tokens (and choice, one row per completion, when n > 1).",
+            inputs: Ports::Fixed(vec![PortDecl {
+                name: "table",
+                ty: PortType::any_table(),
+                doc: "One request per row; the template reads its columns.",
+                optional: false,
+            }]),
+            outputs: Ports::Fixed(vec![PortDecl {
+                name: "out",
+                ty: PortType::any_table(),
+                doc: "The input rows with the responses.",
+                optional: false,
+            }]),
+            params: params_schema::<LlmGenerateParams>(),
+            deterministic: false,
+            templated_params: false,
+        }
+    }
+
+    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
+        let params: LlmGenerateParams = table::check_params(cx)?;
+        let columns = table::input_columns(cx, "table").map_err(|e| vec![e])?;
+        let mut checked = Checked::default();
+        let mut errors = check_sampling(&params.sampling);
+        if let Err(e) = llm::check_endpoint(cx, &params.llm, &mut checked) {
+            errors.extend(e);
+        }
+        errors.extend(Template::check(&params.template, "template", columns).err());
+        if let Some(system) = &params.system {
+            errors.extend(Template::check(system, "system", columns).err());
+            if params.mode == Mode::Completion {
+                errors.push(
+                    CheckError::param(&["system"], "a system message needs `mode: chat`")
+                        .help("in completion mode the template is the whole prompt: put the system text in it"),
+                );
+            }
+        }
+        errors.extend(check_no_clash(columns, &ADDED).err());
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let schema = columns.map_or_else(TableSchema::default, |c| {
+            let mut cols = c.to_vec();
+            let n = params.sampling.n.unwrap_or(1);
+            cols.extend(ADDED.iter().filter(|(name, _)| n > 1 || *name != "choice").map(|(n, t)| Column::new(*n, *t)));
+            TableSchema::with_columns(cols)
+        });
+        checked.outputs.insert("out".into(), PortType::Table(schema));
+        Ok(checked)
+    }
+
+    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(async move {
+            let params: LlmGenerateParams = table::run_params(&cx)?;
+            let input = Rows::read(&cx.input("table")?.path)?;
+            let columns: Vec<Column> =
+                input.batch.schema().fields().iter().map(|f| Column::new(f.name(), "")).collect();
+            let template = Template::check(&params.template, "template", Some(&columns)).map_err(check_error)?;
+            let system = params
+                .system
+                .as_deref()
+                .map(|s| Template::check(s, "system", Some(&columns)))
+                .transpose()
+                .map_err(check_error)?;
+            let client = Client::new(&cx, &params.llm)?;
+            let mut requests = Vec::with_capacity(input.rows.len());
+            let mut seen = std::collections::HashMap::<String, u64>::new();
+            for row in &input.rows {
+                let text = template.render(row)?;
+                let prompt = match params.mode {
+                    Mode::Completion => Prompt::Text(text),
+                    Mode::Chat => {
+                        let mut messages = Vec::new();
+                        if let Some(system) = &system {
+                            messages.push(Message::new("system", system.render(row)?));
+                        }
+                        messages.push(Message::new("user", text));
+                        Prompt::Chat(messages)
+                    }
+                };
+                let mut sampling = params.sampling.clone();
+                if sampling.seed.is_none() {
+                    // Seeded by the prompt (and how many times it came before), not the row
+                    // number: adding rows does not change the other rows' requests.
+                    let occurrence = seen.entry(format!("{prompt:?}")).or_default();
+                    sampling.seed = Some(client.row_seed(&format!("{prompt:?}"), *occurrence));
+                    *occurrence += 1;
+                }
+                requests.push(Request { prompt, sampling });
+            }
+            cx.progress.set_total(requests.len() as u64);
+            let responses = llm::run_all(&client, requests, &cx.progress).await?;
+            append_log(&cx, &llm::summary(&client));
+            let n = params.sampling.n.unwrap_or(1).max(1) as usize;
+            let mut take = Vec::new();
+            let (mut text, mut finish, mut model, mut pt, mut ct, mut choice) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (i, r) in responses.iter().enumerate() {
+                for (k, c) in r.choices.iter().enumerate().take(n) {
+                    take.push(i as u32);
+                    text.push(c.text.clone());
+                    finish.push(c.finish_reason.clone());
+                    model.push(r.model.clone());
+                    pt.push(r.prompt_tokens);
+                    ct.push(r.completion_tokens);
+                    choice.push(k as u32);
+                }
+            }
+            let mut extra: Vec<(Field, ArrayRef)> = vec![
+                (Field::new("response", DataType::Utf8, false), Arc::new(StringArray::from(text))),
+                (Field::new("finish_reason", DataType::Utf8, false), Arc::new(StringArray::from(finish))),
+                (Field::new("model", DataType::Utf8, false), Arc::new(StringArray::from(model))),
+                (Field::new("prompt_tokens", DataType::UInt64, false), Arc::new(UInt64Array::from(pt))),
+                (Field::new("completion_tokens", DataType::UInt64, false), Arc::new(UInt64Array::from(ct))),
+            ];
+            if n > 1 {
+                extra.push((Field::new("choice", DataType::UInt32, false), Arc::new(UInt32Array::from(choice))));
+            }
+            let out = extend(&input.batch, &take, extra)?;
+            table::write_parquet(&cx.output("out")?.path, &out.schema(), &[out])
+        })
+    }
+}
+
+fn check_error(e: CheckError) -> OpError {
+    table::check_errors_to_op_error(vec![e])
+}
+
+/// Appends a line to the stage's log.
+pub fn append_log(cx: &RunCx, line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&cx.log_path) {
+        let _ = writeln!(f, "{line}");
+    }
+}
