@@ -7,6 +7,7 @@ pub mod dedup;
 pub mod llm;
 pub mod llm_generate;
 pub mod merge;
+pub mod principle_generate_responses;
 pub mod read_model;
 pub mod read_table;
 pub mod rouge;
@@ -26,6 +27,7 @@ pub fn registry() -> OpRegistry {
     ops.register(dedup::Dedup);
     ops.register(llm_generate::LlmGenerate);
     ops.register(merge::MergeModels);
+    ops.register(principle_generate_responses::PrincipleGenerateResponses);
     ops.register(read_model::ReadModel);
     ops.register(read_table::ReadTable);
     ops.register(rouge_dedup::RougeDedup);

@@ -8,7 +8,8 @@ Listens on 127.0.0.1 (a free port) and writes that port to F (atomically) once i
 --serve-gguf, once the in-process llama.cpp server (xllamacpp, imported from DIR) answers /health 200.
 Every request is forwarded to upstream, except the first N POSTs to a path ending in /completions,
 which get the statuses of --fail-statuses in turn (429 with Retry-After). Control endpoints:
-  GET  /_proxy/stats  {"forwarded", "faulted", "by_body": {sha256(body): forwarded}, "max_per_body"}
+  GET  /_proxy/stats  {"forwarded", "faulted", "by_body": {sha256(body): forwarded}, "max_per_body",
+                       "resent_after_answer": forwarded requests whose body had already been answered (200)}
   POST /_proxy/reset  zeroes the counters (which also re-arms the --fail faults)
 A completions POST counts as forwarded once sent upstream, whatever upstream answers.
 Exits on SIGTERM/SIGINT and when stdin reaches EOF (so a parent holding a stdin pipe never leaks it;
@@ -104,6 +105,7 @@ class Counters:
     def reset(self):
         with self.lock:
             self.forwarded, self.faulted, self.by_body = 0, 0, {}
+            self.answered, self.resent_after_answer = set(), 0
 
     def admit(self, body):
         """Counts one completions POST; returns a status to fault it with, or None to forward it."""
@@ -115,7 +117,14 @@ class Counters:
             self.forwarded += 1
             h = hashlib.sha256(body).hexdigest()
             self.by_body[h] = self.by_body.get(h, 0) + 1
+            if h in self.answered:
+                self.resent_after_answer += 1
             return None
+
+    def delivered(self, body):
+        """Records that a 200 answer to this body reached the client in full."""
+        with self.lock:
+            self.answered.add(hashlib.sha256(body).hexdigest())
 
     def stats(self):
         with self.lock:
@@ -124,6 +133,7 @@ class Counters:
                 "faulted": self.faulted,
                 "by_body": dict(self.by_body),
                 "max_per_body": max(self.by_body.values(), default=0),
+                "resent_after_answer": self.resent_after_answer,
             }
 
 
@@ -174,9 +184,12 @@ class Proxy(BaseHTTPRequestHandler):
                 extra = [("Retry-After", self.retry_after)] if status == 429 else []
                 err = {"error": {"message": f"injected fault ({status})", "type": "proxy_fault", "code": status}}
                 return self.send_json(status, err, extra)
-        self.forward(body)
+        status = self.forward(body)
+        if status == 200 and self.command == "POST" and path.endswith("/completions"):
+            self.counters.delivered(body)
 
     def forward(self, body):
+        """Forwards the request and relays the answer; returns the upstream status (None: no answer)."""
         # A fresh upstream connection per request: cheap on localhost, and never a stale one.
         conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=600)
         try:
@@ -188,11 +201,13 @@ class Proxy(BaseHTTPRequestHandler):
             resp = conn.getresponse()
         except OSError as e:
             conn.close()
-            return self.send_json(502, {"error": {"message": f"upstream: {e}", "type": "proxy_upstream"}})
+            self.send_json(502, {"error": {"message": f"upstream: {e}", "type": "proxy_upstream"}})
+            return None
         try:
             self.relay(resp)
         finally:
             conn.close()
+        return resp.status
 
     def relay(self, resp):
         self.send_response_only(resp.status, resp.reason)

@@ -1,0 +1,311 @@
+//! End-to-end tests of the language-model ops against a real server: llama.cpp's own server
+//! (PyPI `xllamacpp`) serving SmolLM2-135M-Instruct, behind a request-counting proxy
+//! (`tests/support/llm_proxy.py`) that can also inject 500s and 429s.
+//!
+//! The model and runtime come from `drover models pull smollm2` (`.ci/run` does it first).
+//! Text from a 135M model is not asserted word for word: tests check structure, counts of
+//! requests seen by the server, and what is stored.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Project, SIGKILL, signal};
+
+/// drover's cache directory, as `drover models pull` uses it.
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("DROVER_CACHE_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("drover");
+    }
+    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/drover")
+}
+
+fn model() -> (PathBuf, PathBuf) {
+    let gguf = cache_dir().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let runtime = cache_dir().join("runtime/xllamacpp-2026.10.11549");
+    assert!(
+        gguf.is_file() && runtime.is_dir(),
+        "these tests need SmolLM2 and the llama.cpp runtime: run `drover models pull smollm2` once (.ci/run does)"
+    );
+    (gguf, runtime)
+}
+
+/// The proxy, with its own llama.cpp server behind it. Stops both when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let (gguf, runtime) = model();
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/llm_proxy.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--serve-gguf")
+            .arg(&gguf)
+            .arg("--runtime")
+            .arg(&runtime)
+            .args(["--parallel", "4"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the proxy (python3)");
+        let mut server = Server { child, port: 0 };
+        let started = Instant::now();
+        while server.port == 0 {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                server.port = text.trim().parse().unwrap_or(0);
+            }
+            assert!(server.child.try_wait().unwrap().is_none(), "the proxy exited before it was ready");
+            assert!(started.elapsed() < Duration::from_secs(180), "the proxy was not ready after 180 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    /// The proxy's counters.
+    fn stats(&self) -> serde_json::Value {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(b"GET /_proxy/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        serde_json::from_str(body).unwrap()
+    }
+
+    fn forwarded(&self) -> u64 {
+        self.stats()["forwarded"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn questions(n: usize) -> String {
+    let topics = ["France", "Japan", "Kenya", "Peru", "Norway", "Egypt", "Canada", "India", "Chile", "Spain"];
+    (0..n).map(|i| format!("{{\"q\": \"Name one city in {}.\", \"n\": {i}}}\n", topics[i % topics.len()])).collect()
+}
+
+fn pipeline(base_url: &str, extra_llm: &str, max_tokens: u32) -> String {
+    format!(
+        "pipeline: llm\n\
+         llms:\n  default: {{ base_url: \"{base_url}\", model: smollm2{extra_llm} }}\n\
+         stages:\n  questions:\n    op: read_table\n    with: {{ path: q.jsonl }}\n\
+         \x20 answers:\n    op: llm_generate\n    in: {{ table: questions }}\n    with:\n\
+         \x20     template: \"Answer with one word. {{{{ q }}}}\"\n\
+         \x20     sampling: {{ temperature: 0.7, max_tokens: {max_tokens} }}\n"
+    )
+}
+
+/// Reads the `answers` table as JSON rows.
+fn answers(p: &Project) -> Vec<serde_json::Value> {
+    let out = p.drover(&["export", "answers", "answers.jsonl"]);
+    out.expect_code(0);
+    p.read("answers.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn a_rerun_sends_nothing_and_new_rows_send_only_theirs() {
+    let server = Server::start(&[]);
+    let p = Project::new();
+    p.write("q.jsonl", &questions(4)).write("drover.yaml", &pipeline(&server.base_url(), "", 8));
+    p.drover(&["run"]).expect_code(0);
+    assert_eq!(server.forwarded(), 4);
+    let rows = answers(&p);
+    assert_eq!(rows.len(), 4);
+    for row in &rows {
+        assert!(["stop", "length"].contains(&row["finish_reason"].as_str().unwrap()), "{row}");
+        assert!(row["completion_tokens"].as_u64().unwrap() >= 1);
+        assert!(row["prompt_tokens"].as_u64().unwrap() > 5);
+        assert_eq!(row["model"], "smollm2");
+        assert!(row["q"].as_str().unwrap().starts_with("Name one city"));
+    }
+
+    // Rerun: all cached, and the server sees nothing.
+    let out = p.drover(&["run"]);
+    out.expect_code(0);
+    assert!(out.all().contains("0 ran, 2 cached"), "{}", out.all());
+    assert_eq!(server.forwarded(), 4);
+
+    // Two more rows: the stage reruns (its input changed), but only the new rows are sent.
+    p.write("q.jsonl", &questions(6));
+    p.drover(&["run"]).expect_code(0);
+    assert_eq!(server.forwarded(), 6);
+    assert_eq!(server.stats()["max_per_body"], 1);
+    let again = answers(&p);
+    assert_eq!(&again[..4], &rows[..], "the first rows' responses come from the memo, unchanged");
+
+    // Where the server is (base_url, concurrency) is not in the key.
+    let mut other = pipeline(&format!("http://127.0.0.1:{}/v1/", server.port), ", max_concurrency: 2", 8);
+    other = other.replace("pipeline: llm", "pipeline: llm");
+    p.write("drover.yaml", &other);
+    let out = p.drover(&["run"]);
+    out.expect_code(0);
+    assert!(out.all().contains("0 ran, 2 cached"), "{}", out.all());
+}
+
+#[test]
+fn a_killed_stage_resumes_without_asking_twice() {
+    let server = Server::start(&[]);
+    let p = Project::new();
+    p.write("q.jsonl", &questions(10)).write("drover.yaml", &pipeline(&server.base_url(), ", max_concurrency: 1", 24));
+    let mut child = p.cmd(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while server.forwarded() < 4 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(child.id() as i32, SIGKILL);
+    child.wait().unwrap();
+    let before = server.stats();
+    assert!(before["forwarded"].as_u64().unwrap() < 10, "killed too late to test a resume: {before}");
+
+    let out = p.drover(&["run"]);
+    out.expect_code(0);
+    let after = server.stats();
+    // Every answered request came from the memo; at most the one in flight at the kill is sent again.
+    assert_eq!(after["resent_after_answer"], 0, "{after}");
+    assert!(after["forwarded"].as_u64().unwrap() <= 11, "{after}");
+    assert_eq!(after["by_body"].as_object().unwrap().len(), 10, "{after}");
+    assert_eq!(answers(&p).len(), 10);
+}
+
+#[test]
+fn server_errors_and_rate_limits_are_retried() {
+    let server = Server::start(&["--fail", "4", "--fail-statuses", "500,429,503", "--retry-after", "1"]);
+    let p = Project::new();
+    p.write("q.jsonl", &questions(3)).write("drover.yaml", &pipeline(&server.base_url(), ", max_concurrency: 1", 4));
+    let out = p.drover(&["run"]);
+    out.expect_code(0);
+    let stats = server.stats();
+    assert_eq!(stats["faulted"], 4);
+    assert_eq!(stats["forwarded"], 3);
+    assert_eq!(answers(&p).len(), 3);
+    let log = p.drover(&["runs", "--log", "answers"]);
+    assert!(log.stdout.contains("4 retries"), "{}", log.all());
+}
+
+#[test]
+fn retries_give_up_with_an_environment_error_and_nothing_is_stored() {
+    let server = Server::start(&["--fail", "1000", "--fail-statuses", "500"]);
+    let p = Project::new();
+    p.write("q.jsonl", &questions(1))
+        .write("drover.yaml", &pipeline(&server.base_url(), ", max_retries: 2, max_concurrency: 1", 4));
+    let out = p.drover(&["run"]);
+    out.expect_code(3);
+    assert!(out.all().contains("gave up after 3 attempts: HTTP 500"), "{}", out.all());
+    assert_eq!(server.stats()["faulted"], 3, "one request, three attempts, then the stage stops");
+    let plan = p.plan(&[]);
+    assert!(plan.iter().any(|(s, action, _)| s == "answers" && action == "run"), "{plan:?}");
+}
+
+#[test]
+fn an_unknown_model_is_an_environment_error() {
+    let server = Server::start(&[]);
+    let p = Project::new();
+    p.write("q.jsonl", &questions(2))
+        .write("drover.yaml", &pipeline(&server.base_url(), "", 4).replace("model: smollm2", "model: gpt-17"));
+    let out = p.drover(&["run"]);
+    out.expect_code(3);
+    assert!(out.all().contains("does not serve model `gpt-17`; it serves: smollm2"), "{}", out.all());
+    assert_eq!(server.forwarded(), 0);
+}
+
+#[test]
+fn an_api_key_is_sent_but_never_stored() {
+    let server = Server::start(&[]);
+    let p = Project::new();
+    let secret = "sk-drover-test-0123456789";
+    p.write("q.jsonl", &questions(2))
+        .write("drover.yaml", &pipeline(&server.base_url(), ", api_key_env: DROVER_TEST_KEY", 4));
+    let out = p.cmd(&["run"]).env("DROVER_TEST_KEY", secret).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+    for entry in walk(&p.join(".drover")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the key is in {}", entry.display());
+    }
+    // Without the variable the stage cannot run: an environment error, not a silent anonymous call.
+    p.write("q.jsonl", &questions(3));
+    let out = p.cmd(&["run"]).env_remove("DROVER_TEST_KEY").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("$DROVER_TEST_KEY, which is not set"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn an_unreachable_server_is_an_environment_error() {
+    let p = Project::new();
+    p.write("q.jsonl", &questions(2)).write("drover.yaml", &pipeline("http://127.0.0.1:9/v1", "", 4));
+    let out = p.drover(&["run"]);
+    out.expect_code(3);
+    assert!(out.all().contains("cannot reach the server at http://127.0.0.1:9/v1"), "{}", out.all());
+    assert!(out.all().contains("--set llms.default.base_url=URL"), "{}", out.all());
+    // The command line can point the endpoint elsewhere; that does not change the key.
+    let out = p.drover(&["plan", "--set", "llms.default.base_url=http://127.0.0.1:10/v1"]);
+    out.expect_code(0);
+}
+
+#[test]
+fn bad_templates_and_endpoints_are_plan_errors_with_the_line() {
+    let p = Project::new();
+    p.write("q.jsonl", &questions(2));
+    let good = pipeline("http://127.0.0.1:9/v1", "", 4);
+    p.write("drover.yaml", &good.replace("{{ q }}", "{{ question }}"));
+    let out = p.drover(&["plan"]);
+    out.expect_code(2);
+    let all = out.all();
+    assert!(all.contains("stage `answers`: the template reads `question`"), "{all}");
+    assert!(all.contains("drover.yaml:12:17"), "{all}");
+    assert!(all.contains("the input's columns are: q, n"), "{all}");
+
+    p.write("drover.yaml", &good.replace("{{ q }}", "{% if q %}"));
+    let out = p.drover(&["plan"]);
+    out.expect_code(2);
+    assert!(out.all().contains("the template does not parse (line 1 of the template)"), "{}", out.all());
+
+    p.write("drover.yaml", &good.replace("model: smollm2", "model: smollm2, max_concurency: 2"));
+    let out = p.drover(&["plan"]);
+    out.expect_code(2);
+    assert!(out.all().contains("llms.default: unknown param `max_concurency`"), "{}", out.all());
+    assert!(out.all().contains("drover.yaml:3"), "{}", out.all());
+
+    p.write("drover.yaml", &good.replace("template:", "llm: judge\n      template:"));
+    let out = p.drover(&["plan"]);
+    out.expect_code(2);
+    assert!(out.all().contains("no endpoint `judge` under `llms:`"), "{}", out.all());
+}
