@@ -157,8 +157,7 @@ fn a_rerun_sends_nothing_and_new_rows_send_only_theirs() {
     assert_eq!(&again[..4], &rows[..], "the first rows' responses come from the memo, unchanged");
 
     // Where the server is (base_url, concurrency) is not in the key.
-    let mut other = pipeline(&format!("http://127.0.0.1:{}/v1/", server.port), ", max_concurrency: 2", 8);
-    other = other.replace("pipeline: llm", "pipeline: llm");
+    let other = pipeline(&format!("http://127.0.0.1:{}/v1/", server.port), ", max_concurrency: 2", 8);
     p.write("drover.yaml", &other);
     let out = p.drover(&["run"]);
     out.expect_code(0);
