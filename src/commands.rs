@@ -232,7 +232,10 @@ fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectAr
                 Action::Cached => "cached",
                 Action::Run => "run   ",
             };
-            let why = if s.reasons.is_empty() { String::new() } else { format!("  {}", s.reasons.join("; ")) };
+            let mut why = if s.reasons.is_empty() { String::new() } else { format!("  {}", s.reasons.join("; ")) };
+            if let Some(work) = &s.work {
+                why.push_str(&format!(" ({work})"));
+            }
             out.push_str(&format!("{action}  {:width$}{why}\n", s.stage));
         }
         let to_run = statuses.iter().filter(|s| s.action == Action::Run).count();

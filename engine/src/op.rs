@@ -440,6 +440,13 @@ pub trait Op: Send + Sync + 'static {
 
     /// Run time: read inputs, write every output slot.
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>>;
+
+    /// Plan time, for a stage that will run and whose inputs all exist: how much of its work is
+    /// already done, in words, e.g. `12 of 20 requests answered, 8 to send`. The context's
+    /// inputs point into the store (read only) and its outputs nowhere; read, never write.
+    fn work_left(&self, _cx: &RunCx) -> Option<String> {
+        None
+    }
 }
 
 /// The ops a pipeline may name.

@@ -23,6 +23,10 @@ pub struct StageStatus {
     pub stage: String,
     pub action: Action,
     pub reasons: Vec<String>,
+    /// For a stage that will run: how much of its work is already done (the op says, e.g.
+    /// language-model requests already answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work: Option<String>,
     #[serde(skip)]
     pub key: Option<CacheKey>,
 }
@@ -56,6 +60,7 @@ pub fn plan_status(
                     "upstream {} will run first (this stage stays cached if that output is unchanged)",
                     pending.join(", ")
                 )],
+                work: None,
                 key: None,
             });
             continue;
@@ -71,9 +76,65 @@ pub fn plan_status(
             (None, false) => (Action::Run, explain(store, node, &recipe, &key, state.get(&node.id))),
         };
         will_run[idx] = action == Action::Run;
-        out.push(StageStatus { stage: node.id.clone(), action, reasons, key: Some(key) });
+        let work = if action == Action::Run { work_left(plan, idx, store, &outputs) } else { None };
+        out.push(StageStatus { stage: node.id.clone(), action, reasons, work, key: Some(key) });
     }
     Ok(out)
+}
+
+/// Asks the op how much of a stage's work is done, with its inputs read in place in the store.
+fn work_left(
+    plan: &Plan,
+    idx: usize,
+    store: &Store,
+    outputs: &[Option<BTreeMap<String, OutputRef>>],
+) -> Option<String> {
+    use crate::op::{Input, InputItem, NoProgress, RunCx};
+    use crate::plan::InputEdge;
+    let node = &plan.nodes[idx];
+    let mut inputs = BTreeMap::new();
+    for (port, edge) in &node.inputs {
+        let sources = match edge {
+            InputEdge::One(s) => std::slice::from_ref(s),
+            InputEdge::List(s) => s.as_slice(),
+        };
+        let mut items = Vec::new();
+        for s in sources {
+            let out = outputs[s.node].as_ref()?.get(&s.port)?;
+            if out.kind == drover_cache::OutputKind::Dir {
+                return None; // a manifest, not the directory: not readable in place
+            }
+            let up = &plan.nodes[s.node];
+            items.push(InputItem {
+                path: store.object_path(&out.hash),
+                ty: up.outputs.get(&s.port)?.clone(),
+                hash: out.hash.to_string(),
+                stage: up.id.clone(),
+                matrix: up.matrix.iter().cloned().collect(),
+            });
+        }
+        let input = match edge {
+            InputEdge::One(_) => Input::One(items.pop()?),
+            InputEdge::List(_) => Input::List(items),
+        };
+        inputs.insert(port.clone(), input);
+    }
+    let cx = RunCx {
+        stage: node.id.clone(),
+        params: node.params.clone(),
+        inputs,
+        outputs: BTreeMap::new(),
+        pipeline_dir: plan.dir.clone(),
+        work_dir: std::env::temp_dir(),
+        log_path: std::path::PathBuf::from("/dev/null"),
+        seed: node.seed,
+        progress: std::sync::Arc::new(NoProgress),
+        device: "cpu".into(),
+        notes: Default::default(),
+        llms: plan.llms.clone(),
+        memo: store.memo(),
+    };
+    node.op.work_left(&cx)
 }
 
 /// Why a stage with this recipe is not cached, compared with the last time it ran.

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field};
 use drover_engine::{
     BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
@@ -155,75 +155,91 @@ impl Op for LlmGenerate {
 
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
         Box::pin(async move {
-            let params: LlmGenerateParams = table::run_params(&cx)?;
-            let input = Rows::read(&cx.input("table")?.path)?;
-            let columns: Vec<Column> =
-                input.batch.schema().fields().iter().map(|f| Column::new(f.name(), "")).collect();
-            let template = Template::check(&params.template, "template", Some(&columns)).map_err(check_error)?;
-            let system = params
-                .system
-                .as_deref()
-                .map(|s| Template::check(s, "system", Some(&columns)))
-                .transpose()
-                .map_err(check_error)?;
-            let client = Client::new(&cx, &params.llm)?;
-            let mut requests = Vec::with_capacity(input.rows.len());
-            let mut seen = std::collections::HashMap::<String, u64>::new();
-            for row in &input.rows {
-                let text = template.render(row)?;
-                let prompt = match params.mode {
-                    Mode::Completion => Prompt::Text(text),
-                    Mode::Chat => {
-                        let mut messages = Vec::new();
-                        if let Some(system) = &system {
-                            messages.push(Message::new("system", system.render(row)?));
-                        }
-                        messages.push(Message::new("user", text));
-                        Prompt::Chat(messages)
-                    }
-                };
-                let mut sampling = params.sampling.clone();
-                if sampling.seed.is_none() {
-                    // Seeded by the prompt (and how many times it came before), not the row
-                    // number: adding rows does not change the other rows' requests.
-                    let occurrence = seen.entry(format!("{prompt:?}")).or_default();
-                    sampling.seed = Some(client.row_seed(&format!("{prompt:?}"), *occurrence));
-                    *occurrence += 1;
-                }
-                requests.push(Request { prompt, sampling });
-            }
+            let (params, input, client, requests) = requests(&cx)?;
             cx.progress.set_total(requests.len() as u64);
             let responses = llm::run_all(&client, requests, &cx.progress).await?;
             append_log(&cx, &llm::summary(&client));
-            let n = params.sampling.n.unwrap_or(1).max(1) as usize;
-            let mut take = Vec::new();
-            let (mut text, mut finish, mut model, mut pt, mut ct, mut choice) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (i, r) in responses.iter().enumerate() {
-                for (k, c) in r.choices.iter().enumerate().take(n) {
-                    take.push(i as u32);
-                    text.push(c.text.clone());
-                    finish.push(c.finish_reason.clone());
-                    model.push(r.model.clone());
-                    pt.push(r.prompt_tokens);
-                    ct.push(r.completion_tokens);
-                    choice.push(k as u32);
-                }
-            }
-            let mut extra: Vec<(Field, ArrayRef)> = vec![
-                (Field::new("response", DataType::Utf8, false), Arc::new(StringArray::from(text))),
-                (Field::new("finish_reason", DataType::Utf8, false), Arc::new(StringArray::from(finish))),
-                (Field::new("model", DataType::Utf8, false), Arc::new(StringArray::from(model))),
-                (Field::new("prompt_tokens", DataType::UInt64, false), Arc::new(UInt64Array::from(pt))),
-                (Field::new("completion_tokens", DataType::UInt64, false), Arc::new(UInt64Array::from(ct))),
-            ];
-            if n > 1 {
-                extra.push((Field::new("choice", DataType::UInt32, false), Arc::new(UInt32Array::from(choice))));
-            }
-            let out = extend(&input.batch, &take, extra)?;
+            let out = output(&params, &input, &responses)?;
             table::write_parquet(&cx.output("out")?.path, &out.schema(), &[out])
         })
     }
+
+    fn work_left(&self, cx: &RunCx) -> Option<String> {
+        let (_, _, client, requests) = requests(cx).ok()?;
+        Some(llm::work_left(&client, &requests))
+    }
+}
+
+/// The stage's requests, one per row, as `run` sends them.
+fn requests(cx: &RunCx) -> Result<(LlmGenerateParams, Rows, Client, Vec<Request>), OpError> {
+    let params: LlmGenerateParams = table::run_params(cx)?;
+    let input = Rows::read(&cx.input("table")?.path)?;
+    let columns: Vec<Column> = input.batch.schema().fields().iter().map(|f| Column::new(f.name(), "")).collect();
+    let template = Template::check(&params.template, "template", Some(&columns)).map_err(check_error)?;
+    let system = params
+        .system
+        .as_deref()
+        .map(|s| Template::check(s, "system", Some(&columns)))
+        .transpose()
+        .map_err(check_error)?;
+    let client = Client::new(cx, &params.llm)?;
+    let mut requests = Vec::with_capacity(input.rows.len());
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    for row in &input.rows {
+        let text = template.render(row)?;
+        let prompt = match params.mode {
+            Mode::Completion => Prompt::Text(text),
+            Mode::Chat => {
+                let mut messages = Vec::new();
+                if let Some(system) = &system {
+                    messages.push(Message::new("system", system.render(row)?));
+                }
+                messages.push(Message::new("user", text));
+                Prompt::Chat(messages)
+            }
+        };
+        let mut sampling = params.sampling.clone();
+        if sampling.seed.is_none() {
+            // Seeded by the prompt (and how many times it came before), not the row number:
+            // adding rows does not change the other rows' requests.
+            let key = format!("{prompt:?}");
+            let occurrence = seen.entry(key.clone()).or_default();
+            sampling.seed = Some(client.row_seed(&key, *occurrence));
+            *occurrence += 1;
+        }
+        requests.push(Request { prompt, sampling });
+    }
+    Ok((params, input, client, requests))
+}
+
+/// The input rows with the responses (one row per completion when `n` > 1).
+fn output(params: &LlmGenerateParams, input: &Rows, responses: &[llm::Completion]) -> Result<RecordBatch, OpError> {
+    let n = params.sampling.n.unwrap_or(1).max(1) as usize;
+    let mut take = Vec::new();
+    let (mut text, mut finish, mut model, mut pt, mut ct, mut choice) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, r) in responses.iter().enumerate() {
+        for (k, c) in r.choices.iter().enumerate().take(n) {
+            take.push(i as u32);
+            text.push(c.text.clone());
+            finish.push(c.finish_reason.clone());
+            model.push(r.model.clone());
+            pt.push(r.prompt_tokens);
+            ct.push(r.completion_tokens);
+            choice.push(k as u32);
+        }
+    }
+    let mut extra: Vec<(Field, ArrayRef)> = vec![
+        (Field::new("response", DataType::Utf8, false), Arc::new(StringArray::from(text))),
+        (Field::new("finish_reason", DataType::Utf8, false), Arc::new(StringArray::from(finish))),
+        (Field::new("model", DataType::Utf8, false), Arc::new(StringArray::from(model))),
+        (Field::new("prompt_tokens", DataType::UInt64, false), Arc::new(UInt64Array::from(pt))),
+        (Field::new("completion_tokens", DataType::UInt64, false), Arc::new(UInt64Array::from(ct))),
+    ];
+    if n > 1 {
+        extra.push((Field::new("choice", DataType::UInt32, false), Arc::new(UInt32Array::from(choice))));
+    }
+    extend(&input.batch, &take, extra)
 }
 
 fn check_error(e: CheckError) -> OpError {

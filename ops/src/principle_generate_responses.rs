@@ -164,32 +164,14 @@ impl Op for PrincipleGenerateResponses {
         Ok(checked)
     }
 
+    fn work_left(&self, cx: &RunCx) -> Option<String> {
+        let (.., client, requests) = requests(cx).ok()?;
+        Some(llm::work_left(&client, &requests))
+    }
+
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
         Box::pin(async move {
-            let params: PrincipleParams = table::run_params(&cx)?;
-            let path = cx.pipeline_dir.join(&params.prompt_file);
-            let meta =
-                std::fs::read_to_string(&path).map_err(|e| OpError::io(format!("read {}", path.display()), e))?;
-            // As the original: the file's lines joined, then stripped.
-            let meta = meta.trim();
-            let input = Rows::read(&cx.input("table")?.path)?;
-            let instructions = input.texts(&params.column)?;
-            let inputs = match &params.input_column {
-                Some(c) => input.texts(c)?,
-                None => vec![String::new(); instructions.len()],
-            };
-            let client = Client::new(&cx, &params.llm)?;
-            let base = sampling(&params.sampling);
-            let mut requests = Vec::with_capacity(instructions.len());
-            let mut seen = std::collections::HashMap::<String, u64>::new();
-            for (instruction, extra) in instructions.iter().zip(&inputs) {
-                let text = prompt(meta, instruction, extra, &params.assistant);
-                let mut s = base.clone();
-                let occurrence = seen.entry(text.clone()).or_default();
-                s.seed = s.seed.or(Some(client.row_seed(&text, *occurrence)));
-                *occurrence += 1;
-                requests.push(Request { prompt: Prompt::Text(text), sampling: s });
-            }
+            let (params, input, instructions, inputs, client, requests) = requests(&cx)?;
             cx.progress.set_total(requests.len() as u64);
             let responses = llm::run_all(&client, requests, &cx.progress).await?;
             let filter = Filter { assistant: &params.assistant, rename_to: &params.rename_to };
@@ -235,6 +217,36 @@ impl Op for PrincipleGenerateResponses {
             table::write_parquet(&cx.output("out")?.path, &schema, &[out])
         })
     }
+}
+
+type Prepared = (PrincipleParams, Rows, Vec<String>, Vec<String>, Client, Vec<Request>);
+
+/// The stage's requests, one per instruction, as `run` sends them.
+fn requests(cx: &RunCx) -> Result<Prepared, OpError> {
+    let params: PrincipleParams = table::run_params(cx)?;
+    let path = cx.pipeline_dir.join(&params.prompt_file);
+    let meta = std::fs::read_to_string(&path).map_err(|e| OpError::io(format!("read {}", path.display()), e))?;
+    // As the original: the file's lines joined, then stripped.
+    let meta = meta.trim();
+    let input = Rows::read(&cx.input("table")?.path)?;
+    let instructions = input.texts(&params.column)?;
+    let inputs = match &params.input_column {
+        Some(c) => input.texts(c)?,
+        None => vec![String::new(); instructions.len()],
+    };
+    let client = Client::new(cx, &params.llm)?;
+    let base = sampling(&params.sampling);
+    let mut requests = Vec::with_capacity(instructions.len());
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    for (instruction, extra) in instructions.iter().zip(&inputs) {
+        let text = prompt(meta, instruction, extra, &params.assistant);
+        let mut s = base.clone();
+        let occurrence = seen.entry(text.clone()).or_default();
+        s.seed = s.seed.or(Some(client.row_seed(&text, *occurrence)));
+        *occurrence += 1;
+        requests.push(Request { prompt: Prompt::Text(text), sampling: s });
+    }
+    Ok((params, input, instructions, inputs, client, requests))
 }
 
 /// The prompt of `generate_self_align_response.py`.

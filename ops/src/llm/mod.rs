@@ -73,6 +73,17 @@ pub async fn run_all(
     Ok(results.into_iter().map(|r| r.expect("every result is set")).collect())
 }
 
+/// What `drover plan` says of a stage's requests: how many the memo already answers.
+pub fn work_left(client: &Client, requests: &[Request]) -> String {
+    let answered = requests.iter().filter(|r| client.cached(r).is_some()).count();
+    let total = requests.len();
+    match answered {
+        0 => format!("{total} requests to send"),
+        a if a == total => format!("all {total} requests already answered"),
+        a => format!("{a} of {total} requests already answered, {} to send", total - a),
+    }
+}
+
 /// A one-line account of a stage's requests, for its log.
 pub fn summary(client: &Client) -> String {
     let s = &client.stats;
