@@ -125,7 +125,7 @@ pub fn pipeline_schema(ops: &OpRegistry) -> Value {
     let stage_props = json!({
         "op": {"enum": names, "description": "the op this stage runs (`drover ops` lists them)"},
         "description": {"type": "string"},
-        "in": {"type": "object", "additionalProperties": {"type": "string"}, "description": "port -> `stage`, `stage.port`, `stage[*]` or `stage[axis=value]`"},
+        "in": {"type": "object", "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}, "description": "port -> `stage`, `stage.port`, `stage[*]` or `stage[axis=value]`, or a list of them (one list input)"},
         "with": {"type": "object", "description": "the op's params; `${params.x}` and `${matrix.k}` interpolate"},
         "out": {"type": "object", "additionalProperties": port_type, "description": "declared outputs (ops with declared ports, e.g. command)"},
         "deps": {"type": "array", "items": {"type": "string"}, "description": "files inside the pipeline directory whose content enters the key"},
@@ -136,10 +136,18 @@ pub fn pipeline_schema(ops: &OpRegistry) -> Value {
         "seed": {"type": "integer", "minimum": 0}
     });
     debug_assert_eq!(stage_props.as_object().map(|o| o.len()), Some(STAGE_KEYS.len()));
+    let mut llm_endpoint = drover_ops::llm::endpoint::schema();
+    if let Some(obj) = llm_endpoint.as_object_mut() {
+        obj.remove("$schema");
+        if let Some(d) = obj.remove("$defs").and_then(|d| d.as_object().cloned()) {
+            defs.extend(d);
+        }
+    }
     let top_props = json!({
         "pipeline": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
         "description": {"type": "string"},
         "params": {"type": "object", "description": "defaults; override with -p FILE and --set a.b=v"},
+        "llms": {"type": "object", "additionalProperties": llm_endpoint, "description": "language-model endpoints by name; override with --set llms.NAME.FIELD=v"},
         "seed": {"type": "integer", "minimum": 0},
         "resources": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}, "description": "capacity of each resource"},
         "stages": {"type": "object", "propertyNames": {"pattern": "^[A-Za-z0-9_-]+$"}, "additionalProperties": {"$ref": "#/$defs/stage"}}

@@ -130,3 +130,20 @@ fn unchanged_source_files_are_not_rehashed() {
     assert_eq!(plan[0].1, "run");
     assert_eq!(plan[0].2, ["dep file `data.csv` changed"]);
 }
+
+#[test]
+fn a_list_of_references_is_one_list_input() {
+    let p = Project::new();
+    p.write("a.csv", "text\nalpha\nbeta\n").write("b.csv", "text\ngamma\n").write(
+        "drover.yaml",
+        "stages:\n  a:\n    op: read_table\n    with: { path: a.csv }\n  b:\n    op: read_table\n    with: { path: b.csv }\n\
+         \x20 both:\n    op: concat\n    in: { parts: [b, a.out] }\n",
+    );
+    p.drover(&["run"]).expect_code(0);
+    p.drover(&["export", "both", "both.csv"]).expect_code(0);
+    assert_eq!(p.read("both.csv"), "text\ngamma\nalpha\nbeta\n");
+    p.write("drover.yaml", &p.read("drover.yaml").replace("[b, a.out]", "[b, c]"));
+    let out = p.drover(&["plan"]);
+    out.expect_code(2);
+    assert!(out.all().contains("input `parts`: there is no stage `c`"), "{}", out.all());
+}

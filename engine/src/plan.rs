@@ -262,6 +262,21 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         }
         let mut inputs = BTreeMap::new();
         for input in &stage.inputs {
+            if !input.list.is_empty() {
+                // `[a, b.out, c[*]]`: every item's artifacts, in order, as one list.
+                let mut sources = Vec::new();
+                for (item, span) in &input.list {
+                    match resolve_ref(item, &p.matrix, &by_stage, &all_matrices) {
+                        Ok(InputEdge::One(s)) => sources.push(s),
+                        Ok(InputEdge::List(s)) => sources.extend(s),
+                        Err((msg, help)) => {
+                            d.error(st, *span, format!("input `{}`: {msg}", input.port), "bad reference", help)
+                        }
+                    }
+                }
+                inputs.insert(input.port.clone(), (InputEdge::List(sources), input.port_span, input.ref_span));
+                continue;
+            }
             let r = if input.reference.contains("${") {
                 let node = Node { span: input.ref_span, kind: crate::yaml::NodeKind::Str(input.reference.clone()) };
                 std::borrow::Cow::Owned(interp::render(&interp::interpolate(&node, &cx, &mut used, &mut errs)))

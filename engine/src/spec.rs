@@ -64,6 +64,9 @@ pub struct InputSpec {
     /// `stage`, `stage.port`, `stage[*]`, `stage[k=v]`, maybe with `${matrix.k}`.
     pub reference: String,
     pub ref_span: Span,
+    /// Written as a YAML list (`[a, b.out, c[*]]`): every item's artifacts, in order, as one
+    /// list input. Empty for a single reference.
+    pub list: Vec<(String, Span)>,
 }
 
 #[derive(Debug, Clone)]
@@ -312,18 +315,30 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node) -> Option<StageSpec> {
             "in" => match v.as_map() {
                 Some(ins) => {
                     for (port, r) in ins {
-                        match r.as_str() {
-                            Some(reference) => stage.inputs.push(InputSpec {
+                        let list: Option<Vec<(String, Span)>> = r
+                            .as_seq()
+                            .filter(|items| !items.is_empty())
+                            .and_then(|items| items.iter().map(|i| Some((i.as_str()?.to_string(), i.span))).collect());
+                        match (r.as_str(), list) {
+                            (Some(reference), _) => stage.inputs.push(InputSpec {
                                 port: port.key_text(),
                                 port_span: port.span,
                                 reference: reference.to_string(),
                                 ref_span: r.span,
+                                list: Vec::new(),
                             }),
-                            None => d.error(
+                            (None, Some(list)) => stage.inputs.push(InputSpec {
+                                port: port.key_text(),
+                                port_span: port.span,
+                                reference: String::new(),
+                                ref_span: r.span,
+                                list,
+                            }),
+                            (None, None) => d.error(
                                 st,
                                 r.span,
                                 format!(
-                                    "input `{}` must name a stage (`stage`, `stage.port` or `stage[*]`); found {}",
+                                    "input `{}` must name a stage (`stage`, `stage.port`, `stage[*]`) or list stages; found {}",
                                     port.key_text(),
                                     r.type_name()
                                 ),

@@ -256,6 +256,11 @@ pub fn check_endpoint(cx: &CheckCx<'_>, name: &str, checked: &mut Checked) -> Re
     Ok(endpoint)
 }
 
+/// JSON Schema of one `llms:` entry, for `drover schema`.
+pub fn schema() -> serde_json::Value {
+    drover_engine::params_schema::<EndpointSpec>()
+}
+
 pub fn default_llm() -> String {
     "default".to_string()
 }
