@@ -321,3 +321,40 @@ fn bad_templates_and_endpoints_are_plan_errors_with_the_line() {
     out.expect_code(2);
     assert!(out.all().contains("no endpoint `judge` under `llms:`"), "{}", out.all());
 }
+
+#[test]
+fn a_serve_endpoint_starts_llama_cpp_and_stops_it_with_drover() {
+    let (gguf, _) = model();
+    let p = Project::new();
+    // Through a link in the project, so that this test's server is the one with this path.
+    std::os::unix::fs::symlink(&gguf, p.join("model.gguf")).unwrap();
+    p.write("q.jsonl", &questions(2)).write(
+        "drover.yaml",
+        &pipeline("unused", "", 8)
+            .replace("default: { base_url: \"unused\", model: smollm2 }", "default: { serve: { gguf: model.gguf } }"),
+    );
+    p.drover(&["run"]).expect_code(0);
+    let rows = answers(&p);
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["completion_tokens"].as_u64().unwrap() >= 1));
+    // The server was a child of drover; it exits when drover does (its stdin closes).
+    let ours = p.join("model.gguf").to_string_lossy().to_string();
+    let running = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| String::from_utf8_lossy(c).contains(&ours))
+            .count()
+    };
+    let started = Instant::now();
+    while running() > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "a llama.cpp server started by drover outlived it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The model file's content is in the key, not its path: a link elsewhere keeps the cache.
+    std::fs::rename(p.join("model.gguf"), p.join("renamed.gguf")).unwrap();
+    p.write("drover.yaml", &p.read("drover.yaml").replace("gguf: model.gguf", "gguf: renamed.gguf"));
+    let plan = p.plan(&[]);
+    assert!(plan.iter().all(|(_, action, _)| action == "cached"), "{plan:?}");
+}
