@@ -358,3 +358,81 @@ fn a_serve_endpoint_starts_llama_cpp_and_stops_it_with_drover() {
     let plan = p.plan(&[]);
     assert!(plan.iter().all(|(_, action, _)| action == "cached"), "{plan:?}");
 }
+
+/// The project's `examples/quickstart_llm.yaml` with the data it reads, in a fresh directory.
+fn llm_quickstart() -> Project {
+    let p = Project::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(p.join("examples")).unwrap();
+    std::fs::copy(root.join("examples/quickstart_llm.yaml"), p.join("examples/quickstart_llm.yaml")).unwrap();
+    for dir in ["dromedary", "self_instruct"] {
+        let to = p.join(&format!("pipelines/data/{dir}"));
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(root.join("pipelines/data").join(dir)).unwrap().flatten() {
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
+    p
+}
+
+#[test]
+fn the_llm_quickstart_resumes_after_a_kill_and_reruns_without_requests() {
+    let server = Server::start(&[]);
+    let p = llm_quickstart();
+    // The example starts its own server; here it goes through the counting proxy instead.
+    let endpoint = format!("{{ base_url: \"{}\", model: smollm2 }}", server.base_url());
+    let run = |p: &Project| {
+        let mut cmd = p.cmd(&["run", "examples/quickstart_llm.yaml"]);
+        cmd.env("DROVER_LLM_DEFAULT", &endpoint);
+        cmd
+    };
+    let mut child = run(&p).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while server.forwarded() < 12 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(600), "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(child.id() as i32, SIGKILL);
+    child.wait().unwrap();
+
+    let out = run(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats = server.stats();
+    assert_eq!(stats["resent_after_answer"], 0, "a request answered before the kill was sent again: {stats}");
+
+    // Stage 2's table: one row per prompt, each kept or dropped by a named Dromedary rule.
+    p.drover(&["export", "aligned.all", "all.jsonl", "-f", "examples/quickstart_llm.yaml"]).expect_code(0);
+    let rows: Vec<serde_json::Value> = p.read("all.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 20);
+    let rules = [
+        "",
+        "no self-identification",
+        "only internal thoughts",
+        "too short",
+        "copies the exemplars",
+        "apologises",
+        "empty",
+    ];
+    for row in &rows {
+        let (kept, reason) = (row["kept"].as_bool().unwrap(), row["reason"].as_str().unwrap());
+        assert!(rules.contains(&reason), "{row}");
+        assert_eq!(kept, reason.is_empty(), "{row}");
+        assert_eq!(kept, !row["response"].as_str().unwrap().is_empty(), "{row}");
+        assert!(!row["raw"].as_str().unwrap().is_empty(), "{row}");
+    }
+    p.drover(&["export", "aligned", "aligned.jsonl", "-f", "examples/quickstart_llm.yaml"]).expect_code(0);
+    let kept = p.read("aligned.jsonl").lines().count();
+    assert_eq!(kept, rows.iter().filter(|r| r["kept"] == true).count());
+
+    // A rerun of the finished pipeline: every stage cached, and the server sees nothing.
+    let forwarded = server.forwarded();
+    let out = run(&p).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 ran, 11 cached"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.forwarded(), forwarded);
+}

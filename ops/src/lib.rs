@@ -15,7 +15,9 @@ pub mod rouge_dedup;
 pub mod sample;
 pub mod scaling;
 pub mod select;
+pub mod self_instruct;
 pub mod table;
+pub mod tgrt;
 
 use drover_engine::OpRegistry;
 
@@ -34,5 +36,8 @@ pub fn registry() -> OpRegistry {
     ops.register(sample::Sample);
     ops.register(scaling::ScalingLawFit);
     ops.register(select::Select);
+    ops.register(self_instruct::SelfInstruct);
+    ops.register(tgrt::TgrtQuestions);
+    ops.register(tgrt::TgrtTopics);
     ops
 }
