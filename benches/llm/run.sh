@@ -53,17 +53,19 @@ stages:
       template: "{{ instruction }}"
       sampling: { temperature: 0, max_tokens: $tokens }
 YAML
-  start=$(date +%s.%N)
-  /usr/bin/time -f '%U %S' -o "$work/cpu" "$drover" run -f "$work/p/drover.yaml" >/dev/null 2>&1
-  end=$(date +%s.%N)
-  stop
-  "$drover" export answers "$work/answers.jsonl" -f "$work/p/drover.yaml" >/dev/null
-  python3 - "$start" "$end" "$work/cpu" "$work/answers.jsonl" "$c" "$rows" <<'PY'
-import json, sys
-start, end, cpu, answers, c, rows = sys.argv[1:]
-secs = float(end) - float(start)
-user, sys_ = map(float, open(cpu).read().split())
-toks = sum(json.loads(l)["completion_tokens"] for l in open(answers))
-print('%-12s %5d %10.2f %10.2f %8d %14.3f' % ('drover', int(c), secs, int(rows) / secs, toks, (user + sys_) * 1000 / int(rows)))
+  python3 - "$drover" "$work/p/drover.yaml" "$c" "$rows" <<'PY'
+import json, os, resource, subprocess, sys, time
+drover, pipeline, c, rows = sys.argv[1:]
+before = resource.getrusage(resource.RUSAGE_CHILDREN)
+t0 = time.perf_counter()
+subprocess.run([drover, "run", "-f", pipeline], check=True, capture_output=True)
+secs = time.perf_counter() - t0
+after = resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+out = os.path.join(os.path.dirname(pipeline), "answers.jsonl")
+subprocess.run([drover, "export", "answers", out, "-f", pipeline], check=True, capture_output=True)
+toks = sum(json.loads(l)["completion_tokens"] for l in open(out))
+print('%-12s %5d %10.2f %10.2f %8d %14.3f' % ('drover', int(c), secs, int(rows) / secs, toks, cpu * 1000 / int(rows)))
 PY
+  stop
 done

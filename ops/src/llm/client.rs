@@ -252,8 +252,12 @@ impl Client {
 
     /// The response already received for `request`, if any.
     pub fn cached(&self, request: &Request) -> Option<Completion> {
-        let bytes = self.memo.get(&self.key(request))?;
-        serde_json::from_slice(&bytes).ok()
+        self.cached_at(&self.key(request))
+    }
+
+    /// The response kept under memo key `key`, if any.
+    pub(crate) fn cached_at(&self, key: &str) -> Option<Completion> {
+        serde_json::from_slice(&self.memo.get(key)?).ok()
     }
 
     /// The response to `request`: from the memo, or from the server (then kept in the memo).
@@ -265,6 +269,11 @@ impl Client {
             self.stats.cached.fetch_add(1, Ordering::Relaxed);
             return Ok(done);
         }
+        self.fetch(request, &key).await
+    }
+
+    /// Sends `request` (whose memo key is `key`, not in the memo) and keeps the response.
+    pub(crate) async fn fetch(&self, request: &Request, key: &str) -> Result<Completion, OpError> {
         let (base_url, shared) = self.connect().await?;
         let chat = matches!(request.prompt, Prompt::Chat(_));
         let url = format!("{base_url}/{}", if chat { "chat/completions" } else { "completions" });
@@ -291,14 +300,14 @@ impl Client {
                         )));
                     }
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff(attempt, after, &key)).await;
+                    tokio::time::sleep(backoff(attempt, after, key)).await;
                     attempt += 1;
                 }
             }
         };
         self.stats.completion_tokens.fetch_add(completion.completion_tokens, Ordering::Relaxed);
         let bytes = serde_json::to_vec(&completion).expect("a completion serialises");
-        self.memo.put(&key, &bytes).map_err(|e| OpError::environment(format!("cannot keep a response: {e}")))?;
+        self.memo.put(key, &bytes).map_err(|e| OpError::environment(format!("cannot keep a response: {e}")))?;
         Ok(completion)
     }
 

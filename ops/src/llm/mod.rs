@@ -30,9 +30,10 @@ pub async fn run_all(
     let mut results: Vec<Option<Completion>> = vec![None; total];
     let mut pending = Vec::new();
     for (i, request) in requests.into_iter().enumerate() {
-        match client.cached(&request) {
+        let key = client.key(&request);
+        match client.cached_at(&key) {
             Some(done) => results[i] = Some(done),
-            None => pending.push((i, request)),
+            None => pending.push((i, key, request)),
         }
     }
     let cached = total - pending.len();
@@ -44,9 +45,9 @@ pub async fn run_all(
     let started = Instant::now();
     let tokens_before = client.stats.completion_tokens.load(Ordering::Relaxed);
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, request) in pending {
+    for (i, key, request) in pending {
         let client = client.clone();
-        tasks.spawn(async move { (i, client.complete(&request).await) });
+        tasks.spawn(async move { (i, client.fetch(&request, &key).await) });
     }
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     loop {
