@@ -42,7 +42,7 @@ impl Store {
         &self.root
     }
 
-    /// The memo of this store: values kept by key inside a stage's work (see [`Memo`]).
+    /// The memo of this store: values kept by key inside a stage's work (see [`crate::Memo`]).
     pub fn memo(&self) -> crate::Memo {
         crate::Memo::new(&self.root)
     }
