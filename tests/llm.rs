@@ -436,3 +436,23 @@ fn the_llm_quickstart_resumes_after_a_kill_and_reruns_without_requests() {
     );
     assert_eq!(server.forwarded(), forwarded);
 }
+
+#[test]
+fn logprobs_come_back_as_the_server_sent_them() {
+    let server = Server::start(&[]);
+    let p = Project::new();
+    p.write("q.jsonl", &questions(1)).write(
+        "drover.yaml",
+        &pipeline(&server.base_url(), "", 3).replace("max_tokens: 3", "max_tokens: 3, logprobs: 2"),
+    );
+    p.drover(&["run"]).expect_code(0);
+    let rows = answers(&p);
+    let logprobs: serde_json::Value = serde_json::from_str(rows[0]["logprobs"].as_str().unwrap()).unwrap();
+    // llama.cpp's chat format: one entry per generated token, each with its alternatives.
+    let tokens = logprobs["content"].as_array().unwrap();
+    assert_eq!(tokens.len() as u64, rows[0]["completion_tokens"].as_u64().unwrap());
+    for t in tokens {
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+        assert_eq!(t["top_logprobs"].as_array().unwrap().len(), 2);
+    }
+}

@@ -51,14 +51,24 @@ pub enum Mode {
 /// Sends one request per row.
 pub struct LlmGenerate;
 
-const ADDED: [(&str, &str); 6] = [
+const ADDED: [(&str, &str); 7] = [
     ("response", "Utf8"),
     ("finish_reason", "Utf8"),
     ("model", "Utf8"),
     ("prompt_tokens", "UInt64"),
     ("completion_tokens", "UInt64"),
     ("choice", "UInt32"),
+    ("logprobs", "Utf8"),
 ];
+
+/// Whether an added column is in the output for these params.
+fn added(name: &str, sampling: &Sampling) -> bool {
+    match name {
+        "choice" => sampling.n.unwrap_or(1) > 1,
+        "logprobs" => sampling.logprobs.is_some(),
+        _ => true,
+    }
+}
 
 impl LlmGenerate {
     pub const NAME: &str = "llm_generate";
@@ -102,7 +112,8 @@ impl Op for LlmGenerate {
             name: Self::NAME,
             version: Self::VERSION,
             doc: "Sends one language-model request per row from a prompt template; adds response, finish_reason, \
-                  model, prompt_tokens, completion_tokens (and choice, one row per completion, when n > 1).",
+                  model, prompt_tokens, completion_tokens (and choice, one row per completion, when n > 1; logprobs, \
+                  the server's JSON, when sampling.logprobs is set).",
             inputs: Ports::Fixed(vec![PortDecl {
                 name: "table",
                 ty: PortType::any_table(),
@@ -145,8 +156,9 @@ impl Op for LlmGenerate {
         }
         let schema = columns.map_or_else(TableSchema::default, |c| {
             let mut cols = c.to_vec();
-            let n = params.sampling.n.unwrap_or(1);
-            cols.extend(ADDED.iter().filter(|(name, _)| n > 1 || *name != "choice").map(|(n, t)| Column::new(*n, *t)));
+            cols.extend(
+                ADDED.iter().filter(|(name, _)| added(name, &params.sampling)).map(|(n, t)| Column::new(*n, *t)),
+            );
             TableSchema::with_columns(cols)
         });
         checked.outputs.insert("out".into(), PortType::Table(schema));
@@ -216,8 +228,8 @@ fn requests(cx: &RunCx) -> Result<(LlmGenerateParams, Rows, Client, Vec<Request>
 fn output(params: &LlmGenerateParams, input: &Rows, responses: &[llm::Completion]) -> Result<RecordBatch, OpError> {
     let n = params.sampling.n.unwrap_or(1).max(1) as usize;
     let mut take = Vec::new();
-    let (mut text, mut finish, mut model, mut pt, mut ct, mut choice) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut text, mut finish, mut model, mut pt, mut ct, mut choice, mut logprobs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, r) in responses.iter().enumerate() {
         for (k, c) in r.choices.iter().enumerate().take(n) {
             take.push(i as u32);
@@ -227,6 +239,9 @@ fn output(params: &LlmGenerateParams, input: &Rows, responses: &[llm::Completion
             pt.push(r.prompt_tokens);
             ct.push(r.completion_tokens);
             choice.push(k as u32);
+            // As the server sent it (formats differ: llama.cpp gives chat-style `content` even
+            // for completions); empty when it sent none.
+            logprobs.push(c.logprobs.as_ref().map_or(String::new(), |l| l.to_string()));
         }
     }
     let mut extra: Vec<(Field, ArrayRef)> = vec![
@@ -236,8 +251,11 @@ fn output(params: &LlmGenerateParams, input: &Rows, responses: &[llm::Completion
         (Field::new("prompt_tokens", DataType::UInt64, false), Arc::new(UInt64Array::from(pt))),
         (Field::new("completion_tokens", DataType::UInt64, false), Arc::new(UInt64Array::from(ct))),
     ];
-    if n > 1 {
+    if added("choice", &params.sampling) {
         extra.push((Field::new("choice", DataType::UInt32, false), Arc::new(UInt32Array::from(choice))));
+    }
+    if added("logprobs", &params.sampling) {
+        extra.push((Field::new("logprobs", DataType::Utf8, false), Arc::new(StringArray::from(logprobs))));
     }
     extend(&input.batch, &take, extra)
 }
