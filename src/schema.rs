@@ -15,7 +15,7 @@ pub fn print_ops(ops: &OpRegistry, as_json: bool) {
             "{} (v{}){}",
             info.name,
             info.version,
-            if info.deterministic { "" } else { "  [output depends on the program]" }
+            if info.deterministic { "" } else { "  [not deterministic]" }
         );
         println!("  {}", info.doc);
         print_ports("in", &info.inputs);
@@ -34,7 +34,10 @@ pub fn print_ops(ops: &OpRegistry, as_json: bool) {
                 for (name, schema) in props {
                     let ty = type_of(schema, &defs);
                     let req = if required.contains(&name.as_str()) { ", required" } else { "" };
-                    let default = schema.get("default").map(|d| format!(", default {d}")).unwrap_or_default();
+                    // A default that is an object of unset fields says nothing.
+                    let empty = |d: &&Value| d.as_object().is_some_and(|o| o.values().all(Value::is_null));
+                    let default =
+                        schema.get("default").filter(|d| !empty(d)).map(|d| format!(", default {d}")).unwrap_or_default();
                     let desc = schema.get("description").and_then(Value::as_str).unwrap_or("").replace('\n', " ");
                     println!("    {name}: {ty}{req}{default}  {desc}");
                 }
