@@ -88,6 +88,10 @@ pub enum Command {
         /// Say what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also empty the memo (language-model responses kept by request). Finished stages stay
+        /// cached; a stage that has not finished sends its requests again.
+        #[arg(long)]
+        memo: bool,
     },
     /// Store maintenance.
     Cache {

@@ -48,7 +48,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Runs { id, log, limit, pipeline } => runs(store_override, &pipeline, id, log, limit),
         Command::Models { command } => models(command),
-        Command::Gc { pipeline, dry_run } => gc(&ops, store_override, &pipeline.resolved(), dry_run),
+        Command::Gc { pipeline, dry_run, memo } => gc(&ops, store_override, &pipeline.resolved(), dry_run, memo),
         Command::Cache { command: CacheCommand::Verify { pipeline } } => verify(store_override, &pipeline.resolved()),
     }
 }
@@ -527,7 +527,13 @@ fn runs(
     Ok(())
 }
 
-fn gc(ops: &OpRegistry, store_override: Option<PathBuf>, args: &PipelineArgs, dry_run: bool) -> Result<(), Failure> {
+fn gc(
+    ops: &OpRegistry,
+    store_override: Option<PathBuf>,
+    args: &PipelineArgs,
+    dry_run: bool,
+    memo: bool,
+) -> Result<(), Failure> {
     let file = pipeline_file(args);
     let store = open_store(&store_override, &file)?;
     let mut roots: BTreeSet<CacheKey> =
@@ -541,6 +547,7 @@ fn gc(ops: &OpRegistry, store_override: Option<PathBuf>, args: &PipelineArgs, dr
     }
     let report = store.gc(&roots, dry_run).map_err(env)?;
     let verb = if dry_run { "would remove" } else { "removed" };
+    let (entries, bytes) = if memo { store.memo().clear(dry_run).map_err(env)? } else { store.memo().usage() };
     println!(
         "{verb} {} objects ({} bytes), {} records, {} scratch entries, {} unused lock files; kept {} objects",
         report.objects_removed,
@@ -550,6 +557,11 @@ fn gc(ops: &OpRegistry, store_override: Option<PathBuf>, args: &PipelineArgs, dr
         report.locks_removed,
         report.objects_kept
     );
+    match memo {
+        true => println!("{verb} the memo: {entries} responses ({bytes} bytes)"),
+        false if entries > 0 => println!("kept the memo: {entries} responses ({bytes} bytes); `--memo` empties it"),
+        false => {}
+    }
     Ok(())
 }
 

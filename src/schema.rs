@@ -11,12 +11,7 @@ pub fn print_ops(ops: &OpRegistry, as_json: bool) {
         return;
     }
     for info in infos {
-        println!(
-            "{} (v{}){}",
-            info.name,
-            info.version,
-            if info.deterministic { "" } else { "  [not deterministic]" }
-        );
+        println!("{} (v{}){}", info.name, info.version, if info.deterministic { "" } else { "  [not deterministic]" });
         println!("  {}", info.doc);
         print_ports("in", &info.inputs);
         print_ports("out", &info.outputs);
@@ -36,8 +31,11 @@ pub fn print_ops(ops: &OpRegistry, as_json: bool) {
                     let req = if required.contains(&name.as_str()) { ", required" } else { "" };
                     // A default that is an object of unset fields says nothing.
                     let empty = |d: &&Value| d.as_object().is_some_and(|o| o.values().all(Value::is_null));
-                    let default =
-                        schema.get("default").filter(|d| !empty(d)).map(|d| format!(", default {d}")).unwrap_or_default();
+                    let default = schema
+                        .get("default")
+                        .filter(|d| !empty(d))
+                        .map(|d| format!(", default {d}"))
+                        .unwrap_or_default();
                     let desc = schema.get("description").and_then(Value::as_str).unwrap_or("").replace('\n', " ");
                     println!("    {name}: {ty}{req}{default}  {desc}");
                 }

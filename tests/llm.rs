@@ -171,6 +171,14 @@ fn a_rerun_sends_nothing_and_new_rows_send_only_theirs() {
     let out = p.drover(&["run"]);
     out.expect_code(0);
     assert!(out.all().contains("0 ran, 2 cached"), "{}", out.all());
+    // `gc --memo` drops the responses: finished stages stay cached, new work asks again.
+    let out = p.drover(&["gc", "--memo"]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("removed the memo: 6 responses"), "{}", out.all());
+    assert!(p.plan(&[]).iter().all(|(_, action, _)| action == "cached"));
+    p.write("q.jsonl", &questions(7));
+    p.drover(&["run"]).expect_code(0);
+    assert_eq!(server.forwarded(), 6 + 7);
 }
 
 #[test]

@@ -73,7 +73,17 @@ impl Memo {
         }
     }
 
-    /// How many entries there are and their total size in bytes (for `drover cache` reports).
+    /// Removes every entry (unless `dry_run`); returns how many there were and their bytes.
+    pub fn clear(&self, dry_run: bool) -> Result<(u64, u64)> {
+        let usage = self.usage();
+        if !dry_run && self.root.exists() {
+            fs::remove_dir_all(&self.root).ctx("remove the memo", &self.root)?;
+            fs::create_dir_all(&self.root).ctx("create the memo", &self.root)?;
+        }
+        Ok(usage)
+    }
+
+    /// How many entries there are and their total size in bytes.
     pub fn usage(&self) -> (u64, u64) {
         let mut count = 0;
         let mut bytes = 0;
