@@ -136,6 +136,7 @@ impl Reporter for TermReporter {
             total: AtomicU64::new(0),
             done: AtomicU64::new(0),
             note: Mutex::new(String::new()),
+            logged: Mutex::new(None),
             shared: self.shared.clone(),
         })
     }
@@ -148,8 +149,14 @@ struct StageProgress {
     done: AtomicU64,
     /// The op's latest message (requests in flight, tokens/s, ...), shown after the count.
     note: Mutex<String>,
+    /// Without a terminal: when the last progress line was printed (one per `LOG_EVERY`).
+    logged: Mutex<Option<std::time::Instant>>,
     shared: Arc<Shared>,
 }
+
+/// How often a long stage says how far it is when stderr is not a terminal (a log file, a
+/// scheduler's capture).
+const LOG_EVERY: Duration = Duration::from_secs(30);
 
 impl StageProgress {
     fn show(&self) {
@@ -168,6 +175,18 @@ impl StageProgress {
             text.push_str(&note);
         }
         drop(note);
+        if self.shared.bar.is_none() && !text.is_empty() {
+            let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            match *logged {
+                None => *logged = Some(now),
+                Some(last) if now - last >= LOG_EVERY => {
+                    *logged = Some(now);
+                    eprintln!("  ...     {} {text}", self.stage);
+                }
+                Some(_) => {}
+            }
+        }
         self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(self.stage.clone(), text);
         self.shared.refresh();
     }
