@@ -56,6 +56,36 @@ fn lcs_bits(m: usize, masks: &[u64], b: &[u32]) -> usize {
     (!v & low).count_ones() as usize
 }
 
+/// The LCS of one text with many others, as token ids: bit-parallel when the text has at most
+/// 64 tokens, with a mask table kept between calls (only the text's own entries are touched).
+/// Ids of `u32::MAX` match nothing.
+#[derive(Default)]
+pub struct LcsScan {
+    masks: Vec<u64>,
+}
+
+impl LcsScan {
+    /// Calls `each` with the LCS of `a` and every text of `others`, in order.
+    pub fn scan<'o>(&mut self, a: &[u32], others: impl IntoIterator<Item = &'o [u32]>, mut each: impl FnMut(usize)) {
+        if a.len() > 64 {
+            others.into_iter().for_each(|b| each(lcs(a, b)));
+            return;
+        }
+        for (i, &t) in a.iter().enumerate().filter(|(_, t)| **t != u32::MAX) {
+            if self.masks.len() <= t as usize {
+                self.masks.resize(t as usize + 1, 0);
+            }
+            self.masks[t as usize] |= 1 << i;
+        }
+        for b in others {
+            each(lcs_bits(a.len(), &self.masks, b));
+        }
+        for &t in a.iter().filter(|t| **t != u32::MAX) {
+            self.masks[t as usize] = 0;
+        }
+    }
+}
+
 /// ROUGE-L F-measure from the LCS and the lengths of the target (`m`) and prediction (`n`).
 pub fn fmeasure(lcs: usize, m: usize, n: usize) -> f64 {
     if m == 0 || n == 0 {
@@ -276,6 +306,10 @@ mod tests {
                 masks[*t as usize] |= 1 << i;
             }
             assert_eq!(lcs_bits(m, &masks, &b), lcs(&a, &b), "{a:?} {b:?}");
+            let mut scan = LcsScan::default();
+            let mut got = Vec::new();
+            scan.scan(&a, [b.as_slice(), a.as_slice()], |l| got.push(l));
+            assert_eq!(got, [lcs(&a, &b), a.len()]);
         }
     }
 

@@ -42,7 +42,7 @@ use serde::Deserialize;
 use crate::llm::template::{Rows, table as out_table, text_column};
 use crate::llm::{self, Client, Completion, Prompt, Request, Sampling};
 use crate::llm_generate::{append_log, check_sampling};
-use crate::rouge::{Filter, fmeasure, lcs, tokenize};
+use crate::rouge::{Filter, LcsScan, fmeasure, tokenize};
 use crate::table;
 
 /// The `with:` block of a `self_instruct` stage.
@@ -193,9 +193,17 @@ impl Op for SelfInstruct {
     fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
         Box::pin(async move {
             let (p, client, sampling, mut run) = Bootstrap::start(&cx)?;
+            let p = Arc::new(p);
             while let Some(prompts) = run.prompts(&p) {
                 let responses = complete(&cx, &client, &sampling, prompts, &mut run.sent).await?;
-                run.fold(&p, &responses);
+                // The filters and the ROUGE-L scans are CPU work: off the async workers.
+                let params = p.clone();
+                run = tokio::task::spawn_blocking(move || {
+                    run.fold(&params, &responses);
+                    run
+                })
+                .await
+                .map_err(|e| OpError::failed(format!("self_instruct: a round's filtering ended: {e}")))?;
             }
             append_log(&cx, &llm::summary(&client));
             let reasons: Vec<String> =
@@ -460,6 +468,7 @@ struct Pool {
     interner: HashMap<String, u32>,
     threshold: f64,
     filter: Filter,
+    scan: LcsScan,
     /// The pool size when `filter` was built: rebuilt when the pool doubles, so that its prefix
     /// order (rarest tokens first) follows the pool. Tokens it has not seen count as rarest,
     /// which keeps it exact between rebuilds.
@@ -474,6 +483,7 @@ impl Pool {
             tokens: Vec::new(),
             ids: Vec::new(),
             interner: HashMap::new(),
+            scan: LcsScan::default(),
             threshold,
             filter: Filter::new(threshold, &[]),
             built_at: 0,
@@ -525,8 +535,12 @@ impl Pool {
             return Err(Reject::Similar);
         }
         let mine: Vec<u32> = tokens.iter().map(|t| self.interner.get(t).copied().unwrap_or(u32::MAX)).collect();
-        let scores: Vec<f64> =
-            self.ids.iter().map(|other| fmeasure(lcs(&mine, other), mine.len(), other.len())).collect();
+        let mut scores = Vec::with_capacity(self.ids.len());
+        let lengths = self.ids.iter().map(Vec::len);
+        let mut lengths = lengths.into_iter();
+        self.scan.scan(&mine, self.ids.iter().map(Vec::as_slice), |common| {
+            scores.push(fmeasure(common, mine.len(), lengths.next().expect("one length per text")))
+        });
         let most_similar = top_ten(&scores, &self.texts);
         let avg = pairwise_sum(&scores) / scores.len() as f64;
         self.push(inst.clone(), tokens);
