@@ -464,3 +464,17 @@ fn logprobs_come_back_as_the_server_sent_them() {
         assert_eq!(t["top_logprobs"].as_array().unwrap().len(), 2);
     }
 }
+
+#[test]
+fn n_completions_give_one_row_each() {
+    let server = Server::start(&[]);
+    let p = Project::new();
+    p.write("q.jsonl", &questions(2))
+        .write("drover.yaml", &pipeline(&server.base_url(), "", 4).replace("max_tokens: 4", "max_tokens: 4, n: 2"));
+    p.drover(&["run"]).expect_code(0);
+    assert_eq!(server.forwarded(), 2, "one request per row, however many completions");
+    let rows = answers(&p);
+    let seen: Vec<(u64, u64)> =
+        rows.iter().map(|r| (r["n"].as_u64().unwrap(), r["choice"].as_u64().unwrap())).collect();
+    assert_eq!(seen, [(0, 0), (0, 1), (1, 0), (1, 1)]);
+}
