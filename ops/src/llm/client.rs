@@ -367,13 +367,8 @@ impl Client {
             Err(e) => return Err(Attempt::Retry(format!("request failed: {}", error_chain(&e)), None)),
         };
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(600.0)));
+        let retry_after =
+            response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_after);
         let text = match response.text().await {
             Ok(t) => t,
             Err(e) => return Err(Attempt::Retry(format!("response cut off: {}", error_chain(&e)), None)),
@@ -485,6 +480,20 @@ fn parse_completion(text: &str, chat: bool) -> Result<Completion, String> {
     })
 }
 
+/// A `Retry-After` value: seconds, or an HTTP date (capped at 10 minutes).
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+        Ok(_) => return None,
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(Duration::from_secs(600)))
+}
+
 /// Exponential backoff with full jitter: up to 0.5 s × 2^attempt (at most 60 s), and never
 /// less than the server's `Retry-After`. The jitter comes from the request key and attempt.
 fn backoff(attempt: u32, retry_after: Option<Duration>, key: &str) -> Duration {
@@ -542,6 +551,17 @@ mod tests {
         assert!(backoff(5, None, key) >= Duration::from_secs(8));
         assert!(backoff(30, None, key) <= Duration::from_secs(60));
         assert_eq!(backoff(0, Some(Duration::from_secs(3)), key), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        assert_eq!(retry_after(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(retry_after("-1"), None);
+        assert_eq!(retry_after("soon"), None);
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO), "a date in the past");
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+        assert_eq!(retry_after(&later), Some(Duration::from_secs(600)), "capped");
     }
 
     #[test]
