@@ -75,37 +75,6 @@ impl LlmGenerate {
     pub const VERSION: u32 = 1;
 }
 
-/// Checks the sampling params every text op takes.
-pub fn check_sampling(s: &Sampling) -> Vec<CheckError> {
-    let mut errors = Vec::new();
-    let at = |field: &str, message: String| CheckError::param(&["sampling", field], message);
-    if let Some(t) = s.temperature
-        && !(0.0..=2.0).contains(&t)
-    {
-        errors.push(at("temperature", format!("temperature {t} is outside [0, 2]")));
-    }
-    if let Some(p) = s.top_p
-        && !(p > 0.0 && p <= 1.0)
-    {
-        errors.push(at("top_p", format!("top_p {p} is outside (0, 1]")));
-    }
-    if s.max_tokens == Some(0) {
-        errors.push(at("max_tokens", "max_tokens is 0".into()).help("ask for at least one token"));
-    }
-    if s.n == Some(0) {
-        errors.push(at("n", "n is 0".into()).help("ask for at least one completion"));
-    }
-    for (token, bias) in s.logit_bias.iter().flatten() {
-        if !(-100.0..=100.0).contains(bias) {
-            errors.push(CheckError::param(
-                &["sampling", "logit_bias", token],
-                format!("bias {bias} is outside [-100, 100]"),
-            ));
-        }
-    }
-    errors
-}
-
 impl Op for LlmGenerate {
     fn info(&self) -> OpInfo {
         OpInfo {
@@ -136,10 +105,7 @@ impl Op for LlmGenerate {
         let params: LlmGenerateParams = table::check_params(cx)?;
         let columns = table::input_columns(cx, "table").map_err(|e| vec![e])?;
         let mut checked = Checked::default();
-        let mut errors = check_sampling(&params.sampling);
-        if let Err(e) = llm::check_endpoint(cx, &params.llm, &mut checked) {
-            errors.extend(e);
-        }
+        let mut errors = llm::check(cx, &params.llm, &params.sampling, &mut checked);
         errors.extend(Template::check(&params.template, "template", columns).err());
         if let Some(system) = &params.system {
             errors.extend(Template::check(system, "system", columns).err());
@@ -170,7 +136,7 @@ impl Op for LlmGenerate {
             let (params, input, client, requests) = requests(&cx)?;
             cx.progress.set_total(requests.len() as u64);
             let responses = llm::run_all(&client, requests, &cx.progress).await?;
-            append_log(&cx, &llm::summary(&client));
+            llm::append_log(&cx, &llm::summary(&client));
             let out = output(&params, &input, &responses)?;
             table::write_parquet(&cx.output("out")?.path, &out.schema(), &[out])
         })
@@ -196,7 +162,6 @@ fn requests(cx: &RunCx) -> Result<(LlmGenerateParams, Rows, Client, Vec<Request>
         .map_err(check_error)?;
     let client = Client::new(cx, &params.llm)?;
     let mut requests = Vec::with_capacity(input.rows.len());
-    let mut seen = std::collections::HashMap::<String, u64>::new();
     for row in &input.rows {
         let text = template.render(row)?;
         let prompt = match params.mode {
@@ -210,17 +175,9 @@ fn requests(cx: &RunCx) -> Result<(LlmGenerateParams, Rows, Client, Vec<Request>
                 Prompt::Chat(messages)
             }
         };
-        let mut sampling = params.sampling.clone();
-        if sampling.seed.is_none() {
-            // Seeded by the prompt (and how many times it came before), not the row number:
-            // adding rows does not change the other rows' requests.
-            let key = format!("{prompt:?}");
-            let occurrence = seen.entry(key.clone()).or_default();
-            sampling.seed = Some(client.row_seed(&key, *occurrence));
-            *occurrence += 1;
-        }
-        requests.push(Request { prompt, sampling });
+        requests.push(Request { prompt, sampling: params.sampling.clone() });
     }
+    client.seed_by_prompt(&mut requests);
     Ok((params, input, client, requests))
 }
 
@@ -262,12 +219,4 @@ fn output(params: &LlmGenerateParams, input: &Rows, responses: &[llm::Completion
 
 fn check_error(e: CheckError) -> OpError {
     table::check_errors_to_op_error(vec![e])
-}
-
-/// Appends a line to the stage's log.
-pub fn append_log(cx: &RunCx, line: &str) {
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&cx.log_path) {
-        let _ = writeln!(f, "{line}");
-    }
 }

@@ -26,7 +26,6 @@ use serde::Deserialize;
 
 use crate::llm::template::{Rows, check_no_clash, extend, table as out_table, text_column};
 use crate::llm::{self, Client, Prompt, Request, Sampling};
-use crate::llm_generate::{append_log, check_sampling};
 use crate::table;
 
 /// The `with:` block of a `principle_generate_responses` stage.
@@ -66,16 +65,15 @@ fn default_rename() -> String {
     "Dromedary".into()
 }
 
-/// Dromedary's sampling, under what the stage sets.
-fn sampling(user: &Sampling) -> Sampling {
-    let mut s = user.clone();
-    s.temperature = s.temperature.or(Some(0.5));
-    s.top_p = s.top_p.or(Some(0.95));
-    s.max_tokens = s.max_tokens.or(Some(256));
-    if s.logit_bias.is_none() {
-        s.logit_bias = Some([("Sorry".to_string(), -100.0)].into());
+/// Dromedary's sampling (the 65B script), under what the stage sets.
+fn default_sampling() -> Sampling {
+    Sampling {
+        temperature: Some(0.5),
+        top_p: Some(0.95),
+        max_tokens: Some(256),
+        logit_bias: Some([("Sorry".to_string(), -100.0)].into()),
+        ..Sampling::default()
     }
-    s
 }
 
 /// Generates principle-driven answers and filters them.
@@ -126,10 +124,7 @@ impl Op for PrincipleGenerateResponses {
         let params: PrincipleParams = table::check_params(cx)?;
         let columns = table::input_columns(cx, "table").map_err(|e| vec![e])?;
         let mut checked = Checked::default();
-        let mut errors = check_sampling(&params.sampling);
-        if let Err(e) = llm::check_endpoint(cx, &params.llm, &mut checked) {
-            errors.extend(e);
-        }
+        let mut errors = llm::check_one_choice(cx, &params.llm, &params.sampling, &mut checked);
         let prompt = cx.pipeline_dir.join(&params.prompt_file);
         match std::fs::metadata(&prompt) {
             Ok(m) if m.is_file() => checked.file_deps.push(params.prompt_file.clone().into()),
@@ -138,16 +133,9 @@ impl Op for PrincipleGenerateResponses {
                     .help("give the principles-and-exemplars prompt, relative to the pipeline (Dromedary's is in pipelines/data/dromedary)"),
             ),
         }
-        if let Some(cols) = columns {
-            let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
-            if !names.contains(&params.column.as_str()) {
-                errors.push(table::unknown_column(&["column"], &params.column, &names));
-            }
-            if let Some(input) = &params.input_column
-                && !names.contains(&input.as_str())
-            {
-                errors.push(table::unknown_column(&["input_column"], input, &names));
-            }
+        errors.extend(table::check_text_column("table", Some("column"), &params.column, columns));
+        if let Some(input) = &params.input_column {
+            errors.extend(table::check_text_column("table", Some("input_column"), input, columns));
         }
         errors.extend(check_no_clash(columns, &ADDED).err());
         if !errors.is_empty() {
@@ -181,7 +169,7 @@ impl Op for PrincipleGenerateResponses {
             for (k, r) in responses.iter().enumerate() {
                 let text = r.text();
                 raw.push(text.to_string());
-                match filter.apply(text, &instructions[k], &inputs[k]) {
+                match filter.apply(text) {
                     Ok(a) => {
                         out_i.push(instructions[k].clone());
                         out_in.push(inputs[k].clone());
@@ -198,8 +186,8 @@ impl Op for PrincipleGenerateResponses {
                     }
                 }
             }
-            append_log(&cx, &llm::summary(&client));
-            append_log(&cx, &format!("kept {} of {}; dropped: {dropped:?}", out_i.len(), responses.len()));
+            llm::append_log(&cx, &llm::summary(&client));
+            llm::append_log(&cx, &format!("kept {} of {}; dropped: {dropped:?}", out_i.len(), responses.len()));
             let take: Vec<u32> = (0..responses.len() as u32).collect();
             let extra: Vec<(Field, ArrayRef)> = vec![
                 text_column("raw", raw),
@@ -235,17 +223,16 @@ fn requests(cx: &RunCx) -> Result<Prepared, OpError> {
         None => vec![String::new(); instructions.len()],
     };
     let client = Client::new(cx, &params.llm)?;
-    let base = sampling(&params.sampling);
-    let mut requests = Vec::with_capacity(instructions.len());
-    let mut seen = std::collections::HashMap::<String, u64>::new();
-    for (instruction, extra) in instructions.iter().zip(&inputs) {
-        let text = prompt(meta, instruction, extra, &params.assistant);
-        let mut s = base.clone();
-        let occurrence = seen.entry(text.clone()).or_default();
-        s.seed = s.seed.or(Some(client.row_seed(&text, *occurrence)));
-        *occurrence += 1;
-        requests.push(Request { prompt: Prompt::Text(text), sampling: s });
-    }
+    let sampling = params.sampling.or(default_sampling());
+    let mut requests: Vec<Request> = instructions
+        .iter()
+        .zip(&inputs)
+        .map(|(instruction, extra)| Request {
+            prompt: Prompt::Text(prompt(meta, instruction, extra, &params.assistant)),
+            sampling: sampling.clone(),
+        })
+        .collect();
+    client.seed_by_prompt(&mut requests);
     Ok((params, input, instructions, inputs, client, requests))
 }
 
@@ -283,7 +270,7 @@ const WIKI: &str = "According to my knowledge from Wikipedia, here";
 
 impl Filter<'_> {
     /// The cleaned answer, or which rule dropped it.
-    fn apply(&self, raw: &str, _instruction: &str, _input: &str) -> Result<String, &'static str> {
+    fn apply(&self, raw: &str) -> Result<String, &'static str> {
         // The original reads text generated right after "(internal thoughts):"; servers return
         // it with the leading space that llama's tokenizer folds into the first token.
         let raw = raw.trim_start();
@@ -352,7 +339,7 @@ mod tests {
     use super::*;
 
     fn filter(raw: &str) -> Result<String, &'static str> {
-        Filter { assistant: "Watson", rename_to: "Dromedary" }.apply(raw, "q", "")
+        Filter { assistant: "Watson", rename_to: "Dromedary" }.apply(raw)
     }
 
     #[test]

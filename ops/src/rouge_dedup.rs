@@ -81,21 +81,6 @@ impl RougeDedup {
 
 const EXTRA: [(&str, &str); 3] = [("kept", "Boolean"), ("rouge_l", "Float64"), ("most_similar", "Utf8")];
 
-fn check_column(port: &str, param: &str, name: &str, columns: Option<&[Column]>) -> Option<CheckError> {
-    let columns = columns?;
-    match columns.iter().find(|c| c.name == name) {
-        None => {
-            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-            Some(table::unknown_column(&[param], name, &names))
-        }
-        Some(c) if !matches!(c.dtype.as_str(), "Utf8" | "LargeUtf8" | "Utf8View") => Some(
-            CheckError::param(&[param], format!("column `{name}` of `{port}` is {}, not text", c.dtype))
-                .help("ROUGE-L compares strings: choose a text column"),
-        ),
-        Some(_) => None,
-    }
-}
-
 /// The texts of a column (nulls as empty texts).
 fn texts(batch: &RecordBatch, column: &str) -> Result<Vec<String>, OpError> {
     let index =
@@ -132,12 +117,12 @@ impl Op for RougeDedup {
             );
         }
         let columns = table::input_columns(cx, "table").map_err(|e| vec![e])?;
-        errors.extend(check_column("table", "column", &params.column, columns));
+        errors.extend(table::check_text_column("table", Some("column"), &params.column, columns));
         if cx.inputs.contains_key("against") {
             let against = table::input_columns(cx, "against").map_err(|e| vec![e])?;
             let name = params.against_column.as_deref().unwrap_or(&params.column);
             let param = if params.against_column.is_some() { "against_column" } else { "column" };
-            errors.extend(check_column("against", param, name, against));
+            errors.extend(table::check_text_column("against", Some(param), name, against));
         } else if params.against_column.is_some() {
             errors.push(
                 CheckError::param(&["against_column"], "`against_column` is set but no `against` input is connected")

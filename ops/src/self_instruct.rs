@@ -41,7 +41,6 @@ use serde::Deserialize;
 
 use crate::llm::template::{Rows, table as out_table, text_column};
 use crate::llm::{self, Client, Completion, Prompt, Request, Sampling};
-use crate::llm_generate::{append_log, check_sampling};
 use crate::rouge::{Filter, LcsScan, fmeasure, tokenize};
 use crate::table;
 
@@ -152,9 +151,9 @@ impl Op for SelfInstruct {
     fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
         let p: SelfInstructParams = table::check_params(cx)?;
         let mut checked = Checked::default();
-        let mut errors = check_llm(cx, &p.llm, &p.sampling, &mut checked);
+        let mut errors = llm::check_one_choice(cx, &p.llm, &p.sampling, &mut checked);
         let columns = table::input_columns(cx, "seeds").map_err(|e| vec![e])?;
-        errors.extend(check_text_column("seeds", Some("column"), &p.column, columns));
+        errors.extend(table::check_text_column("seeds", Some("column"), &p.column, columns));
         let mut at_least_one = |param: &str, value: u64, help: &str| {
             if value == 0 {
                 errors.push(CheckError::param(&[param], format!("{param} is 0")).help(help.to_string()));
@@ -205,10 +204,10 @@ impl Op for SelfInstruct {
                 .await
                 .map_err(|e| OpError::failed(format!("self_instruct: a round's filtering ended: {e}")))?;
             }
-            append_log(&cx, &llm::summary(&client));
+            llm::append_log(&cx, &llm::summary(&client));
             let reasons: Vec<String> =
                 Reject::ALL.iter().map(|d| format!("{} {}", run.rejected[*d as usize], d.says())).collect();
-            append_log(
+            llm::append_log(
                 &cx,
                 &format!(
                     "self_instruct: {} rounds, {} requests, {} of {} instructions kept; dropped: {}",
@@ -276,7 +275,7 @@ impl Bootstrap {
             )));
         }
         let client = Client::new(cx, &p.llm)?;
-        let sampling = with_defaults(&p.sampling, default_sampling());
+        let sampling = p.sampling.or(default_sampling());
         let pool = Pool::new(&seeds, p.threshold);
         let run = Bootstrap { seed: cx.seed, pool, kept: Vec::new(), rejected: [0; 7], sent: 0, rounds: 0 };
         Ok((p, client, sampling, run))
@@ -598,61 +597,6 @@ fn pairwise_sum(a: &[f64]) -> f64 {
 }
 
 // What the prompt-synthesis ops share.
-
-/// The op's sampling defaults under the fields the stage sets.
-pub(crate) fn with_defaults(user: &Sampling, op: Sampling) -> Sampling {
-    Sampling {
-        temperature: user.temperature.or(op.temperature),
-        top_p: user.top_p.or(op.top_p),
-        max_tokens: user.max_tokens.or(op.max_tokens),
-        stop: user.stop.clone().or(op.stop),
-        seed: user.seed.or(op.seed),
-        logit_bias: user.logit_bias.clone().or(op.logit_bias),
-        n: user.n.or(op.n),
-        logprobs: user.logprobs.or(op.logprobs),
-        presence_penalty: user.presence_penalty.or(op.presence_penalty),
-        frequency_penalty: user.frequency_penalty.or(op.frequency_penalty),
-    }
-}
-
-/// The endpoint (into the key) and the sampling params; these ops read one completion each.
-pub(crate) fn check_llm(cx: &CheckCx<'_>, name: &str, sampling: &Sampling, checked: &mut Checked) -> Vec<CheckError> {
-    let mut errors = check_sampling(sampling);
-    if let Err(e) = llm::check_endpoint(cx, name, checked) {
-        errors.extend(e);
-    }
-    if sampling.n.is_some_and(|n| n != 1) {
-        errors.push(
-            CheckError::param(&["sampling", "n"], "this op reads one completion per request")
-                .help("leave `n` unset; ask for more with the op's own params"),
-        );
-    }
-    errors
-}
-
-/// A text column the op reads: known at plan time, it must exist (an error on `param` when a
-/// param names it, else on the input) and hold text.
-pub(crate) fn check_text_column(
-    port: &str,
-    param: Option<&str>,
-    name: &str,
-    columns: Option<&[Column]>,
-) -> Option<CheckError> {
-    let columns = columns?;
-    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    match (columns.iter().find(|c| c.name == name), param) {
-        (None, Some(param)) => Some(table::unknown_column(&[param], name, &names)),
-        (None, None) => Some(
-            CheckError::input(port, format!("`{port}` has no column `{name}`"))
-                .help(format!("its columns are: {}; rename one with a `select` stage", names.join(", "))),
-        ),
-        (Some(c), _) if !matches!(c.dtype.as_str(), "Utf8" | "LargeUtf8" | "Utf8View") => Some(
-            CheckError::input(port, format!("column `{name}` of `{port}` is {}, not text", c.dtype))
-                .help("this op reads text: choose or cast a text column"),
-        ),
-        _ => None,
-    }
-}
 
 /// The texts of `column`, which must exist (when the schema was unknown at plan time).
 pub(crate) fn column_texts(rows: &Rows, port: &str, column: &str) -> Result<Vec<String>, OpError> {

@@ -335,6 +335,35 @@ pub fn unknown_column(at: &[&str], name: &str, available: &[&str]) -> CheckError
     }
 }
 
+/// The error when column `name` of input `port` is missing or is not text, if it is. `param`
+/// names the param that chose the column (the error points at it), or `None` when the op needs
+/// that column by name (the error points at the input).
+pub fn check_text_column(
+    port: &str,
+    param: Option<&str>,
+    name: &str,
+    columns: Option<&[Column]>,
+) -> Option<CheckError> {
+    let columns = columns?;
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let Some(c) = columns.iter().find(|c| c.name == name) else {
+        return Some(match param {
+            Some(param) => unknown_column(&[param], name, &names),
+            None => CheckError::input(port, format!("`{port}` has no column `{name}`"))
+                .help(format!("its columns are: {}; rename one with a `select` stage", names.join(", "))),
+        });
+    };
+    if matches!(c.dtype.as_str(), "Utf8" | "LargeUtf8" | "Utf8View") {
+        return None;
+    }
+    let message = format!("column `{name}` of `{port}` is {}, not text", c.dtype);
+    let err = match param {
+        Some(param) => CheckError::param(&[param], message),
+        None => CheckError::input(port, message),
+    };
+    Some(err.help("this op reads text: choose or cast a text column"))
+}
+
 /// A run-time form of plan-time errors (for when the schema was unknown at plan time).
 pub fn check_errors_to_op_error(errors: Vec<CheckError>) -> OpError {
     let lines: Vec<String> = errors

@@ -36,11 +36,7 @@ use serde::Deserialize;
 
 use crate::llm::template::{Rows, table as out_table, text_column};
 use crate::llm::{self, Client, Completion, Sampling};
-use crate::llm_generate::append_log;
-use crate::self_instruct::{
-    Draw, answered, check_llm, check_text_column, column_texts, complete, left, py_space, py_strip, requests,
-    with_defaults,
-};
+use crate::self_instruct::{Draw, answered, column_texts, complete, left, py_space, py_strip, requests};
 use crate::table;
 
 /// The `with:` block of a `tgrt_topics` stage.
@@ -222,11 +218,11 @@ impl Op for TgrtTopics {
     fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
         let p: TgrtTopicsParams = table::check_params(cx)?;
         let mut checked = Checked::default();
-        let mut errors = check_llm(cx, &p.llm, &p.sampling, &mut checked);
+        let mut errors = llm::check_one_choice(cx, &p.llm, &p.sampling, &mut checked);
         errors.extend(PromptFile::check(cx, &p.prompt_file, "the question type", 1, &mut checked));
         let columns = table::input_columns(cx, "seeds").map_err(|e| vec![e])?;
         for name in ["topic", "question_type"] {
-            errors.extend(check_text_column("seeds", None, name, columns));
+            errors.extend(table::check_text_column("seeds", None, name, columns));
         }
         for (param, value, help) in [
             ("epochs", p.epochs as usize, "brainstorm for at least one epoch (Dromedary used 6)"),
@@ -259,8 +255,8 @@ impl Op for TgrtTopics {
             let reasons: Vec<String> =
                 TopicDrop::ALL.iter().map(|d| format!("{} {}", run.dropped[*d as usize], d.says())).collect();
             let rows = run.finish();
-            append_log(&cx, &llm::summary(&client));
-            append_log(
+            llm::append_log(&cx, &llm::summary(&client));
+            llm::append_log(
                 &cx,
                 &format!(
                     "tgrt_topics: {} epochs, {sent} requests, {added} topics accepted (dropped: {}); {} out after \
@@ -314,7 +310,7 @@ impl Brainstorm {
         }
         let meta = read_prompt(cx, &p.prompt_file)?;
         let client = Client::new(cx, &p.llm)?;
-        let sampling = with_defaults(&p.sampling, sampling(1.0, 0.98, 128));
+        let sampling = p.sampling.or(sampling(1.0, 0.98, 128));
         let run = Brainstorm { meta, seed: cx.seed, groups, epoch: 0, added: 0, dropped: [0; 4] };
         Ok((p, client, sampling, run))
     }
@@ -478,15 +474,15 @@ impl Op for TgrtQuestions {
     fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
         let p: TgrtQuestionsParams = table::check_params(cx)?;
         let mut checked = Checked::default();
-        let mut errors = check_llm(cx, &p.llm, &p.sampling, &mut checked);
+        let mut errors = llm::check_one_choice(cx, &p.llm, &p.sampling, &mut checked);
         errors.extend(PromptFile::check(cx, &p.prompt_file, "the hints, the examples", 2, &mut checked));
         let topics = table::input_columns(cx, "topics").map_err(|e| vec![e])?;
         let seeds = table::input_columns(cx, "seeds").map_err(|e| vec![e])?;
         for name in ["topic", "question_type"] {
-            errors.extend(check_text_column("topics", None, name, topics));
+            errors.extend(table::check_text_column("topics", None, name, topics));
         }
         for name in ["topic", "question_type", "question"] {
-            errors.extend(check_text_column("seeds", None, name, seeds));
+            errors.extend(table::check_text_column("seeds", None, name, seeds));
         }
         if p.num_instructions_to_generate == 0 {
             errors.push(
@@ -516,8 +512,8 @@ impl Op for TgrtQuestions {
                     }
                 }
             }
-            append_log(&cx, &llm::summary(&plan.client));
-            append_log(
+            llm::append_log(&cx, &llm::summary(&plan.client));
+            llm::append_log(
                 &cx,
                 &format!(
                     "tgrt_questions: {} topics, {sent} requests, {parsed} questions parsed, {} kept (one per topic \
@@ -578,7 +574,7 @@ impl QuestionPlan {
         }
         Ok(QuestionPlan {
             client: Client::new(cx, &p.llm)?,
-            sampling: with_defaults(&p.sampling, sampling(1.0, 0.95, 384)),
+            sampling: p.sampling.or(sampling(1.0, 0.95, 384)),
             prompts,
             hints,
             topics: topics.len(),

@@ -36,6 +36,24 @@ impl Message {
     }
 }
 
+impl Sampling {
+    /// These params, with an op's `defaults` where a field is unset.
+    pub fn or(&self, defaults: Sampling) -> Sampling {
+        Sampling {
+            temperature: self.temperature.or(defaults.temperature),
+            top_p: self.top_p.or(defaults.top_p),
+            max_tokens: self.max_tokens.or(defaults.max_tokens),
+            stop: self.stop.clone().or(defaults.stop),
+            seed: self.seed.or(defaults.seed),
+            logit_bias: self.logit_bias.clone().or(defaults.logit_bias),
+            n: self.n.or(defaults.n),
+            logprobs: self.logprobs.or(defaults.logprobs),
+            presence_penalty: self.presence_penalty.or(defaults.presence_penalty),
+            frequency_penalty: self.frequency_penalty.or(defaults.frequency_penalty),
+        }
+    }
+}
+
 /// What is sent: a chat, or a plain prompt for `/completions`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -203,6 +221,22 @@ impl Client {
         u32::from_le_bytes(bytes.as_bytes()[..4].try_into().expect("4 bytes")) as u64
     }
 
+    /// Gives every request without a seed one derived from its prompt and how many times that
+    /// prompt came before, not from its row number: adding rows does not change the others'
+    /// requests.
+    pub fn seed_by_prompt(&self, requests: &mut [Request]) {
+        let mut seen = HashMap::<String, u64>::new();
+        for request in requests.iter_mut().filter(|r| r.sampling.seed.is_none()) {
+            let key = match &request.prompt {
+                Prompt::Text(text) => text.clone(),
+                chat => format!("{chat:?}"),
+            };
+            let occurrence = seen.entry(key.clone()).or_default();
+            request.sampling.seed = Some(self.row_seed(&key, *occurrence));
+            *occurrence += 1;
+        }
+    }
+
     /// The body sent for `request` (without the model, which is added when sending).
     fn body(&self, request: &Request) -> Value {
         let s = &request.sampling;
@@ -349,16 +383,9 @@ impl Client {
         Ok(got.clone())
     }
 
-    fn authorize(&self, request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, OpError> {
-        authorize(&self.endpoint, request)
-    }
-
     async fn send(&self, url: &str, body: &Value, chat: bool) -> Result<Completion, Attempt> {
-        let request = self
-            .authorize(
-                self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string()),
-            )
-            .map_err(Attempt::Fatal)?;
+        let post = self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string());
+        let request = authorize(&self.endpoint, post).map_err(Attempt::Fatal)?;
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {

@@ -11,10 +11,63 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use drover_engine::{OpError, Progress};
+use drover_engine::{CheckCx, CheckError, Checked, OpError, Progress, RunCx};
 
 pub use client::{Client, Completion, Message, Prompt, Request, Sampling};
 pub use endpoint::{Endpoint, check_endpoint, default_llm};
+
+/// Checks the sampling params every text op takes.
+pub fn check_sampling(s: &Sampling) -> Vec<CheckError> {
+    let mut errors = Vec::new();
+    let at = |field: &str, message: String| CheckError::param(&["sampling", field], message);
+    if let Some(t) = s.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        errors.push(at("temperature", format!("temperature {t} is outside [0, 2]")));
+    }
+    if let Some(p) = s.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        errors.push(at("top_p", format!("top_p {p} is outside (0, 1]")));
+    }
+    if s.max_tokens == Some(0) {
+        errors.push(at("max_tokens", "max_tokens is 0".into()).help("ask for at least one token"));
+    }
+    if s.n == Some(0) {
+        errors.push(at("n", "n is 0".into()).help("ask for at least one completion"));
+    }
+    for (token, bias) in s.logit_bias.iter().flatten() {
+        if !(-100.0..=100.0).contains(bias) {
+            errors.push(CheckError::param(
+                &["sampling", "logit_bias", token],
+                format!("bias {bias} is outside [-100, 100]"),
+            ));
+        }
+    }
+    errors
+}
+
+/// The plan-time checks of every text op: its endpoint (whose model then enters the key) and
+/// its sampling params.
+pub fn check(cx: &CheckCx<'_>, llm: &str, sampling: &Sampling, checked: &mut Checked) -> Vec<CheckError> {
+    let mut errors = check_sampling(sampling);
+    if let Err(e) = check_endpoint(cx, llm, checked) {
+        errors.extend(e);
+    }
+    errors
+}
+
+/// [`check`], for ops that read one completion per request: `n` must be unset (or 1).
+pub fn check_one_choice(cx: &CheckCx<'_>, llm: &str, sampling: &Sampling, checked: &mut Checked) -> Vec<CheckError> {
+    let mut errors = check(cx, llm, sampling, checked);
+    if sampling.n.is_some_and(|n| n != 1) {
+        errors.push(
+            CheckError::param(&["sampling", "n"], "this op reads one completion per request")
+                .help("leave `n` unset; ask for more with the op's own params"),
+        );
+    }
+    errors
+}
 
 /// Sends every request (each answered from the memo when it can be), at most the endpoint's
 /// concurrency at once, and returns the responses in request order. Progress counts requests;
@@ -96,4 +149,12 @@ pub fn summary(client: &Client) -> String {
         s.retries.load(Ordering::Relaxed),
         s.completion_tokens.load(Ordering::Relaxed)
     )
+}
+
+/// Appends a line to the stage's log.
+pub fn append_log(cx: &RunCx, line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&cx.log_path) {
+        let _ = writeln!(f, "{line}");
+    }
 }
