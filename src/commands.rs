@@ -112,7 +112,10 @@ fn store_root(store_override: &Option<PathBuf>, file: &Path) -> PathBuf {
 fn open_store(store_override: &Option<PathBuf>, file: &Path) -> Result<Store, Failure> {
     let root = store_root(store_override, file);
     let root = std::path::absolute(&root).unwrap_or(root);
-    Store::open(&root).map_err(|e| Failure::Environment(format!("cannot open store {}: {e}", root.display())))
+    // The store beside a pipeline is its owner's alone; one named with --store or DROVER_STORE
+    // is shared on purpose and keeps its directory's permissions.
+    let opened = if store_override.is_some() { Store::open(&root) } else { Store::open_private(&root) };
+    opened.map_err(|e| Failure::Environment(format!("cannot open store {}: {e}", root.display())))
 }
 
 fn env<E: std::fmt::Display>(e: E) -> Failure {
@@ -184,6 +187,9 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
     // work: nothing that work does can reach the store any more.
     runtime.shutdown_timeout(Duration::from_secs(2));
     reporter.finish();
+    for repair in &summary_.repairs {
+        eprintln!("repaired: {repair}");
+    }
     let failed = summary_.count(StageOutcome::Failed);
     eprintln!(
         "{}",
@@ -353,6 +359,17 @@ fn find_output(
     };
     let record = store.get_record(&key).ok_or_else(|| env(format!("record {key} vanished")))?;
     let out = record.outputs.get(&port).cloned().ok_or_else(|| env(format!("record {key} has no output `{port}`")))?;
+    // Never hand out bytes that are not the ones the record names.
+    if let Some(bad) = store.check_artifact(&out).map_err(env)? {
+        let done = store.invalidate(&BTreeSet::from([bad.object.clone()])).map_err(env)?;
+        return Err(Failure::Environment(format!(
+            "the stored output of `{}` is corrupt (object {} no longer matches its hash): moved to quarantine/, \
+             {} record(s) removed; run the pipeline again to recompute it",
+            node.id,
+            bad.object.short(),
+            done.records.len()
+        )));
+    }
     Ok((store, node.id.clone(), port, out))
 }
 
@@ -572,11 +589,17 @@ fn verify(store_override: Option<PathBuf>, args: &PipelineArgs) -> Result<(), Fa
     for h in &report.corrupt_objects {
         println!("corrupt object {h}: moved to quarantine/");
     }
+    for p in &report.blocked_objects {
+        println!("not an object at {}: moved to quarantine/", p.display());
+    }
     for p in &report.corrupt_records {
         println!("unreadable record {}: moved to quarantine/", p.display());
     }
     for k in &report.dangling_records {
         println!("record {} named a missing object: removed (its stage will rerun)", k.short());
+    }
+    for k in &report.tainted_records {
+        println!("record {} was computed from a corrupt object: removed (its stage will rerun)", k.short());
     }
     if report.is_clean() {
         println!("store is consistent");

@@ -12,6 +12,17 @@ pub enum CacheError {
     Corrupt { what: &'static str, path: PathBuf, detail: String },
     #[error("object {0} is not in the store")]
     MissingObject(String),
+    /// What a stage left at an output path cannot be stored (a symbolic link, a device, a
+    /// socket): the stage's fault, not the environment's.
+    #[error("{path}: {detail}")]
+    Unstorable { path: PathBuf, detail: String },
+}
+
+impl CacheError {
+    /// True when the error is the stage's fault (what it wrote), not the machine's.
+    pub fn is_stage_fault(&self) -> bool {
+        matches!(self, CacheError::Unstorable { .. })
+    }
 }
 
 pub type Result<T, E = CacheError> = std::result::Result<T, E>;

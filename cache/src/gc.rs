@@ -18,16 +18,26 @@ pub struct VerifyReport {
     pub records_checked: usize,
     /// Objects whose bytes do not match their name, moved to `quarantine/`.
     pub corrupt_objects: Vec<ObjectHash>,
+    /// Object places taken by something other than a regular file (a directory, a link),
+    /// moved to `quarantine/`.
+    pub blocked_objects: Vec<PathBuf>,
     /// Records that did not parse, moved to `quarantine/`.
     pub corrupt_records: Vec<PathBuf>,
     /// Records naming an object that is missing or was quarantined; removed so that the stage
     /// reruns instead of failing.
     pub dangling_records: Vec<CacheKey>,
+    /// Records computed from a corrupt object (their result may be wrong); removed so that the
+    /// stage reruns.
+    pub tainted_records: Vec<CacheKey>,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.corrupt_objects.is_empty() && self.corrupt_records.is_empty() && self.dangling_records.is_empty()
+        self.corrupt_objects.is_empty()
+            && self.blocked_objects.is_empty()
+            && self.corrupt_records.is_empty()
+            && self.dangling_records.is_empty()
+            && self.tainted_records.is_empty()
     }
 }
 
@@ -43,16 +53,27 @@ pub struct GcReport {
 }
 
 impl Store {
-    /// Re-hashes every object and parses every record. Corrupt ones go to `quarantine/`.
+    /// Re-hashes every object and parses every record. Corrupt objects, and whatever else sits
+    /// at an object's place, go to `quarantine/`; records that name them, or were computed
+    /// from them, are removed so that their stages rerun.
     pub fn verify(&self) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
-        for path in list_files(&self.root().join("objects"), 1)? {
+        let mut corrupt = BTreeSet::new();
+        for path in object_places(&self.root().join("objects"))? {
             report.objects_checked += 1;
             let Some(name) = object_name(&path) else { continue };
+            let meta = fs::symlink_metadata(&path).ctx("stat", &path)?;
+            if !meta.is_file() {
+                self.quarantine(&path)?;
+                report.blocked_objects.push(path);
+                corrupt.insert(name);
+                continue;
+            }
             let actual = ObjectHash::from_hash(fsutil::hash_file(&path)?);
             if actual != name {
                 self.quarantine(&path)?;
-                report.corrupt_objects.push(name);
+                report.corrupt_objects.push(name.clone());
+                corrupt.insert(name);
             }
         }
         for path in list_files(&self.root().join("records"), 1)? {
@@ -71,6 +92,9 @@ impl Store {
                 }
             }
         }
+        if !corrupt.is_empty() {
+            report.tainted_records = self.invalidate(&corrupt)?.records;
+        }
         Ok(report)
     }
 
@@ -88,7 +112,7 @@ impl Store {
         })
     }
 
-    fn quarantine(&self, path: &Path) -> Result<()> {
+    pub(crate) fn quarantine(&self, path: &Path) -> Result<()> {
         let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let dest = self.root().join("quarantine").join(format!("{name}.{}", unique_name("q")));
         fs::rename(path, &dest).ctx("quarantine", path)
@@ -165,6 +189,21 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// Every entry at depth two under `objects/` (where objects live), whatever its kind.
+fn object_places(objects: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for prefix in fs::read_dir(objects).ctx("read directory", objects)? {
+        let prefix = prefix.ctx("read directory", objects)?.path();
+        if !fs::symlink_metadata(&prefix).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        for entry in fs::read_dir(&prefix).ctx("read directory", &prefix)? {
+            out.push(entry.ctx("read directory", &prefix)?.path());
+        }
+    }
+    Ok(out)
 }
 
 fn object_name(path: &Path) -> Option<ObjectHash> {

@@ -11,6 +11,7 @@
 mod error;
 mod fsutil;
 mod gc;
+mod integrity;
 mod memo;
 mod object;
 mod record;
@@ -20,6 +21,7 @@ mod store;
 
 pub use error::{CacheError, Result};
 pub use gc::{GcReport, VerifyReport};
+pub use integrity::{Corruption, Invalidated, Snapshot};
 pub use memo::Memo;
 pub use object::{DirEntry, DirManifest, ObjectHash};
 pub use record::{CacheKey, OutputKind, OutputRef, StageRecord};

@@ -18,6 +18,8 @@ use crate::statcache::StatCache;
 pub struct Store {
     root: PathBuf,
     stat_cache: Mutex<StatCache>,
+    /// What the store found wrong and repaired on its own, for the run's summary.
+    repairs: Mutex<Vec<String>>,
 }
 
 /// Holds the exclusive lock of one cache key until dropped.
@@ -28,14 +30,48 @@ pub struct KeyLock {
 const DIRS: [&str; 9] = ["objects", "records", "locks", "runs", "logs", "state", "tmp", "quarantine", "memo"];
 
 impl Store {
-    /// Opens (creating if needed) a store at `root`.
+    /// Opens (creating if needed) a store at `root` that is shared on purpose (`--store`,
+    /// `DROVER_STORE`): its directory keeps the permissions it has, and the directories drover
+    /// creates in it take the same ones (a team's group-writable store stays group-writable).
     pub fn open(root: &Path) -> Result<Store> {
+        Store::open_as(root, false)
+    }
+
+    /// Opens (creating if needed) a store beside a pipeline: created readable by its owner only,
+    /// since records hold the params of every stage.
+    pub fn open_private(root: &Path) -> Result<Store> {
+        Store::open_as(root, true)
+    }
+
+    fn open_as(root: &Path, private: bool) -> Result<Store> {
+        if !root.exists() {
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).ctx("create directory", parent)?;
+            }
+            let mut builder = fs::DirBuilder::new();
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, if private { 0o700 } else { 0o777 });
+            match builder.create(root) {
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => {
+                    return Err(CacheError::Io {
+                        action: "create store directory",
+                        path: root.to_path_buf(),
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
+        // Directories made inside take the root's permission bits, whatever the umask.
+        let mode = fs::metadata(root).ctx("stat", root)?.permissions().mode() & 0o7777;
         for dir in DIRS {
             let path = root.join(dir);
-            fs::create_dir_all(&path).ctx("create store directory", &path)?;
+            if !path.exists() {
+                fs::create_dir_all(&path).ctx("create store directory", &path)?;
+                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(mode));
+            }
         }
         let stat_cache = StatCache::load(&root.join("statcache.json"));
-        Ok(Store { root: root.to_path_buf(), stat_cache: Mutex::new(stat_cache) })
+        Ok(Store { root: root.to_path_buf(), stat_cache: Mutex::new(stat_cache), repairs: Mutex::new(Vec::new()) })
     }
 
     pub fn root(&self) -> &Path {
@@ -67,20 +103,30 @@ impl Store {
         self.root.join("objects").join(&h[..2]).join(&h[2..])
     }
 
+    /// True when the object is a regular file at its place (not a directory or a link that
+    /// something else left there).
     pub fn has_object(&self, hash: &ObjectHash) -> bool {
-        self.object_path(hash).is_file()
+        fs::symlink_metadata(self.object_path(hash)).is_ok_and(|m| m.is_file())
     }
 
-    /// Moves a finished file into the store (it must be on the store's filesystem, e.g. in a
-    /// work dir; otherwise it is copied) and returns its hash and size.
+    /// Moves a finished file into the store and returns its hash and size. The file is moved
+    /// when it is drover's own (in the store's scratch, with no other name); a file that has
+    /// other hard links (a user's file linked into an output) or lives elsewhere is copied, so
+    /// that nothing outside the store is ever renamed or made read-only. A symbolic link or a
+    /// special file is refused ([`CacheError::Unstorable`]).
     pub fn put_file(&self, src: &Path) -> Result<(ObjectHash, u64)> {
+        let meta = fs::symlink_metadata(src).ctx("stat", src)?;
+        if !meta.is_file() {
+            return Err(unstorable(src, &meta));
+        }
         let hash = ObjectHash::from_hash(fsutil::hash_file(src)?);
-        let size = fs::metadata(src).ctx("stat", src)?.len();
+        let size = meta.len();
         let dest = self.object_path(&hash);
-        if dest.exists() {
+        if self.object_in_place(&hash, &dest, size)? {
             return Ok((hash, size));
         }
-        let staged = if src.starts_with(&self.root) {
+        use std::os::unix::fs::MetadataExt;
+        let staged = if src.starts_with(&self.root) && meta.nlink() == 1 {
             src.to_path_buf()
         } else {
             let tmp = self.tmp_dir().join(unique_name("copy"));
@@ -97,7 +143,7 @@ impl Store {
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<ObjectHash> {
         let hash = ObjectHash::from_hash(blake3::hash(bytes));
         let dest = self.object_path(&hash);
-        if !dest.exists() {
+        if !self.object_in_place(&hash, &dest, bytes.len() as u64)? {
             let tmp = self.tmp_dir().join(unique_name("bytes"));
             fs::write(&tmp, bytes).ctx("write", &tmp)?;
             File::open(&tmp).and_then(|f| f.sync_all()).ctx("fsync", &tmp)?;
@@ -107,31 +153,62 @@ impl Store {
         Ok(hash)
     }
 
+    /// Whether an object of this size already sits at `dest`. Anything else there (a
+    /// directory, a link, a file of another size) blocks the place: it is moved to
+    /// `quarantine/` and said so in [`Store::take_repairs`], and the caller stores afresh.
+    fn object_in_place(&self, hash: &ObjectHash, dest: &Path, size: u64) -> Result<bool> {
+        let meta = match fs::symlink_metadata(dest) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(CacheError::Io { action: "stat", path: dest.to_path_buf(), source: e }),
+        };
+        if meta.is_file() && meta.len() == size {
+            return Ok(true);
+        }
+        let what = if meta.is_dir() {
+            "a directory".to_string()
+        } else if meta.is_symlink() {
+            "a symbolic link".to_string()
+        } else if meta.is_file() {
+            format!("a file of {} bytes instead of {size}", meta.len())
+        } else {
+            "a special file".to_string()
+        };
+        self.quarantine(dest)?;
+        self.note_repair(format!(
+            "object {} was blocked by {what} at {}: moved to quarantine/ and stored again",
+            hash.short(),
+            dest.display()
+        ));
+        Ok(false)
+    }
+
     /// Stores every file under `dir` and a manifest of them; returns the manifest's hash and
-    /// the total size of the files.
+    /// the total size of the files. `dir` itself, and everything in it, must be a real
+    /// directory or a regular file: a symbolic link is refused ([`CacheError::Unstorable`]),
+    /// never followed.
     pub fn put_dir(&self, dir: &Path) -> Result<(ObjectHash, u64)> {
+        let top = fs::symlink_metadata(dir).ctx("stat", dir)?;
+        if !top.is_dir() {
+            return Err(unstorable(dir, &top));
+        }
         let mut manifest = DirManifest::default();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
             for entry in fs::read_dir(&d).ctx("read directory", &d)? {
                 let entry = entry.ctx("read directory", &d)?;
                 let path = entry.path();
-                let ft = entry.file_type().ctx("stat", &path)?;
-                if ft.is_dir() {
+                let meta = fs::symlink_metadata(&path).ctx("stat", &path)?;
+                if meta.is_dir() {
                     stack.push(path);
-                } else if ft.is_file() {
-                    let executable = entry.metadata().map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+                } else if meta.is_file() {
+                    let executable = meta.permissions().mode() & 0o111 != 0;
                     let rel = path.strip_prefix(dir).expect("walked under dir");
                     let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
                     let (hash, size) = self.put_file(&path)?;
                     manifest.files.push(DirEntry { path: rel, hash, size, executable });
                 } else {
-                    return Err(CacheError::Corrupt {
-                        what: "dir output",
-                        path,
-                        detail: "only regular files and directories can be stored (symlink or special file found)"
-                            .into(),
-                    });
+                    return Err(unstorable(&path, &meta));
                 }
             }
         }
@@ -152,10 +229,12 @@ impl Store {
         })
     }
 
-    /// Makes an object appear at `dest` (hard link, or a copy across filesystems).
+    /// Makes an object appear at `dest` (hard link, or a copy across filesystems). The link
+    /// shares the object's bytes: whoever reads through it must not write (see
+    /// [`Store::snapshot`], which tells when something did).
     pub fn materialize(&self, hash: &ObjectHash, dest: &Path) -> Result<()> {
         let src = self.object_path(hash);
-        if !src.exists() {
+        if !self.has_object(hash) {
             return Err(CacheError::MissingObject(hash.to_string()));
         }
         if let Some(parent) = dest.parent() {
@@ -295,6 +374,18 @@ impl Store {
         (self.root.join(&rel), rel)
     }
 
+    // ---- repairs ----
+
+    pub(crate) fn note_repair(&self, what: String) {
+        self.repairs.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+    }
+
+    /// What the store repaired on its own since the last call (a blocked object path, say),
+    /// for the run to report.
+    pub fn take_repairs(&self) -> Vec<String> {
+        std::mem::take(&mut *self.repairs.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     // ---- stat cache ----
 
     /// The content hash of a file outside the store, re-read only when its size, mtime or
@@ -309,6 +400,24 @@ impl Store {
         let cache = self.stat_cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.save(&self.tmp_dir(), &self.root.join("statcache.json"));
     }
+}
+
+/// The error for an output that is not a regular file or directory.
+fn unstorable(path: &Path, meta: &fs::Metadata) -> CacheError {
+    let detail = if meta.is_symlink() {
+        let target = fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into());
+        format!(
+            "is a symbolic link (to {target}); drover stores what a stage writes, never what a link points at: \
+             write or copy the data itself (e.g. `cp -rL SOURCE OUTPUT`)"
+        )
+    } else if meta.is_dir() {
+        "is a directory where a file was expected".to_string()
+    } else if meta.is_file() {
+        "is a file where a directory was expected".to_string()
+    } else {
+        "is a special file (a pipe, socket or device); only regular files and directories can be stored".to_string()
+    };
+    CacheError::Unstorable { path: path.to_path_buf(), detail }
 }
 
 /// A file name for an arbitrary stage or pipeline name: `[A-Za-z0-9_.-]` kept, the rest `%XX`.

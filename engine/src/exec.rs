@@ -8,7 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use drover_cache::{CacheKey, OutputKind, OutputRef, RunRecord, RunStage, StageOutcome, StageRecord, Store};
+use drover_cache::{
+    CacheError, CacheKey, Corruption, OutputKind, OutputRef, RunRecord, RunStage, Snapshot, StageOutcome, StageRecord,
+    Store,
+};
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -90,6 +93,8 @@ pub struct RunSummary {
     /// Some stage failed because of the environment (exit code 3 rather than 1).
     pub environment_failure: bool,
     pub interrupted: bool,
+    /// What the store found wrong and repaired during the run (a blocked object path, say).
+    pub repairs: Vec<String>,
 }
 
 impl RunSummary {
@@ -349,7 +354,7 @@ pub async fn run(
         stages,
     };
     store.put_run(&record)?;
-    Ok(RunSummary { record, environment_failure, interrupted })
+    Ok(RunSummary { record, environment_failure, interrupted, repairs: store.take_repairs() })
 }
 
 fn release_dependents(idx: usize, dependents: &[Vec<usize>], remaining: &mut [usize], ready: &mut VecDeque<usize>) {
@@ -468,15 +473,20 @@ impl StageJob {
                     drop(lock);
                     return Ok(self.done(StageOutcome::Ran, Some(outputs), None, false, attempt, log));
                 }
-                Err((message, env)) => {
+                Err(failure) => {
                     let _ = std::fs::remove_dir_all(&work);
-                    if attempt <= node.retries {
+                    if attempt <= node.retries && !failure.final_ {
                         let delay = Duration::from_millis(500u64.saturating_mul(1 << (attempt - 1).min(6)));
-                        self.reporter.event(Event::StageRetry { stage: &node.id, attempt, error: &message, delay });
+                        self.reporter.event(Event::StageRetry {
+                            stage: &node.id,
+                            attempt,
+                            error: &failure.message,
+                            delay,
+                        });
                         tokio::time::sleep(delay).await;
                         continue;
                     }
-                    return Ok(self.done(StageOutcome::Failed, None, Some(message), env, attempt, log));
+                    return Ok(self.done(StageOutcome::Failed, None, Some(failure.message), failure.env, attempt, log));
                 }
             }
         }
@@ -495,38 +505,19 @@ impl StageJob {
         Finished { idx: self.idx, outcome, outputs, error, env, attempts, duration: Duration::ZERO, log, device }
     }
 
-    /// One try: materialise inputs, run the op (panic- and timeout-safe), store its outputs.
-    /// `Err((message, is_environment))`.
-    async fn attempt(&self, work: &Path, log: &Path) -> Result<BTreeMap<String, OutputRef>, (String, bool)> {
+    /// One try: materialise and verify inputs, run the op (panic- and timeout-safe), check that
+    /// it left its inputs alone, store its outputs.
+    async fn attempt(&self, work: &Path, log: &Path) -> Result<BTreeMap<String, OutputRef>, AttemptFailure> {
         let node = &self.plan.nodes[self.idx];
-        let env = |e: drover_cache::CacheError| (e.to_string(), true);
-        let mut inputs = BTreeMap::new();
-        for (port, (is_list, items)) in &self.inputs {
-            let mut mats = Vec::new();
-            for (i, (src, ty, out)) in items.iter().enumerate() {
-                let name = if *is_list { format!("{port}/{i}") } else { port.clone() };
-                let path = work.join("in").join(match out.kind {
-                    OutputKind::Table => format!("{name}.parquet"),
-                    _ => name,
-                });
-                match out.kind {
-                    OutputKind::Dir => self.store.materialize_dir(&out.hash, &path).map_err(env)?,
-                    _ => self.store.materialize(&out.hash, &path).map_err(env)?,
-                }
-                let up = &self.plan.nodes[*src];
-                mats.push(InputItem {
-                    path,
-                    ty: ty.clone(),
-                    hash: out.hash.to_string(),
-                    stage: up.id.clone(),
-                    matrix: up.matrix.iter().cloned().collect(),
-                });
-            }
-            let input = if *is_list { Input::List(mats) } else { Input::One(mats.pop().expect("one item")) };
-            inputs.insert(port.clone(), input);
-        }
+        // Hashing a large input takes a while: off the async workers.
+        let (store, plan, wanted, in_dir) =
+            (self.store.clone(), self.plan.clone(), self.inputs.clone(), work.join("in"));
+        let (inputs, guards) = tokio::task::spawn_blocking(move || prepare_inputs(&store, &plan, &wanted, &in_dir))
+            .await
+            .map_err(|e| AttemptFailure::env(e.to_string()))??;
         let out_dir = work.join("out");
-        std::fs::create_dir_all(&out_dir).map_err(|e| (format!("create {}: {e}", out_dir.display()), true))?;
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| AttemptFailure::env(format!("create {}: {e}", out_dir.display())))?;
         let mut slots = BTreeMap::new();
         for (port, ty) in &node.outputs {
             let path = match ty {
@@ -536,7 +527,8 @@ impl StageJob {
                 _ => out_dir.join(port),
             };
             if *ty == PortType::Dir {
-                std::fs::create_dir_all(&path).map_err(|e| (format!("create {}: {e}", path.display()), true))?;
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| AttemptFailure::env(format!("create {}: {e}", path.display())))?;
             }
             slots.insert(port.clone(), OutputSlot { path, ty: ty.clone() });
         }
@@ -562,17 +554,32 @@ impl StageJob {
         let abort = task.abort_handle();
         let joined = match node.timeout {
             Some(limit) => match tokio::time::timeout(limit, task).await {
-                Ok(j) => j,
+                Ok(j) => Some(j),
                 Err(_) => {
                     abort.abort();
-                    return Err((format!("timed out after {}", humanize(limit)), false));
+                    None
                 }
             },
-            None => task.await,
+            None => Some(task.await),
+        };
+        // Whatever the op did, it must not have written to its inputs (they are the store's).
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || check_inputs_untouched(&store, &guards))
+            .await
+            .map_err(|e| AttemptFailure::env(e.to_string()))??;
+        let Some(joined) = joined else {
+            let limit = node.timeout.expect("only a timeout ends without a result");
+            return Err(AttemptFailure::stage(format!("timed out after {}", humanize(limit))));
         };
         match joined {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err((e.message, e.kind == OpErrorKind::Environment)),
+            Ok(Err(e)) => {
+                return Err(AttemptFailure {
+                    message: e.message,
+                    env: e.kind == OpErrorKind::Environment,
+                    final_: false,
+                });
+            }
             Err(e) if e.is_panic() => {
                 let msg = e.into_panic();
                 let text = msg
@@ -580,54 +587,186 @@ impl StageJob {
                     .cloned()
                     .or_else(|| msg.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                return Err((format!("op `{}` panicked (a bug in drover): {text}", node.op_name), false));
+                return Err(AttemptFailure::stage(format!("op `{}` panicked (a bug in drover): {text}", node.op_name)));
             }
-            Err(e) => return Err((format!("stage task ended: {e}"), true)),
+            Err(e) => return Err(AttemptFailure::env(format!("stage task ended: {e}"))),
         }
         // Store every declared output; the record is written only after all are durable.
         let store = self.store.clone();
         let slots_vec: Vec<(String, OutputSlot)> = slots.into_iter().collect();
         tokio::task::spawn_blocking(move || commit_outputs(&store, slots_vec))
             .await
-            .map_err(|e| (e.to_string(), true))?
+            .map_err(|e| AttemptFailure::env(e.to_string()))?
     }
+}
+
+/// Why one attempt of a stage failed.
+struct AttemptFailure {
+    message: String,
+    /// The environment's fault (exit 3), not the stage's (exit 1).
+    env: bool,
+    /// Trying again cannot help (an input is corrupt, or the stage wrote to one).
+    final_: bool,
+}
+
+impl AttemptFailure {
+    fn env(message: impl Into<String>) -> AttemptFailure {
+        AttemptFailure { message: message.into(), env: true, final_: false }
+    }
+
+    fn stage(message: impl Into<String>) -> AttemptFailure {
+        AttemptFailure { message: message.into(), env: false, final_: false }
+    }
+}
+
+/// An input as a stage received it, to check afterwards that the stage left it alone.
+struct InputGuard {
+    /// `port`, or `port` item `i` for a list input.
+    what: String,
+    /// The upstream stage that produced it.
+    stage: String,
+    out: OutputRef,
+    snapshot: Snapshot,
+}
+
+/// Materialises a stage's inputs under `dir` and checks that each one's bytes are the bytes its
+/// hash names (the hash the stage's key was computed from), before the op may read them.
+fn prepare_inputs(
+    store: &Store,
+    plan: &Plan,
+    wanted: &BTreeMap<String, (bool, Vec<Upstream>)>,
+    dir: &Path,
+) -> Result<(BTreeMap<String, Input>, Vec<InputGuard>), AttemptFailure> {
+    let mut inputs = BTreeMap::new();
+    let mut guards = Vec::new();
+    for (port, (is_list, items)) in wanted {
+        let mut mats = Vec::new();
+        for (i, (src, ty, out)) in items.iter().enumerate() {
+            let up = &plan.nodes[*src];
+            let what = if *is_list { format!("`{port}` (item {i})") } else { format!("`{port}`") };
+            let name = if *is_list { format!("{port}/{i}") } else { port.clone() };
+            let path = dir.join(match out.kind {
+                OutputKind::Table => format!("{name}.parquet"),
+                _ => name,
+            });
+            let missing = |e: CacheError| match e {
+                CacheError::MissingObject(h) => AttemptFailure {
+                    message: format!(
+                        "input {what} (from `{}`): its stored object {} is gone (quarantined as corrupt, or removed \
+                         by another process's gc); run again to recompute `{}`",
+                        up.id,
+                        &h[..12],
+                        up.id
+                    ),
+                    env: true,
+                    final_: true,
+                },
+                e => AttemptFailure::env(format!("input {what} (from `{}`): {e}", up.id)),
+            };
+            match out.kind {
+                OutputKind::Dir => store.materialize_dir(&out.hash, &path).map_err(missing)?,
+                _ => store.materialize(&out.hash, &path).map_err(missing)?,
+            }
+            // Noted before hashing, so that a write at any moment after is seen.
+            let snapshot = store.snapshot(out).map_err(missing)?;
+            if let Some(bad) = store.check_artifact(out).map_err(missing)? {
+                return Err(corrupt_input(store, &what, &up.id, &bad, false));
+            }
+            guards.push(InputGuard { what, stage: up.id.clone(), out: out.clone(), snapshot });
+            mats.push(InputItem {
+                path,
+                ty: ty.clone(),
+                hash: out.hash.to_string(),
+                stage: up.id.clone(),
+                matrix: up.matrix.iter().cloned().collect(),
+            });
+        }
+        let input = if *is_list { Input::List(mats) } else { Input::One(mats.pop().expect("one item")) };
+        inputs.insert(port.clone(), input);
+    }
+    Ok((inputs, guards))
+}
+
+/// After the op: an input whose files changed is hashed again; if its bytes are no longer its
+/// hash's, the stage wrote to it (through its hard link into the store).
+fn check_inputs_untouched(store: &Store, guards: &[InputGuard]) -> Result<(), AttemptFailure> {
+    for g in guards.iter().filter(|g| store.changed_since(&g.snapshot)) {
+        match store.check_artifact(&g.out) {
+            Ok(None) => {}
+            Ok(Some(bad)) => return Err(corrupt_input(store, &g.what, &g.stage, &bad, true)),
+            Err(e) => {
+                return Err(AttemptFailure {
+                    message: format!(
+                        "input {} (from `{}`) was removed or replaced while the stage ran: {e}",
+                        g.what, g.stage
+                    ),
+                    env: false,
+                    final_: true,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Quarantines a corrupt input and drops the records built from it; the failure to report.
+/// `by_stage`: found after the op ran, so the stage itself wrote to it.
+fn corrupt_input(store: &Store, what: &str, stage: &str, bad: &Corruption, by_stage: bool) -> AttemptFailure {
+    let object = match &bad.file {
+        Some(file) => format!("file `{file}` (object {})", bad.object.short()),
+        None => format!("object {}", bad.object.short()),
+    };
+    let cleanup = match store.invalidate(&BTreeSet::from([bad.object.clone()])) {
+        Ok(done) => format!(
+            "drover moved it to quarantine/ and removed {} record(s) built from it, so `{stage}` reruns next time",
+            done.records.len()
+        ),
+        Err(e) => format!("quarantining it failed ({e}); run `drover cache verify`"),
+    };
+    let message = if by_stage {
+        format!(
+            "the stage wrote to its input {what} (from `{stage}`): {object} no longer matches its hash. Inputs are \
+             shared with the store and must never be written; copy one to change it (e.g. into $DROVER_SCRATCH). \
+             {cleanup}"
+        )
+    } else {
+        format!(
+            "input {what} (from `{stage}`) is corrupt in the store: {object} no longer matches its hash (the disk, \
+             or a process outside drover, changed it). {cleanup}; run again"
+        )
+    };
+    AttemptFailure { message, env: !by_stage, final_: true }
 }
 
 fn commit_outputs(
     store: &Store,
     slots: Vec<(String, OutputSlot)>,
-) -> Result<BTreeMap<String, OutputRef>, (String, bool)> {
+) -> Result<BTreeMap<String, OutputRef>, AttemptFailure> {
+    let stored = |port: &str, e: CacheError| AttemptFailure {
+        env: !e.is_stage_fault(),
+        message: format!("output `{port}`: {e}"),
+        final_: false,
+    };
     let mut out = BTreeMap::new();
     for (port, slot) in slots {
-        let missing = || {
-            (
-                format!(
-                    "output `{port}` was not written (expected {} at {})",
-                    slot.ty.kind_name(),
-                    slot.path.display()
-                ),
-                false,
-            )
+        // Never follow a link the stage left: what it points at is not the stage's to store.
+        let Ok(meta) = std::fs::symlink_metadata(&slot.path) else {
+            return Err(AttemptFailure::stage(format!(
+                "output `{port}` was not written (expected {} at {})",
+                slot.ty.kind_name(),
+                slot.path.display()
+            )));
         };
         let (kind, (hash, size)) = match &slot.ty {
-            PortType::Dir => {
-                if !slot.path.is_dir() {
-                    return Err(missing());
-                }
-                (OutputKind::Dir, store.put_dir(&slot.path).map_err(|e| (e.to_string(), true))?)
-            }
+            PortType::Dir => (OutputKind::Dir, store.put_dir(&slot.path).map_err(|e| stored(&port, e))?),
             ty => {
-                if !slot.path.is_file() {
-                    return Err(missing());
-                }
                 let kind = if matches!(ty, PortType::Table(_)) { OutputKind::Table } else { OutputKind::Blob };
-                if kind == OutputKind::Table && !is_parquet(&slot.path) {
-                    return Err((
-                        format!("output `{port}` is not a Parquet file (the op must write tables as Parquet)"),
-                        false,
-                    ));
+                if kind == OutputKind::Table && meta.is_file() && !is_parquet(&slot.path) {
+                    return Err(AttemptFailure::stage(format!(
+                        "output `{port}` is not a Parquet file (the op must write tables as Parquet)"
+                    )));
                 }
-                (kind, store.put_file(&slot.path).map_err(|e| (e.to_string(), true))?)
+                (kind, store.put_file(&slot.path).map_err(|e| stored(&port, e))?)
             }
         };
         out.insert(port, OutputRef { kind, hash, size });
