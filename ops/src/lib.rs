@@ -14,8 +14,10 @@ pub mod rouge;
 pub mod rouge_dedup;
 pub mod sample;
 pub mod scaling;
+pub mod secrets;
 pub mod select;
 pub mod self_instruct;
+pub mod supervise;
 pub mod table;
 pub mod tgrt;
 
