@@ -30,6 +30,30 @@ fn drover(p: &Project, args: &[&str]) -> Output {
     out
 }
 
+/// Runs `drover ARGS` with its memory and CPU time bounded (4 GiB, 60 s of CPU), so that input
+/// which would exhaust the machine fails the test instead of hanging it or the machine.
+#[track_caller]
+fn bounded(p: &Project, args: &[&str]) -> Output {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4194304 2>/dev/null; ulimit -t 60 2>/dev/null; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_drover"))
+        .args(args)
+        .current_dir(p.path())
+        .env("NO_COLOR", "1")
+        .env("COLUMNS", "200")
+        .env_remove("DROVER_STORE")
+        .output()
+        .expect("run drover under sh");
+    let out = Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_no_panic(&out);
+    out
+}
+
 /// No panic message on either stream, and not Rust's panic exit code.
 #[track_caller]
 fn assert_no_panic(out: &Output) {
@@ -271,22 +295,7 @@ fn alias_bomb_fails_fast_with_exit_2() {
     let p = project(&yaml);
     // Bounded memory and CPU time, so that an unbounded expansion fails this test instead of
     // hanging it or exhausting the machine.
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 4194304 2>/dev/null; ulimit -t 60 2>/dev/null; exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_drover"))
-        .arg("validate")
-        .current_dir(p.path())
-        .env("NO_COLOR", "1")
-        .env("COLUMNS", "200")
-        .env_remove("DROVER_STORE")
-        .output()
-        .expect("run drover under sh");
-    let out = Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let out = bounded(&p, &["validate"]);
     assert_no_panic(&out);
     out.expect_code(2);
     let report = Report::parse(&out.stderr);
@@ -296,6 +305,77 @@ fn alias_bomb_fails_fast_with_exit_2() {
     let (_, line, col) = e.at.clone().expect("a location");
     let text = yaml.lines().nth(line - 1).expect("line in file");
     assert!((2..=11).contains(&line) && text[col - 1..].starts_with("*a"), "should point at an alias\n{}", e.raw);
+}
+
+/// drover's documented limit on nesting (README, "Limits").
+const MAX_DEPTH: usize = 64;
+
+/// A pipeline whose `params:` hold a block mapping `levels` deep, one space of indent per level:
+/// ` k0:` is in the mapping at level 2 (the file's root is level 1), ` kN:` at level N + 2.
+fn deep_params(levels: usize) -> String {
+    let mut yaml = String::from("params:\n");
+    for i in 0..levels {
+        yaml.push_str(&format!("{} k{i}:\n", " ".repeat(1 + i)));
+    }
+    yaml + &" ".repeat(2 + levels) + "x\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n"
+}
+
+#[test]
+fn yaml_nested_past_the_limit_is_a_located_error_not_a_stack_overflow() {
+    // 5,000 levels of block mapping overflowed the stack (exit 134).
+    let yaml = deep_params(5_000);
+    let p = project(&yaml);
+    let too_deep = format!(" k{}:", MAX_DEPTH + 1 - 2);
+    bad(&p, &["validate"])
+        .only("YAML nested more than 64 levels deep")
+        .at(pos(&yaml, &too_deep, "k"))
+        .help("mappings and lists nest at most 64 levels deep; flatten this value");
+    // 64 levels are fine.
+    p.write("drover.yaml", &deep_params(MAX_DEPTH - 1));
+    drover(&p, &["validate"]).expect_code(0);
+
+    // 10,000 levels of block lists on one line (`- - - ...`) overflowed it too. `with:` is
+    // level 4 (root, `stages:`, the stage, `with:`), so the first `-` starts level 5.
+    let yaml = format!(
+        "stages:\n  s:\n    op: command\n    out: {{o: blob}}\n    with:\n      run:\n        {}x\n",
+        "- ".repeat(10_000)
+    );
+    let p = project(&yaml);
+    let (line, col) = pos(&yaml, "run:\n        -", "-");
+    bad(&p, &["validate"]).only("YAML nested more than 64 levels deep").at((line, col + 2 * (MAX_DEPTH - 4)));
+}
+
+#[test]
+fn yaml_flow_list_nested_10000_deep_reports_the_depth_limit_not_an_unclosed_bracket() {
+    let yaml = format!(
+        "stages:\n  s:\n    op: command\n    out: {{o: blob}}\n    with: {{run: {}{}}}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let p = project(&yaml);
+    // `{run:` is level 4, so the first `[` starts level 5.
+    let (line, col) = pos(&yaml, "{run: [", "[");
+    bad(&p, &["validate"])
+        .only("YAML nested more than 64 levels deep")
+        .at((line, col + MAX_DEPTH - 4))
+        .help("at most 64 levels deep");
+}
+
+#[test]
+fn control_character_is_reported_at_its_place_not_as_an_unclosed_quote() {
+    for (c, message, escape) in [
+        ('\0', "YAML does not allow the control character U+0000 (NUL)", "`\\0`"),
+        ('\u{1b}', "YAML does not allow the control character U+001B (ESC)", "`\\x1b`"),
+    ] {
+        let yaml = format!(
+            "stages:\n  s:\n    op: command\n    out: {{o: blob}}\n    with: {{run: \"echo a{c}b > ${{out.o}}\"}}\n"
+        );
+        let p = project(&yaml);
+        bad(&p, &["validate"])
+            .only(message)
+            .at(pos(&yaml, &format!("a{c}b"), &c.to_string()))
+            .help(&format!("remove it, or write it as the escape {escape} inside a double-quoted string"));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
