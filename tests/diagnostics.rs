@@ -561,6 +561,27 @@ stages:
 }
 
 #[test]
+fn nan_or_infinite_sample_fraction_points_at_the_value() {
+    // JSON has no NaN, so `.nan` reached the op as null: "`sample` needs `n` or `fraction`".
+    for (value, found) in [(".nan", "NaN"), (".inf", "infinity"), ("-.inf", "-infinity")] {
+        let yaml = format!(
+            "stages:\n  raw:\n    op: read_table\n    with: {{path: data.csv}}\n  s:\n    op: sample\n    in: {{table: raw}}\n    with: {{fraction: {value}}}\n"
+        );
+        let p = project(&yaml);
+        bad(&p, &["validate"])
+            .only(&format!("stage `s`: `fraction` must be a finite number; found {found}"))
+            .at(pos(&yaml, &format!("fraction: {value}"), value))
+            .label("not a finite number")
+            .help("ops receive params as JSON, which has no NaN or infinity; write a finite number");
+    }
+    // The same for a param (and every use of it).
+    let yaml = "params: {f: .nan}\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+    bad(&project(yaml), &["validate"])
+        .only("param `f` must be a finite number; found NaN")
+        .at(pos(yaml, ".nan", ".nan"));
+}
+
+#[test]
 fn wrong_param_type_says_what_was_expected() {
     let yaml = "stages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n  s:\n    op: sample\n    in: {table: raw}\n    with: {n: \"five\"}\n";
     let p = project(yaml);
@@ -909,6 +930,23 @@ fn selector_matching_no_expansion_lists_them() {
         .help("`train[size=2]`");
 }
 
+#[test]
+fn matrix_of_a_billion_expansions_is_refused_before_expanding() {
+    // It filled memory for 16 s before (exit 134); under the bound, that is a failed test.
+    let values = (0..1000).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let yaml = format!(
+        "stages:\n  train:\n    op: command\n    matrix: {{a: [{values}], b: [{values}], c: [{values}]}}\n    out: {{m: blob}}\n    with: {{run: \"echo ${{matrix.a}} > ${{out.m}}\"}}\n"
+    );
+    let p = project(&yaml);
+    let out = bounded(&p, &["validate"]);
+    out.expect_code(2);
+    Report::parse(&out.stderr)
+        .only("stage `train`: `matrix` expands to 1,000,000,000 stages; at most 1,000,000")
+        .at(pos(&yaml, "matrix:", "matrix"))
+        .label("1,000 x 1,000 x 1,000 values of `a`, `b`, `c`")
+        .help("a pipeline holds at most that many stages after matrix expansion");
+}
+
 // ---------------------------------------------------------------------------------------------
 // `${...}` interpolation
 
@@ -1048,6 +1086,18 @@ fn set_nested_past_the_limit_is_an_error() {
     drover(&p, &["validate", "--set", &deepest]).expect_code(0);
     let one_more = format!("x={}{}", "[".repeat(64), "]".repeat(64));
     bad(&p, &["validate", "--set", &one_more]).only("this nests 65 levels deep; params nest at most 64");
+}
+
+#[test]
+fn param_too_deep_for_the_with_block_it_fills_is_an_error() {
+    // Each is within the limit, but the param placed inside `with:` goes past it.
+    let yaml = "params: {x: 0}\nstages:\n  s:\n    op: command\n    out: {o: blob}\n    with: {run: \"echo > ${out.o}\", env: {A: \"${params.x}\"}}\n";
+    let p = project(yaml);
+    p.write("params.yaml", &format!("x: {}{}\n", "[".repeat(63), "]".repeat(63)));
+    bad(&p, &["validate", "-p", "params.yaml"])
+        .error("`with:` nests more than 64 levels deep once its `${params...}` are filled in")
+        .stage("s")
+        .at(pos(yaml, "{run", "{"));
 }
 
 #[test]
