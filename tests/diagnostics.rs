@@ -30,6 +30,30 @@ fn drover(p: &Project, args: &[&str]) -> Output {
     out
 }
 
+/// Runs `drover ARGS` with its memory and CPU time bounded (4 GiB, 60 s of CPU), so that input
+/// which would exhaust the machine fails the test instead of hanging it or the machine.
+#[track_caller]
+fn bounded(p: &Project, args: &[&str]) -> Output {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4194304 2>/dev/null; ulimit -t 60 2>/dev/null; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_drover"))
+        .args(args)
+        .current_dir(p.path())
+        .env("NO_COLOR", "1")
+        .env("COLUMNS", "200")
+        .env_remove("DROVER_STORE")
+        .output()
+        .expect("run drover under sh");
+    let out = Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_no_panic(&out);
+    out
+}
+
 /// No panic message on either stream, and not Rust's panic exit code.
 #[track_caller]
 fn assert_no_panic(out: &Output) {
@@ -271,22 +295,7 @@ fn alias_bomb_fails_fast_with_exit_2() {
     let p = project(&yaml);
     // Bounded memory and CPU time, so that an unbounded expansion fails this test instead of
     // hanging it or exhausting the machine.
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 4194304 2>/dev/null; ulimit -t 60 2>/dev/null; exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_drover"))
-        .arg("validate")
-        .current_dir(p.path())
-        .env("NO_COLOR", "1")
-        .env("COLUMNS", "200")
-        .env_remove("DROVER_STORE")
-        .output()
-        .expect("run drover under sh");
-    let out = Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let out = bounded(&p, &["validate"]);
     assert_no_panic(&out);
     out.expect_code(2);
     let report = Report::parse(&out.stderr);
@@ -296,6 +305,92 @@ fn alias_bomb_fails_fast_with_exit_2() {
     let (_, line, col) = e.at.clone().expect("a location");
     let text = yaml.lines().nth(line - 1).expect("line in file");
     assert!((2..=11).contains(&line) && text[col - 1..].starts_with("*a"), "should point at an alias\n{}", e.raw);
+}
+
+/// drover's documented limit on nesting (README, "Limits").
+const MAX_DEPTH: usize = 64;
+
+/// A pipeline whose `params:` hold a block mapping `levels` deep, one space of indent per level:
+/// ` k0:` is in the mapping at level 2 (the file's root is level 1), ` kN:` at level N + 2.
+fn deep_params(levels: usize) -> String {
+    let mut yaml = String::from("params:\n");
+    for i in 0..levels {
+        yaml.push_str(&format!("{} k{i}:\n", " ".repeat(1 + i)));
+    }
+    yaml + &" ".repeat(2 + levels) + "x\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n"
+}
+
+#[test]
+fn yaml_nested_past_the_limit_is_a_located_error_not_a_stack_overflow() {
+    // 5,000 levels of block mapping overflowed the stack (exit 134).
+    let yaml = deep_params(5_000);
+    let p = project(&yaml);
+    let too_deep = format!(" k{}:", MAX_DEPTH + 1 - 2);
+    bad(&p, &["validate"])
+        .only("YAML nested more than 64 levels deep")
+        .at(pos(&yaml, &too_deep, "k"))
+        .help("mappings and lists nest at most 64 levels deep; flatten this value");
+    // 64 levels are fine.
+    p.write("drover.yaml", &deep_params(MAX_DEPTH - 1));
+    drover(&p, &["validate"]).expect_code(0);
+
+    // 10,000 levels of block lists on one line (`- - - ...`) overflowed it too. `with:` is
+    // level 4 (root, `stages:`, the stage, `with:`), so the first `-` starts level 5.
+    let yaml = format!(
+        "stages:\n  s:\n    op: command\n    out: {{o: blob}}\n    with:\n      run:\n        {}x\n",
+        "- ".repeat(10_000)
+    );
+    let p = project(&yaml);
+    let (line, col) = pos(&yaml, "run:\n        -", "-");
+    bad(&p, &["validate"]).only("YAML nested more than 64 levels deep").at((line, col + 2 * (MAX_DEPTH - 4)));
+}
+
+#[test]
+fn yaml_flow_list_nested_10000_deep_reports_the_depth_limit_not_an_unclosed_bracket() {
+    let yaml = format!(
+        "stages:\n  s:\n    op: command\n    out: {{o: blob}}\n    with: {{run: {}{}}}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let p = project(&yaml);
+    // `{run:` is level 4, so the first `[` starts level 5.
+    let (line, col) = pos(&yaml, "{run: [", "[");
+    bad(&p, &["validate"])
+        .only("YAML nested more than 64 levels deep")
+        .at((line, col + MAX_DEPTH - 4))
+        .help("at most 64 levels deep");
+}
+
+#[test]
+fn control_character_is_reported_at_its_place_not_as_an_unclosed_quote() {
+    for (c, message, escape) in [
+        ('\0', "YAML does not allow the control character U+0000 (NUL)", "`\\0`"),
+        ('\u{1b}', "YAML does not allow the control character U+001B (ESC)", "`\\x1b`"),
+    ] {
+        let yaml = format!(
+            "stages:\n  s:\n    op: command\n    out: {{o: blob}}\n    with: {{run: \"echo a{c}b > ${{out.o}}\"}}\n"
+        );
+        let p = project(&yaml);
+        bad(&p, &["validate"])
+            .only(message)
+            .at(pos(&yaml, &format!("a{c}b"), &c.to_string()))
+            .help(&format!("remove it, or write it as the escape {escape} inside a double-quoted string"));
+    }
+}
+
+#[test]
+fn utf8_byte_order_mark_at_the_start_of_a_file_is_ignored() {
+    let p = project("\u{feff}params: {lr: 1}\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n");
+    p.write("params.yaml", "\u{feff}lr: 2\n");
+    let out = drover(&p, &["validate", "-p", "params.yaml"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout, "drover.yaml: ok (1 stages, 1 after matrix expansion)\n", "{}", out.all());
+    // Columns on the first line are counted without it.
+    p.write(
+        "drover.yaml",
+        "\u{feff}parmas: {lr: 1}\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n",
+    );
+    bad(&p, &["validate"]).only("unknown top-level key `parmas`").at((1, 1));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -419,6 +514,71 @@ fn unknown_param_points_at_the_key_and_suggests_the_nearest() {
         .stage("s")
         .at(pos(yaml, "{fracton", "fracton"))
         .help("did you mean `fraction`?");
+}
+
+#[test]
+fn negative_or_wrong_stage_settings_say_what_was_found() {
+    let yaml = "\
+seed: -3
+stages:
+  s:
+    op: command
+    retries: -1
+    seed: 1.5
+    resources: {gpu: -2}
+    out: {o: blob}
+    with: {run: \"echo > ${out.o}\"}
+  t:
+    op: command
+    retries: 4294967296
+    timeout: soon
+    out: {o: blob}
+    with: {run: \"echo > ${out.o}\"}
+  u:
+    op: command
+    timeout: .inf
+    out: {o: blob}
+    with: {run: \"echo > ${out.o}\"}
+  v:
+    op: command
+    timeout: 99999999999999999999d
+    out: {o: blob}
+    with: {run: \"echo > ${out.o}\"}
+";
+    let p = project(yaml);
+    let report = bad(&p, &["validate"]);
+    report.count(8);
+    report.error("`seed` must be a non-negative integer; found -3").at(pos(yaml, "seed: -3", "-3"));
+    report.error("`retries` must be a non-negative integer; found -1").stage("s").at(pos(yaml, "retries: -1", "-1"));
+    report.error("`seed` must be a non-negative integer; found 1.5").stage("s").at(pos(yaml, "1.5", "1.5"));
+    report.error("`resources.gpu` must be a non-negative integer; found -2").stage("s").at(pos(yaml, "gpu: -2", "-2"));
+    // Past what a count of retries holds, rather than wrapping around to 0.
+    report.error("`retries` must be at most 4294967295; found 4294967296").stage("t");
+    report.error("`timeout` must be a positive duration; found `soon`").stage("t").at(pos(yaml, "soon", "soon"));
+    // Both panicked (a `Duration` cannot hold them).
+    report.error("`timeout` must be a positive duration; found infinity").stage("u").at(pos(yaml, ".inf", ".inf"));
+    report.error("`timeout` must be a positive duration; found `99999999999999999999d`").stage("v").help("e.g. `30s`");
+}
+
+#[test]
+fn nan_or_infinite_sample_fraction_points_at_the_value() {
+    // JSON has no NaN, so `.nan` reached the op as null: "`sample` needs `n` or `fraction`".
+    for (value, found) in [(".nan", "NaN"), (".inf", "infinity"), ("-.inf", "-infinity")] {
+        let yaml = format!(
+            "stages:\n  raw:\n    op: read_table\n    with: {{path: data.csv}}\n  s:\n    op: sample\n    in: {{table: raw}}\n    with: {{fraction: {value}}}\n"
+        );
+        let p = project(&yaml);
+        bad(&p, &["validate"])
+            .only(&format!("stage `s`: `fraction` must be a finite number; found {found}"))
+            .at(pos(&yaml, &format!("fraction: {value}"), value))
+            .label("not a finite number")
+            .help("ops receive params as JSON, which has no NaN or infinity; write a finite number");
+    }
+    // The same for a param (and every use of it).
+    let yaml = "params: {f: .nan}\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+    bad(&project(yaml), &["validate"])
+        .only("param `f` must be a finite number; found NaN")
+        .at(pos(yaml, ".nan", ".nan"));
 }
 
 #[test]
@@ -573,6 +733,94 @@ fn missing_params_file_exits_2() {
     bad(&p, &["validate", "-p", "nope.yaml"]).only("cannot read params file nope.yaml");
 }
 
+/// A pipeline that checks, for tests about how files are read.
+const VALID: &str = "params: {lr: 1}\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+
+#[test]
+fn dev_zero_as_pipeline_or_params_file_stops_at_the_size_limit() {
+    // Both read until memory ran out; under the bound, that is a failed test, not a lost machine.
+    let p = project(VALID);
+    let out = bounded(&p, &["validate", "/dev/zero"]);
+    out.expect_code(2);
+    let report = Report::parse(&out.stderr);
+    assert_eq!(report.headline.as_deref(), Some("1 error in /dev/zero"), "{}", report.text);
+    assert_eq!(report.errors.len(), 1, "{}", report.text);
+    assert_eq!(report.errors[0].message, "cannot read pipeline file /dev/zero: it is larger than 64 MiB");
+    report.errors[0].help("drover reads pipeline and params files of at most 64 MiB (67108864 bytes)");
+
+    let out = bounded(&p, &["validate", "-p", "/dev/zero"]);
+    out.expect_code(2);
+    Report::parse(&out.stderr)
+        .only("cannot read params file /dev/zero: it is larger than 64 MiB")
+        .at(pos(VALID, "{lr: 1}", "{"))
+        .help("at most 64 MiB");
+}
+
+#[test]
+fn directory_as_pipeline_file_says_so_and_names_the_file_inside() {
+    let p = project(VALID);
+    p.write("sub/drover.yaml", VALID);
+    let report = bad(&p, &["validate", "sub"]);
+    assert_eq!(report.errors.len(), 1, "{}", report.text);
+    assert_eq!(report.errors[0].message, "cannot read pipeline file sub: it is a directory");
+    report.errors[0].help("pass the YAML file itself, e.g. sub/drover.yaml");
+    bad(&p, &["validate", "-p", "sub"]).only("cannot read params file sub: it is a directory");
+}
+
+#[test]
+fn fifo_as_pipeline_file_is_refused_without_waiting_for_a_writer() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = project(VALID);
+    let fifo = p.join("pipe.yaml");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    // A writer that hands a valid pipeline to a drover that opens the FIFO. Opening it for
+    // writing waits for a reader.
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, VALID))
+    };
+    let report = bad(&p, &["validate", "pipe.yaml"]);
+    // drover never opened it: release the writer by opening the reading end here.
+    let reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).expect("open");
+    writer.join().expect("writer thread").expect("write to the FIFO");
+    drop(reader);
+    assert_eq!(report.errors.len(), 1, "{}", report.text);
+    assert_eq!(
+        report.errors[0].message,
+        "cannot read pipeline file pipe.yaml: it is a named pipe (FIFO), not a regular file"
+    );
+    report.errors[0].help("write the pipeline to a file: its store (`.drover/`) and relative paths are beside it");
+}
+
+#[test]
+fn params_file_nested_5000_deep_is_a_located_error_not_a_stack_overflow() {
+    // Used in a command, this overflowed the stack (exit 134).
+    let yaml = "params: {x: 0}\nstages:\n  s:\n    op: command\n    out: {o: blob}\n    with: {run: \"echo ${params.x} > ${out.o}\"}\n";
+    let p = project(yaml);
+    let mut params = String::from("x:\n");
+    for i in 0..5_000 {
+        params.push_str(&format!("{} k{i}:\n", " ".repeat(1 + i)));
+    }
+    params.push_str(&" ".repeat(5_002));
+    params.push_str("1\n");
+    p.write("params.yaml", &params);
+    // The file's root (holding `x:`) is level 1, and ` kN:` is in the mapping at level N + 2.
+    let (line, col) = pos(&params, &format!(" k{}:", MAX_DEPTH + 1 - 2), "k");
+    bad(&p, &["run", "-p", "params.yaml"])
+        .only(&format!("params file params.yaml:{line}:{col}: YAML nested more than 64 levels deep"))
+        .at(pos(yaml, "{x: 0}", "{"))
+        .help("at most 64 levels deep");
+}
+
+#[test]
+fn params_file_number_out_of_range_is_an_error_not_null() {
+    let p = project(VALID);
+    p.write("params.yaml", "lr: 1e999\n");
+    bad(&p, &["validate", "-p", "params.yaml"])
+        .only("params file params.yaml:1:5: number `1e999` is out of range")
+        .help("quote it to keep it as text");
+}
+
 #[test]
 fn missing_dep_file_points_at_the_dep() {
     let yaml = "stages:\n  s:\n    op: command\n    deps: [missing.txt]\n    out: {o: blob}\n    with: {run: \"echo > ${out.o}\"}\n";
@@ -682,6 +930,23 @@ fn selector_matching_no_expansion_lists_them() {
         .help("`train[size=2]`");
 }
 
+#[test]
+fn matrix_of_a_billion_expansions_is_refused_before_expanding() {
+    // It filled memory for 16 s before (exit 134); under the bound, that is a failed test.
+    let values = (0..1000).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let yaml = format!(
+        "stages:\n  train:\n    op: command\n    matrix: {{a: [{values}], b: [{values}], c: [{values}]}}\n    out: {{m: blob}}\n    with: {{run: \"echo ${{matrix.a}} > ${{out.m}}\"}}\n"
+    );
+    let p = project(&yaml);
+    let out = bounded(&p, &["validate"]);
+    out.expect_code(2);
+    Report::parse(&out.stderr)
+        .only("stage `train`: `matrix` expands to 1,000,000,000 stages; at most 1,000,000")
+        .at(pos(&yaml, "matrix:", "matrix"))
+        .label("1,000 x 1,000 x 1,000 values of `a`, `b`, `c`")
+        .help("a pipeline holds at most that many stages after matrix expansion");
+}
+
 // ---------------------------------------------------------------------------------------------
 // `${...}` interpolation
 
@@ -764,6 +1029,75 @@ fn set_of_a_param_that_does_not_exist_suggests_the_nearest() {
     );
     bad(&p, &["plan", "--set", "fit.dleta=1"]).only("no param `dleta`").help("did you mean `delta`?");
     drover(&p, &["validate", "--set", "fit.delta=1"]).expect_code(0);
+}
+
+#[test]
+fn set_inside_a_param_that_is_not_a_mapping_names_it() {
+    // Each replaced the param silently.
+    let yaml = "params:\n  x: 3\n  l: [1, 2]\n  fit: {delta: 0.5}\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    bad(&p, &["validate", "--set", "x.y=1"])
+        .only("--set x.y=1: param `x` is an integer (3), not a mapping, so it has no `y` to set")
+        .at(pos(yaml, "x: 3", "3"))
+        .label("declared here")
+        .help("set `x` itself (`--set x=VALUE`), or declare it as a mapping");
+    bad(&p, &["validate", "--set", "l.0=5"])
+        .only("--set l.0=5: param `l` is a list, not a mapping, so it has no `0` to set")
+        .at(pos(yaml, "[1, 2]", "["));
+    p.write("p.yaml", "fit: {delta: {lo: 1}}\n");
+    bad(&p, &["validate", "-p", "p.yaml"])
+        .only("p.yaml: param `fit.delta` is a number (0.5), not a mapping, so it has no `lo` to set")
+        .at(pos(yaml, "0.5", "0.5"));
+    // Replacing a value whole, and filling a mapping, are fine.
+    drover(&p, &["validate", "--set", "x=[1]", "--set", "fit.delta=2"]).expect_code(0);
+}
+
+#[test]
+fn set_with_an_empty_name_or_a_number_out_of_range_is_an_error() {
+    let yaml =
+        "params:\n  x: 3\n  fit: {delta: 0.5}\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    // `x.=1` made a param named ``; `x=1e999` made `x` null.
+    for (set, message) in [
+        ("x.=1", "--set `x.=1`: the name `x.` has an empty part"),
+        ("fit..delta=1", "--set `fit..delta=1`: the name `fit..delta` has an empty part"),
+        ("x=1e999", "--set `x=1e999`: number `1e999` is out of range"),
+        ("fit.delta=[1, -1e999]", "--set `fit.delta=[1, -1e999]`: number `-1e999` is out of range"),
+    ] {
+        // The params mapping starts at its first key.
+        bad(&p, &["validate", "--set", set]).only(message).at(pos(yaml, "x: 3", "x"));
+    }
+    // Text that is not YAML at all is still taken as a string.
+    drover(&p, &["validate", "--set", "x=a: b: c"]).expect_code(0);
+}
+
+#[test]
+fn set_nested_past_the_limit_is_an_error() {
+    let yaml = "params:\n  x: 3\nstages:\n  raw:\n    op: read_table\n    with: {path: data.csv}\n";
+    let p = project(yaml);
+    let path = format!("x{}", ".a".repeat(5_000));
+    let set = format!("{path}=1");
+    bad(&p, &["validate", "--set", &set])
+        .only(&format!("--set `{}...`: this nests 5001 levels deep; params nest at most 64", &set[..60]));
+    let value = format!("x={}{}", "[".repeat(10_000), "]".repeat(10_000));
+    bad(&p, &["validate", "--set", &value]).only("YAML nested more than 64 levels deep");
+    // The value's levels count under its name: 1 + 63 is the most.
+    let deepest = format!("x={}{}", "[".repeat(63), "]".repeat(63));
+    drover(&p, &["validate", "--set", &deepest]).expect_code(0);
+    let one_more = format!("x={}{}", "[".repeat(64), "]".repeat(64));
+    bad(&p, &["validate", "--set", &one_more]).only("this nests 65 levels deep; params nest at most 64");
+}
+
+#[test]
+fn param_too_deep_for_the_with_block_it_fills_is_an_error() {
+    // Each is within the limit, but the param placed inside `with:` goes past it.
+    let yaml = "params: {x: 0}\nstages:\n  s:\n    op: command\n    out: {o: blob}\n    with: {run: \"echo > ${out.o}\", env: {A: \"${params.x}\"}}\n";
+    let p = project(yaml);
+    p.write("params.yaml", &format!("x: {}{}\n", "[".repeat(63), "]".repeat(63)));
+    bad(&p, &["validate", "-p", "params.yaml"])
+        .error("`with:` nests more than 64 levels deep once its `${params...}` are filled in")
+        .stage("s")
+        .at(pos(yaml, "{run", "{"));
 }
 
 #[test]

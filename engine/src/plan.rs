@@ -9,11 +9,17 @@ use std::time::Duration;
 use petgraph::graphmap::DiGraphMap;
 use serde_json::Value;
 
-use crate::diag::{Diags, PipelineErrors, did_you_mean, list_names};
+use crate::diag::{Diags, PipelineErrors, did_you_mean, list_names, thousands};
 use crate::interp::{self, InterpCx};
 use crate::op::{CheckCx, CheckLocation, Op, OpInfo, OpRegistry, PortDecl, PortType, Ports};
 use crate::spec::{PipelineSpec, StageSpec};
-use crate::yaml::{Node, Span};
+use crate::yaml::{MAX_DEPTH, Node, Span};
+
+/// A pipeline holds at most this many stages after matrix expansion, counted before anything
+/// is expanded (a matrix of 1,000 x 1,000 x 1,000 values filled memory instead). Planning
+/// 1,000,000 expansions of one `command` stage took 2.3 GiB and 71 s (debug build, 2 cores);
+/// the benchmarks' largest pipeline has 100,000 stages.
+pub const MAX_EXPANSIONS: u64 = 1_000_000;
 
 /// A checked, expanded pipeline.
 pub struct Plan {
@@ -129,6 +135,8 @@ impl Plan {
 pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErrors> {
     let mut d = Diags::new(spec.source.clone());
     d.extend(spec.errors.iter().cloned());
+    report_non_finite(&mut d, None, &spec.params, |key| format!("param `{}`", key.unwrap_or("")));
+    report_non_finite(&mut d, None, &spec.llms, |key| format!("`llms` setting `{}`", key.unwrap_or("")));
     let params = match spec.params.to_json() {
         Value::Null => Value::Object(Default::default()),
         v => v,
@@ -145,9 +153,14 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         op: Option<Arc<dyn Op>>,
         info: Option<Arc<OpInfo>>,
         matrix: Vec<(String, Value)>,
+        /// Its `with:` holds a number an op cannot receive (reported): its op is not checked.
+        broken: bool,
     }
     let mut pending: Vec<Pending<'_>> = Vec::new();
     let mut by_stage: HashMap<&str, Vec<usize>> = HashMap::new();
+    // Stages after expansion so far, and whether that went over the limit.
+    let mut expanded: u128 = 0;
+    let mut too_many = false;
     for stage in &spec.stages {
         let st = Some(stage.name.as_str());
         let op = ops.get(&stage.op).cloned();
@@ -157,8 +170,12 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                 did_you_mean(&stage.op, ops.names()).unwrap_or_else(|| format!("ops: {}", list_names(ops.names())));
             d.error(st, stage.op_span, format!("unknown op `{}`", stage.op), "no such op", Some(help));
         }
-        let mut combos: Vec<Vec<(String, Value)>> = vec![vec![]];
+        let broken = stage.with.as_ref().is_some_and(|with| {
+            report_non_finite(&mut d, st, with, |key| key.map_or("a param".into(), |k| format!("`{k}`")))
+        });
+        let mut axes: Vec<(&String, Vec<Value>)> = Vec::new();
         for (axis, axis_span, values) in &stage.matrix {
+            report_non_finite(&mut d, st, values, |_| format!("a value of matrix axis `{axis}`"));
             let cx = InterpCx { params: &params, matrix: None, in_ports: &no_ports, out_ports: &no_ports };
             let mut errs = Vec::new();
             let v = interp::interpolate(values, &cx, &mut BTreeMap::new(), &mut errs);
@@ -206,13 +223,32 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                     Some("each value makes one expansion; list it once".into()),
                 );
             }
-            let list = unique;
+            axes.push((axis, unique));
+        }
+        // Counted before anything is expanded.
+        let count = axes.iter().fold(1u128, |n, (_, values)| n.saturating_mul(values.len() as u128));
+        // The pipeline's total is reported once; a stage too large by itself, each time.
+        if let Some(message) = over_limit(count, if too_many { 0 } else { expanded }, !axes.is_empty()) {
+            let sizes: Vec<String> = axes.iter().map(|(_, values)| thousands(values.len() as u128)).collect();
+            let names = list_names(axes.iter().map(|(axis, _)| axis.as_str()));
+            let (span, label) = match axes.is_empty() {
+                true => (stage.name_span, "one stage too many".to_string()),
+                false => (stage.matrix_span, format!("{} values of {names}", sizes.join(" x "))),
+            };
+            let help = "a pipeline holds at most that many stages after matrix expansion; sweep fewer values, or split the sweep across pipelines";
+            d.error(st, span, message, label, Some(help.into()));
+            too_many = true;
+            continue;
+        }
+        expanded += count;
+        let mut combos: Vec<Vec<(String, Value)>> = vec![vec![]];
+        for (axis, list) in &axes {
             combos = combos
                 .into_iter()
                 .flat_map(|c| {
                     list.iter().map(move |v| {
                         let mut c = c.clone();
-                        c.push((axis.clone(), v.clone()));
+                        c.push(((*axis).clone(), v.clone()));
                         c
                     })
                 })
@@ -220,8 +256,12 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         }
         for matrix in combos {
             by_stage.entry(stage.name.as_str()).or_default().push(pending.len());
-            pending.push(Pending { spec: stage, op: op.clone(), info: info.clone(), matrix });
+            pending.push(Pending { spec: stage, op: op.clone(), info: info.clone(), matrix, broken });
         }
+    }
+    // References into a stage that was not expanded would each be another error.
+    if too_many {
+        return Err(d.finish().unwrap_err());
     }
     let ids: Vec<String> = pending.iter().map(|p| node_id(&p.spec.name, &p.matrix)).collect();
 
@@ -255,6 +295,15 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         let mut with = interp::interpolate(stage.with.as_ref().unwrap_or(&empty), &cx, &mut used, &mut errs);
         if with.is_null() {
             with = Value::Object(Default::default());
+        }
+        if json_height(&with) > MAX_DEPTH {
+            d.error(
+                st,
+                stage.with.as_ref().map_or(stage.name_span, |w| w.span),
+                format!("`with:` nests more than {MAX_DEPTH} levels deep once its `${{params...}}` are filled in"),
+                "too deep",
+                Some(format!("params and `with:` blocks nest at most {MAX_DEPTH} levels deep; flatten the param")),
+            );
         }
         let templated = p.info.as_ref().is_some_and(|i| i.templated_params);
         if !templated {
@@ -322,7 +371,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
                 }
             }
         }
-        resolved.push(Some(Resolved { params: with, used, inputs, deps }));
+        resolved.push((!p.broken).then_some(Resolved { params: with, used, inputs, deps }));
     }
 
     // 3. Cycles.
@@ -808,6 +857,53 @@ fn stand_in(declared: &PortType) -> PortType {
     }
 }
 
+/// Reports every NaN or infinity under `node`, naming it by the key it is under: JSON, which
+/// ops receive, has no such numbers (they would arrive as null, and an op would say that the
+/// param is missing). Whether there was one.
+fn report_non_finite(d: &mut Diags, st: Option<&str>, node: &Node, name: impl Fn(Option<&str>) -> String) -> bool {
+    let found = node.non_finite();
+    for (key, n) in &found {
+        d.error(
+            st,
+            n.span,
+            format!("{} must be a finite number; found {}", name(key.as_deref()), n.describe()),
+            "not a finite number",
+            Some("ops receive params as JSON, which has no NaN or infinity; write a finite number".into()),
+        );
+    }
+    !found.is_empty()
+}
+
+/// Why `count` more stages after matrix expansion, with `before` already planned, are too many
+/// (see [`MAX_EXPANSIONS`]); `matrix`: the stage has one.
+fn over_limit(count: u128, before: u128, matrix: bool) -> Option<String> {
+    let limit = u128::from(MAX_EXPANSIONS);
+    // The count saturates: say so rather than print u128::MAX as if it were exact.
+    let shown = |n: u128| if n == u128::MAX { format!("more than {}", thousands(n)) } else { thousands(n) };
+    match (count > limit, matrix) {
+        (true, _) => Some(format!("`matrix` expands to {} stages; at most {}", shown(count), thousands(limit))),
+        _ if before + count <= limit => None,
+        (false, true) => Some(format!(
+            "`matrix` expands to {} stages, which makes {} in the pipeline; at most {}",
+            thousands(count),
+            thousands(before + count),
+            thousands(limit)
+        )),
+        (false, false) => {
+            Some(format!("the pipeline has more than {} stages after matrix expansion", thousands(limit)))
+        }
+    }
+}
+
+/// How many arrays and objects deep a value nests (0 for a scalar).
+fn json_height(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(json_height).max().unwrap_or(0),
+        Value::Object(m) => 1 + m.values().map(json_height).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// The key node of the param at `path` (for an unknown param, the name is what is wrong).
 fn param_key<'n>(root: &'n Node, path: &[String]) -> Option<&'n Node> {
     let (name, parent) = path.split_last()?;
@@ -862,5 +958,34 @@ fn reference_span(source: &str, e: &crate::interp::InterpError) -> Span {
     match source.get(start..start + len) {
         Some(text) if text.starts_with("${") && !text.contains('\n') => Span::new(start, len),
         _ => e.span,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expansions_past_the_limit_are_refused_per_stage_and_per_pipeline() {
+        assert_eq!(over_limit(1_000_000, 0, true), None);
+        assert_eq!(over_limit(1, 999_999, false), None);
+        assert_eq!(
+            over_limit(1_000_000_000, 0, true).as_deref(),
+            Some("`matrix` expands to 1,000,000,000 stages; at most 1,000,000")
+        );
+        assert_eq!(
+            over_limit(u128::MAX, 0, true).as_deref(),
+            Some(
+                "`matrix` expands to more than 340,282,366,920,938,463,463,374,607,431,768,211,455 stages; at most 1,000,000"
+            )
+        );
+        assert_eq!(
+            over_limit(600_000, 600_000, true).as_deref(),
+            Some("`matrix` expands to 600,000 stages, which makes 1,200,000 in the pipeline; at most 1,000,000")
+        );
+        assert_eq!(
+            over_limit(1, 1_000_000, false).as_deref(),
+            Some("the pipeline has more than 1,000,000 stages after matrix expansion")
+        );
     }
 }

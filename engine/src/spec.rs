@@ -2,13 +2,19 @@
 //! against ops or other stages.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::diag::{Diags, PipelineErrors, SourceFile, did_you_mean, list_names};
+use crate::diag::{Diags, PipelineErrors, SourceFile, did_you_mean, line_col, list_names};
 use crate::op::{Column, PortType, TableSchema};
-use crate::yaml::{self, Node, NodeKind, Span};
+use crate::yaml::{self, MAX_DEPTH, Node, NodeKind, Span};
+
+/// Pipeline and params files are read up to this size (64 MiB). The largest pipeline the
+/// benchmarks plan, 100,000 stages, is a 20 MiB file; `/dev/zero` given as a file is an error
+/// rather than reading until memory runs out.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// Keys allowed at the top of a pipeline file.
 pub const TOP_KEYS: &[&str] = &["pipeline", "description", "params", "llms", "seed", "resources", "stages"];
@@ -51,6 +57,8 @@ pub struct StageSpec {
     pub deps: Vec<(String, Span)>,
     /// Matrix axes in source order: name, span, and the value list (maybe a `${params.x}`).
     pub matrix: Vec<(String, Span, Node)>,
+    /// The `matrix` key (where an expansion that is too large is reported).
+    pub matrix_span: Span,
     pub retries: u32,
     pub timeout: Option<Duration>,
     pub resources: BTreeMap<String, u64>,
@@ -89,22 +97,90 @@ pub struct ParamOverrides {
 
 /// Reads and parses a pipeline file. Every problem in the file is reported at once.
 pub fn load(path: &Path, overrides: &ParamOverrides) -> Result<PipelineSpec, PipelineErrors> {
-    let text = match std::fs::read_to_string(path) {
+    // The store and relative paths are beside the pipeline file: it must be a file, not a pipe.
+    let text = match read_text(path, false) {
         Ok(t) => t,
         Err(e) => {
             let source = SourceFile { name: path.display().to_string(), text: Arc::new(String::new()) };
             let mut d = Diags::new(source);
+            let help = e.help.unwrap_or_else(|| "pass the file to run, or create drover.yaml in this directory".into());
             d.error(
                 None,
                 Span::default(),
-                format!("cannot read pipeline file {}: {e}", path.display()),
+                format!("cannot read pipeline file {}: {}", path.display(), e.why),
                 "",
-                Some("pass the file to run, or create drover.yaml in this directory".into()),
+                Some(help),
             );
             return Err(d.finish().unwrap_err());
         }
     };
     parse_str(path, text, overrides)
+}
+
+/// Why a pipeline or params file could not be read, and what to do about it.
+struct Unreadable {
+    why: String,
+    help: Option<String>,
+}
+
+impl From<std::io::Error> for Unreadable {
+    fn from(e: std::io::Error) -> Unreadable {
+        Unreadable { why: e.to_string(), help: None }
+    }
+}
+
+/// Reads a pipeline or params file: UTF-8 text of at most [`MAX_FILE_BYTES`], from a regular
+/// file or a device (or, where `pipe_ok`, a pipe such as bash's `<(...)`), without the byte
+/// order mark some editors put first (it would become part of the first key).
+fn read_text(path: &Path, pipe_ok: bool) -> Result<String, Unreadable> {
+    let kind = std::fs::metadata(path)?.file_type();
+    if kind.is_dir() {
+        let inside = path.join("drover.yaml");
+        let help = match inside.is_file() {
+            true => format!("pass the YAML file itself, e.g. {}", inside.display()),
+            false => "pass the YAML file itself".into(),
+        };
+        return Err(Unreadable { why: "it is a directory".into(), help: Some(help) });
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        // Opening a FIFO waits for a writer: refuse it before that.
+        if kind.is_fifo() && !pipe_ok {
+            return Err(Unreadable {
+                why: "it is a named pipe (FIFO), not a regular file".into(),
+                help: Some(
+                    "write the pipeline to a file: its store (`.drover/`) and relative paths are beside it".into(),
+                ),
+            });
+        }
+        if kind.is_socket() {
+            return Err(Unreadable { why: "it is a socket, not a regular file".into(), help: None });
+        }
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Unreadable {
+            why: format!("it is larger than {} MiB", MAX_FILE_BYTES >> 20),
+            help: Some(format!(
+                "drover reads pipeline and params files of at most {} MiB ({MAX_FILE_BYTES} bytes); is this the right file?",
+                MAX_FILE_BYTES >> 20
+            )),
+        });
+    }
+    let mut text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let (line, col) = line_col(std::str::from_utf8(valid).unwrap_or_default(), valid.len());
+        Unreadable {
+            why: format!("it is not UTF-8 text (a bad byte at line {line}, column {col})"),
+            help: Some("save the file as UTF-8".into()),
+        }
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
 }
 
 /// Parses pipeline text as if read from `path`.
@@ -290,6 +366,7 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node) -> Option<StageSpec> {
         outputs: Vec::new(),
         deps: Vec::new(),
         matrix: Vec::new(),
+        matrix_span: key.span,
         retries: 0,
         timeout: None,
         resources: BTreeMap::new(),
@@ -410,6 +487,7 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node) -> Option<StageSpec> {
             },
             "matrix" => match v.as_map_mut() {
                 Some(axes) if !axes.is_empty() => {
+                    stage.matrix_span = k.span;
                     for (axis, values) in axes.iter_mut() {
                         stage.matrix.push((axis.key_text(), axis.span, values.take()));
                     }
@@ -422,7 +500,17 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node) -> Option<StageSpec> {
                     Some("e.g. `matrix: { size: [1, 2, 4] }`".into()),
                 ),
             },
-            "retries" => stage.retries = expect_u64(d, st, v, "retries").unwrap_or(0) as u32,
+            "retries" => match expect_u64(d, st, v, "retries").map(u32::try_from) {
+                Some(Ok(n)) => stage.retries = n,
+                Some(Err(_)) => d.error(
+                    st,
+                    v.span,
+                    format!("`retries` must be at most {}; found {}", u32::MAX, v.describe()),
+                    "too many",
+                    None,
+                ),
+                None => {}
+            },
             "timeout" => stage.timeout = parse_duration(d, st, v),
             "resources" => stage.resources = parse_resources(d, st, v),
             "seed" => stage.seed = expect_u64(d, st, v, "seed"),
@@ -512,7 +600,7 @@ fn expect_u64(d: &mut Diags, st: Option<&str>, v: &Node, what: &str) -> Option<u
             d.error(
                 st,
                 v.span,
-                format!("`{what}` must be a non-negative integer; found {}", v.type_name()),
+                format!("`{what}` must be a non-negative integer; found {}", v.describe()),
                 "expected an integer",
                 None,
             );
@@ -546,7 +634,7 @@ fn parse_resources(d: &mut Diags, st: Option<&str>, v: &Node) -> BTreeMap<String
 fn parse_duration(d: &mut Diags, st: Option<&str>, v: &Node) -> Option<Duration> {
     let parsed = match &v.kind {
         NodeKind::Int(i) if *i > 0 => Some(Duration::from_secs(*i as u64)),
-        NodeKind::Float(f) if *f > 0.0 => Some(Duration::from_secs_f64(*f)),
+        NodeKind::Float(f) if *f > 0.0 => Duration::try_from_secs_f64(*f).ok(),
         NodeKind::Str(s) => parse_duration_str(s),
         _ => None,
     };
@@ -554,7 +642,7 @@ fn parse_duration(d: &mut Diags, st: Option<&str>, v: &Node) -> Option<Duration>
         d.error(
             st,
             v.span,
-            "`timeout` must be a positive duration",
+            format!("`timeout` must be a positive duration; found {}", v.describe()),
             "expected a duration",
             Some("e.g. `30s`, `10m`, `2h`, `1h30m`, or seconds as a number".into()),
         );
@@ -586,20 +674,22 @@ pub fn parse_duration_str(s: &str) -> Option<Duration> {
         total += num.parse::<f64>().ok()?;
         any = true;
     }
-    (any && total > 0.0).then(|| Duration::from_secs_f64(total))
+    // `99999999999999999999d` does not fit in a `Duration`: not a duration, rather than a panic.
+    (any && total > 0.0).then(|| Duration::try_from_secs_f64(total).ok()).flatten()
 }
 
 fn apply_overrides(d: &mut Diags, params: &mut Node, files: &[PathBuf], sets: &[&String]) {
     for file in files {
-        let text = match std::fs::read_to_string(file) {
+        // A pipe is fine here: `-p <(make-params)`.
+        let text = match read_text(file, true) {
             Ok(t) => t,
             Err(e) => {
                 d.error(
                     None,
                     params.span,
-                    format!("cannot read params file {}: {e}", file.display()),
+                    format!("cannot read params file {}: {}", file.display(), e.why),
                     "params defined here",
-                    None,
+                    e.help,
                 );
                 continue;
             }
@@ -608,46 +698,89 @@ fn apply_overrides(d: &mut Diags, params: &mut Node, files: &[PathBuf], sets: &[
             Ok(node) => {
                 let mut node = node;
                 set_spans(&mut node, params.span);
-                merge(d, params, node, &file.display().to_string());
+                merge(d, params, node, &file.display().to_string(), "");
             }
             Err(errs) => {
                 for e in errs {
+                    let (line, col) = line_col(&text, e.span.offset);
                     d.error(
                         None,
                         params.span,
-                        format!("params file {}: {}", file.display(), e.message),
+                        format!("params file {}:{line}:{col}: {}", file.display(), e.message),
                         "params defined here",
-                        None,
+                        e.help,
                     );
                 }
             }
         }
     }
     for set in sets {
-        let Some((path, value)) = set.split_once('=') else {
-            d.error(
-                None,
-                params.span,
-                format!("--set `{set}`: expected `name=value`"),
-                "params defined here",
-                Some("e.g. `--set fit.delta=0.01`".into()),
-            );
-            continue;
-        };
-        let mut value = match yaml::parse(value) {
-            Ok(v) => v,
-            Err(_) => Node { span: params.span, kind: NodeKind::Str(value.to_string()) },
+        let parsed = split_set(set).and_then(|(segs, value)| Ok((set_value(value, segs.len())?, segs)));
+        let (value, segs) = match parsed {
+            Ok(parsed) => parsed,
+            Err((message, help)) => {
+                d.error(None, params.span, format!("--set `{}`: {message}", shorten(set)), "params defined here", help);
+                continue;
+            }
         };
         // Build `{a: {b: value}}` and merge it like a params file.
-        let mut node = std::mem::replace(&mut value, Node { span: params.span, kind: NodeKind::Null });
-        for seg in path.trim().rsplit('.') {
+        let mut node = value;
+        for seg in segs.iter().rev() {
             node = Node {
                 span: params.span,
                 kind: NodeKind::Map(vec![(Node { span: params.span, kind: NodeKind::Str(seg.to_string()) }, node)]),
             };
         }
         set_spans(&mut node, params.span);
-        merge(d, params, node, &format!("--set {set}"));
+        merge(d, params, node, &format!("--set {set}"), "");
+    }
+}
+
+/// A problem with one `--set`: the message and a hint.
+type SetError = (String, Option<String>);
+
+/// `a.b=VALUE` as its path of names and its value's text. Every name must be there (`a.=1`
+/// would create a param named ``).
+fn split_set(set: &str) -> Result<(Vec<&str>, &str), SetError> {
+    let example = || Some("e.g. `--set fit.delta=0.01`".to_string());
+    let Some((path, value)) = set.split_once('=') else {
+        return Err(("expected `name=value`".into(), example()));
+    };
+    let path = path.trim();
+    let segs: Vec<&str> = path.split('.').collect();
+    if segs.iter().any(|s| s.trim().is_empty()) {
+        return Err((format!("the name `{path}` has an empty part"), example()));
+    }
+    Ok((segs, value))
+}
+
+/// A `--set` value: YAML (`0.1`, `[1, 2]`, `{a: 1}`), or the text itself when it is not YAML at
+/// all (`--set msg=a: b`). A value that is YAML but breaks a rule (a number out of range, too
+/// deep) is an error. `levels` is how deep the value is placed: the names of its path.
+fn set_value(text: &str, levels: usize) -> Result<Node, SetError> {
+    let node = match yaml::parse_lenient(text) {
+        (Some(node), errs) if errs.is_empty() => node,
+        (None, errs) if errs.iter().all(|e| e.syntax) => {
+            Node { span: Span::default(), kind: NodeKind::Str(text.into()) }
+        }
+        (_, errs) => {
+            let e = errs.into_iter().next().expect("a tree is missing only with an error");
+            return Err((e.message, e.help));
+        }
+    };
+    let (_, height) = node.size_and_height();
+    if levels + height > MAX_DEPTH {
+        let message = format!("this nests {} levels deep; params nest at most {MAX_DEPTH}", levels + height);
+        return Err((message, None));
+    }
+    Ok(node)
+}
+
+/// A `--set` as a message quotes it: long ones (a path thousands of names long) cut short.
+fn shorten(set: &str) -> String {
+    match set.char_indices().nth(60) {
+        Some((end, _)) => format!("{}...", &set[..end]),
+        None => set.to_string(),
     }
 }
 
@@ -667,7 +800,13 @@ fn apply_llm_overrides(d: &mut Diags, llms: &mut Node, sets: &[&String]) {
             );
             continue;
         }
-        let mut value = yaml::parse(value).unwrap_or(Node { span: llms.span, kind: NodeKind::Str(value.to_string()) });
+        let mut value = match set_value(value, segs.len()) {
+            Ok(value) => value,
+            Err((message, help)) => {
+                d.error(None, llms.span, format!("--set `{}`: {message}", shorten(set)), "llms defined here", help);
+                continue;
+            }
+        };
         let span = llms.span;
         set_spans(&mut value, span);
         let mut node = &mut *llms;
@@ -702,9 +841,11 @@ fn set_spans(node: &mut Node, span: Span) {
     }
 }
 
-/// Deep-merges `over` into `base`. Overriding a param that does not exist is an error (a typo
-/// would otherwise be silently ignored).
-fn merge(d: &mut Diags, base: &mut Node, over: Node, origin: &str) {
+/// Deep-merges `over` into `base`, the params mapping (or one inside it, at `path`). Overriding
+/// a param that does not exist is an error (a typo would otherwise be silently ignored), and so
+/// is setting fields inside a param that is not a mapping (`--set x.y=1` where `x: 3` would
+/// otherwise silently replace `x`).
+fn merge(d: &mut Diags, base: &mut Node, over: Node, origin: &str, path: &str) {
     let NodeKind::Map(over_entries) = over.kind else {
         base.kind = over.kind;
         return;
@@ -714,25 +855,33 @@ fn merge(d: &mut Diags, base: &mut Node, over: Node, origin: &str) {
     }
     let base_span = base.span;
     let NodeKind::Map(base_entries) = &mut base.kind else {
-        d.error(
-            None,
-            base_span,
-            format!("{origin}: cannot set fields inside a param that is not a mapping"),
-            "this param",
-            None,
-        );
-        return;
+        unreachable!("merge is called on the params mapping and recurses only into mappings")
     };
     for (k, v) in over_entries {
         let name = k.key_text();
+        let full = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
         match base_entries.iter_mut().find(|(bk, _)| bk.key_text() == name) {
-            Some((_, bv)) => {
-                if matches!(v.kind, NodeKind::Map(_)) && matches!(bv.kind, NodeKind::Map(_)) {
-                    merge(d, bv, v, origin);
-                } else {
-                    bv.kind = v.kind;
+            Some((_, bv)) => match (&v.kind, &bv.kind) {
+                (NodeKind::Map(_), NodeKind::Map(_)) => merge(d, bv, v, origin, &full),
+                (
+                    NodeKind::Map(fields),
+                    NodeKind::Bool(_) | NodeKind::Int(_) | NodeKind::Float(_) | NodeKind::Str(_) | NodeKind::Seq(_),
+                ) => {
+                    let field = fields.first().map_or(String::new(), |(f, _)| f.key_text());
+                    let what = match bv.kind {
+                        NodeKind::Seq(_) => bv.type_name().to_string(),
+                        _ => format!("{} ({})", bv.type_name(), bv.describe()),
+                    };
+                    d.error(
+                        None,
+                        bv.span,
+                        format!("{origin}: param `{full}` is {what}, not a mapping, so it has no `{field}` to set"),
+                        "declared here",
+                        Some(format!("set `{full}` itself (`--set {full}=VALUE`), or declare it as a mapping")),
+                    );
                 }
-            }
+                _ => bv.kind = v.kind,
+            },
             None => {
                 let names: Vec<String> = base_entries.iter().map(|(k, _)| k.key_text()).collect();
                 let help = did_you_mean(&name, names.iter().map(String::as_str)).unwrap_or_else(|| {

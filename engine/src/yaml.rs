@@ -1,11 +1,13 @@
 //! A YAML tree that keeps the source span of every node, built from yaml-rust2's events.
 //!
 //! Aliases are expanded with a bound on the number of nodes they add (an alias bomb is an
-//! error, not an out-of-memory), and duplicate mapping keys are errors.
+//! error, not an out-of-memory), nesting is bounded by [`MAX_DEPTH`] (so that nothing that walks
+//! a tree, here or in serde, can overflow the stack), and duplicate mapping keys, control
+//! characters and numbers out of range are errors.
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// A byte range in the source.
@@ -102,6 +104,35 @@ impl Node {
         }
     }
 
+    /// The value as an error message quotes it: a number or boolean as written, text in
+    /// backticks, otherwise its kind (`a list`).
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            NodeKind::Null => "null".into(),
+            NodeKind::Bool(b) => b.to_string(),
+            NodeKind::Int(i) => i.to_string(),
+            NodeKind::Float(f) => describe_float(*f),
+            NodeKind::Str(s) => format!("`{s}`"),
+            NodeKind::Seq(_) | NodeKind::Map(_) => self.type_name().into(),
+        }
+    }
+
+    /// Every NaN or infinite number in this subtree, with the nearest mapping key above it.
+    /// JSON, which ops receive, has no such numbers: [`Node::to_json`] would make them null.
+    pub fn non_finite(&self) -> Vec<(Option<String>, &Node)> {
+        fn walk<'n>(node: &'n Node, key: Option<String>, out: &mut Vec<(Option<String>, &'n Node)>) {
+            match &node.kind {
+                NodeKind::Float(f) if !f.is_finite() => out.push((key, node)),
+                NodeKind::Seq(items) => items.iter().for_each(|n| walk(n, key.clone(), out)),
+                NodeKind::Map(entries) => entries.iter().for_each(|(k, v)| walk(v, Some(k.key_text()), out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, None, &mut out);
+        out
+    }
+
     /// The node as JSON (map keys become strings).
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value;
@@ -141,13 +172,28 @@ impl Node {
         Some(node)
     }
 
-    /// Number of nodes in this subtree.
-    fn size(&self) -> usize {
-        1 + match &self.kind {
-            NodeKind::Seq(items) => items.iter().map(Node::size).sum(),
-            NodeKind::Map(entries) => entries.iter().map(|(k, v)| k.size() + v.size()).sum(),
-            _ => 0,
+    /// Number of nodes in this subtree, and how many collections deep it nests (0 for a
+    /// scalar, 1 for a flat list).
+    pub fn size_and_height(&self) -> (usize, usize) {
+        let fold = |(size, height): (usize, usize), child: &Node| {
+            let (s, h) = child.size_and_height();
+            (size + s, height.max(h + 1))
+        };
+        match &self.kind {
+            NodeKind::Seq(items) => items.iter().fold((1, 1), fold),
+            NodeKind::Map(entries) => entries.iter().flat_map(|(k, v)| [k, v]).fold((1, 1), fold),
+            _ => (1, 0),
         }
+    }
+}
+
+/// A float as an error message shows it (`NaN`, `infinity`, `1.5`).
+fn describe_float(f: f64) -> String {
+    match f {
+        f if f.is_nan() => "NaN".into(),
+        f64::INFINITY => "infinity".into(),
+        f64::NEG_INFINITY => "-infinity".into(),
+        f => f.to_string(),
     }
 }
 
@@ -157,10 +203,36 @@ pub struct YamlError {
     pub message: String,
     pub span: Span,
     pub help: Option<String>,
+    /// The text is not YAML at all (rather than YAML that breaks a rule or a limit of drover's):
+    /// `--set name=TEXT` then takes it as a string.
+    pub syntax: bool,
+}
+
+impl YamlError {
+    fn new(message: impl Into<String>, span: Span, help: impl Into<String>) -> YamlError {
+        YamlError { message: message.into(), span, help: Some(help.into()), syntax: false }
+    }
 }
 
 /// At most this many nodes may be created by expanding aliases.
 pub const MAX_ALIAS_NODES: usize = 100_000;
+
+/// Mappings and lists nest at most this deep (the root mapping of a file is level 1). Deep
+/// enough for any configuration (a mergekit config nests about 6 levels); shallow enough that
+/// every recursive walk (building, dropping, `to_json`, interpolation, serde) stays far from
+/// the end of the stack, and that a value placed inside another (a param in a stage's `with:`,
+/// a `with:` in a run record) stays within serde_json's own limit of 128 levels when it is
+/// read back.
+pub const MAX_DEPTH: usize = 64;
+
+/// The error for a mapping or list that starts level `MAX_DEPTH + 1`, pointing at it.
+fn too_deep(span: Span) -> YamlError {
+    YamlError::new(
+        format!("YAML nested more than {MAX_DEPTH} levels deep"),
+        span,
+        format!("mappings and lists nest at most {MAX_DEPTH} levels deep; flatten this value"),
+    )
+}
 
 /// Parses one YAML document. Every problem is an error (see [`parse_lenient`]).
 pub fn parse(source: &str) -> Result<Node, Vec<YamlError>> {
@@ -171,9 +243,13 @@ pub fn parse(source: &str) -> Result<Node, Vec<YamlError>> {
 }
 
 /// Parses one YAML document, going on past problems that leave a usable tree (duplicate keys,
-/// extra documents), so that a caller can report them together with its own. The tree is
-/// `None` after a syntax error or an alias bomb.
+/// extra documents, numbers out of range), so that a caller can report them together with its
+/// own. The tree is `None` after a syntax error, a control character, nesting deeper than
+/// [`MAX_DEPTH`] or an alias bomb.
 pub fn parse_lenient(source: &str) -> (Option<Node>, Vec<YamlError>) {
+    if let Some(e) = control_character(source) {
+        return (None, vec![e]);
+    }
     let mut builder = Builder {
         source,
         lines: LineIndex::new(source),
@@ -183,22 +259,39 @@ pub fn parse_lenient(source: &str) -> (Option<Node>, Vec<YamlError>) {
         alias_nodes: 0,
         errors: Vec::new(),
         doc_starts: Vec::new(),
+        too_deep_at: None,
+        stop: false,
     };
+    // Event by event rather than through `Parser::load`, which recurses once per level of
+    // nesting (a mapping 10,000 levels deep overflowed the stack) and cannot be stopped early.
     let mut parser = Parser::new_from_str(source);
-    if let Err(e) = parser.load(&mut builder, true) {
-        let offset = builder.lines.offset(source, e.marker());
-        return (None, vec![syntax_error(source, offset, e.info())]);
-    }
-    if builder.alias_nodes > MAX_ALIAS_NODES {
-        return (None, builder.errors);
+    loop {
+        match parser.next_token() {
+            Ok((Event::StreamEnd, _)) => break,
+            Ok((ev, mark)) => builder.on_event(ev, mark),
+            Err(e) => {
+                let offset = builder.lines.offset(source, e.marker());
+                // The scanner's own limit (255 nested `[` or `{`) is reached before the parser
+                // emits the first of them: it reads a flow collection to its end first.
+                let error = if e.info() == "recursion limit exceeded" {
+                    builder.flow_too_deep(offset)
+                } else {
+                    syntax_error(source, offset, e.info())
+                };
+                return (None, vec![error]);
+            }
+        }
+        if builder.stop {
+            return (None, builder.errors);
+        }
     }
     if let Some(&second) = builder.doc_starts.get(1) {
         let len = if source[second..].starts_with("---") { 3 } else { 1 };
-        builder.errors.push(YamlError {
-            message: "a pipeline file holds one YAML document; found more".into(),
-            span: Span::new(second, len),
-            help: Some("remove the `---` separator and what follows, or merge the documents".into()),
-        });
+        builder.errors.push(YamlError::new(
+            "a pipeline file holds one YAML document; found more",
+            Span::new(second, len),
+            "remove the `---` separator and what follows, or merge the documents",
+        ));
     }
     (Some(builder.root.unwrap_or(Node { span: Span::new(0, 0), kind: NodeKind::Null })), builder.errors)
 }
@@ -216,6 +309,7 @@ fn syntax_error(source: &str, offset: usize, info: &str) -> YamlError {
                 message: "YAML syntax error: a tab in indentation".into(),
                 span: Span::new(start + tab, 1),
                 help: Some("YAML indents with spaces only; replace the tab with spaces".into()),
+                syntax: true,
             };
         }
     }
@@ -227,6 +321,7 @@ fn syntax_error(source: &str, offset: usize, info: &str) -> YamlError {
             message: format!("YAML syntax error: {info}"),
             span: Span::new(at, 1),
             help: Some("this quote is never closed".into()),
+            syntax: true,
         };
     }
     if let Some((at, open)) = unclosed {
@@ -235,14 +330,63 @@ fn syntax_error(source: &str, offset: usize, info: &str) -> YamlError {
             message: format!("YAML syntax error: `{open}` is never closed"),
             span: Span::new(at, 1),
             help: Some(format!("close it with `{close}` (the parser stopped later: {info})")),
+            syntax: true,
         };
     }
-    YamlError { message: format!("YAML syntax error: {info}"), span: Span::new(offset, 1), help: None }
+    YamlError { message: format!("YAML syntax error: {info}"), span: Span::new(offset, 1), help: None, syntax: true }
 }
+
+/// The first character that YAML allows nowhere (C0 controls but tab and line breaks, DEL, C1
+/// controls but NEL, U+FFFE and U+FFFF), as an error. The scanner takes a NUL for the end of
+/// the text, which made a NUL inside a string look like an unclosed quote.
+fn control_character(source: &str) -> Option<YamlError> {
+    let printable = |c: char| {
+        matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+            || c >= '\u{10000}'
+    };
+    let (at, c) = source.char_indices().find(|&(_, c)| !printable(c))?;
+    let more = source[at + c.len_utf8()..].chars().filter(|&c| !printable(c)).count();
+    let code = c as u32;
+    let name = match code {
+        0x00 => " (NUL)",
+        0x07 => " (BEL)",
+        0x08 => " (BS)",
+        0x0b => " (VT)",
+        0x0c => " (FF)",
+        0x1b => " (ESC)",
+        0x7f => " (DEL)",
+        _ => "",
+    };
+    let escape = match code {
+        0 => "\\0".to_string(),
+        0x01..=0xff => format!("\\x{code:02x}"),
+        _ => format!("\\u{code:04x}"),
+    };
+    let more = match more {
+        0 => String::new(),
+        1 => "; the file has 1 more such character".into(),
+        n => format!("; the file has {n} more such characters"),
+    };
+    Some(YamlError::new(
+        format!("YAML does not allow the control character U+{code:04X}{name}"),
+        Span::new(at, c.len_utf8()),
+        format!("remove it, or write it as the escape `{escape}` inside a double-quoted string{more}"),
+    ))
+}
+
+/// A quote or bracket, and its byte offset.
+type Opening = (usize, char);
 
 /// What is left open at the end of `text`: a quote that starts a quoted scalar, else the last
 /// `[` or `{` not closed (comments skipped).
-fn unclosed_bracket(text: &str) -> Option<(usize, char)> {
+fn unclosed_bracket(text: &str) -> Option<Opening> {
+    let (quote, mut stack) = open_brackets(text);
+    quote.or_else(|| stack.pop())
+}
+
+/// The quote left open at the end of `text`, if any, and every `[` or `{` not closed, outermost
+/// first (comments skipped).
+fn open_brackets(text: &str) -> (Option<Opening>, Vec<Opening>) {
     let mut stack = Vec::new();
     let mut quote: Option<(usize, char)> = None;
     let mut comment = false;
@@ -266,7 +410,7 @@ fn unclosed_bracket(text: &str) -> Option<(usize, char)> {
             _ => {}
         }
     }
-    quote.or_else(|| stack.pop())
+    (quote, stack)
 }
 
 /// Up to this many keys, duplicate keys are found by scanning.
@@ -275,6 +419,14 @@ const SMALL_MAP: usize = 16;
 enum Frame {
     Seq { start: usize, anchor: usize, items: Vec<Node> },
     Map { start: usize, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node>, seen: HashMap<String, usize> },
+}
+
+impl Frame {
+    fn start(&self) -> usize {
+        match self {
+            Frame::Seq { start, .. } | Frame::Map { start, .. } => *start,
+        }
+    }
 }
 
 struct Builder<'s> {
@@ -287,9 +439,29 @@ struct Builder<'s> {
     errors: Vec<YamlError>,
     /// Where each document starts.
     doc_starts: Vec<usize>,
+    /// Where a collection that starts level `MAX_DEPTH + 1` was marked; reported at the next
+    /// event, which shows where its text starts (a block mapping is marked at its first `:`).
+    too_deep_at: Option<usize>,
+    /// The tree cannot be built (too deep, alias bomb): stop reading.
+    stop: bool,
 }
 
 impl Builder<'_> {
+    /// A one-character span at `offset` (the character may take several bytes).
+    fn char_span(&self, offset: usize) -> Span {
+        Span::new(offset, self.source[offset.min(self.source.len())..].chars().next().map_or(0, char::len_utf8))
+    }
+
+    /// The error for flow collections nested past the scanner's limit: it points at the
+    /// bracket that starts level `MAX_DEPTH + 1`, counting the block collections around it.
+    fn flow_too_deep(&self, offset: usize) -> YamlError {
+        let is_flow = |start: usize| matches!(self.source.as_bytes().get(start), Some(b'[' | b'{'));
+        let block = self.stack.iter().filter(|f| !is_flow(f.start())).count();
+        let (_, open) = open_brackets(&self.source[..offset.min(self.source.len())]);
+        let at = MAX_DEPTH.checked_sub(block).and_then(|i| open.get(i)).map_or(offset, |&(at, _)| at);
+        too_deep(self.char_span(at))
+    }
+
     fn push_node(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
             self.anchors.insert(anchor, node.clone());
@@ -317,32 +489,53 @@ impl Builder<'_> {
                         (first != k.span.offset).then_some(first)
                     };
                     if let Some(prev_offset) = first {
-                        self.errors.push(YamlError {
-                            message: format!("duplicate key `{}`", k.key_text()),
-                            span: k.span,
-                            help: Some(format!(
+                        self.errors.push(YamlError::new(
+                            format!("duplicate key `{}`", k.key_text()),
+                            k.span,
+                            format!(
                                 "`{}` is first defined on line {}; each key may appear once",
                                 k.key_text(),
                                 self.lines.line_of(prev_offset)
-                            )),
-                        });
+                            ),
+                        ));
                     }
                     entries.push((k, node));
                 }
             },
         }
     }
-}
 
-impl MarkedEventReceiver for Builder<'_> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let offset = self.lines.offset(self.source, &mark);
+        if let Some(start) = self.too_deep_at {
+            self.errors.push(too_deep(self.char_span(start.min(offset))));
+            self.stop = true;
+            return;
+        }
         match ev {
             Event::DocumentStart => self.doc_starts.push(offset),
             Event::Scalar(value, style, anchor, _tag) => {
                 let len = self.lines.scalar_len(self.source, offset, &value, style);
-                let kind = if style == TScalarStyle::Plain { resolve_plain(&value) } else { NodeKind::Str(value) };
+                let kind = if style == TScalarStyle::Plain {
+                    let kind = resolve_plain(&value);
+                    // `1e999` reads as infinity; only `.inf` means it.
+                    if matches!(kind, NodeKind::Float(f) if f.is_infinite())
+                        && !value.to_ascii_lowercase().ends_with(".inf")
+                    {
+                        self.errors.push(YamlError::new(
+                            format!("number `{value}` is out of range"),
+                            Span::new(offset, len),
+                            "numbers are 64-bit floats, at most about 1.8e308; quote it to keep it as text",
+                        ));
+                    }
+                    kind
+                } else {
+                    NodeKind::Str(value)
+                };
                 self.push_node(Node { span: Span::new(offset, len), kind }, anchor);
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() >= MAX_DEPTH => {
+                self.too_deep_at = Some(offset);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq { start: offset, anchor, items: Vec::new() }),
             Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
@@ -374,22 +567,26 @@ impl MarkedEventReceiver for Builder<'_> {
             }
             Event::Alias(id) => {
                 let span = Span::new(offset, 1);
-                match self.anchors.get(&id).cloned() {
-                    Some(mut node) => {
-                        self.alias_nodes += node.size();
+                match self.anchors.get(&id) {
+                    Some(node) => {
+                        // Sizes and heights are checked before the copy is made.
+                        let (size, height) = node.size_and_height();
+                        self.alias_nodes += size;
                         if self.alias_nodes > MAX_ALIAS_NODES {
-                            if !self.errors.iter().any(|e| e.message.starts_with("YAML aliases")) {
-                                self.errors.push(YamlError {
-                                    message: format!("YAML aliases expand to more than {MAX_ALIAS_NODES} nodes"),
-                                    span,
-                                    help: Some("this looks like an alias bomb; write the values out or use fewer nested aliases".into()),
-                                });
-                            }
-                            node = Node { span, kind: NodeKind::Null };
+                            self.errors.push(YamlError::new(
+                                format!("YAML aliases expand to more than {MAX_ALIAS_NODES} nodes"),
+                                span,
+                                "this looks like an alias bomb; write the values out or use fewer nested aliases",
+                            ));
+                            self.stop = true;
+                        } else if self.stack.len() + height > MAX_DEPTH {
+                            // Each alias of an alias can nest one level deeper than the last.
+                            self.errors.push(too_deep(span));
+                            self.stop = true;
                         } else {
-                            node.span = span;
+                            let node = Node { span, kind: node.kind.clone() };
+                            self.push_node(node, 0);
                         }
-                        self.push_node(node, 0);
                     }
                     None => self.push_node(Node { span, kind: NodeKind::Null }, 0),
                 }
@@ -418,7 +615,10 @@ fn resolve_plain(v: &str) -> NodeKind {
     {
         return NodeKind::Int(i);
     }
-    let looks_numeric = v.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'-' || b == b'+' || b == b'.');
+    // Digits, signs, `.` and exponents only: Rust also reads `-inf` and `+nan`, which YAML
+    // spells `-.inf` and `.nan` (and takes as text otherwise).
+    let looks_numeric = v.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'-' || b == b'+' || b == b'.')
+        && v.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
     if looks_numeric && let Ok(f) = v.parse::<f64>() {
         return NodeKind::Float(f);
     }
@@ -503,6 +703,11 @@ mod tests {
         assert_eq!(root.get("c").unwrap().kind, NodeKind::Null);
         assert_eq!(root.get("d").unwrap().kind, NodeKind::Str("007x".into()));
         assert_eq!(root.get("e").unwrap().kind, NodeKind::Str("1".into()));
+        let root = parse("a: -inf\nb: +nan\nc: -.inf\nd: 1e3\n").unwrap();
+        assert_eq!(root.get("a").unwrap().kind, NodeKind::Str("-inf".into()));
+        assert_eq!(root.get("b").unwrap().kind, NodeKind::Str("+nan".into()));
+        assert_eq!(root.get("c").unwrap().kind, NodeKind::Float(f64::NEG_INFINITY));
+        assert_eq!(root.get("d").unwrap().kind, NodeKind::Float(1000.0));
     }
 
     #[test]
@@ -530,6 +735,93 @@ mod tests {
         let errs = parse("stages:\n  a: 1\n  a: 2\n").unwrap_err();
         assert_eq!(errs[0].message, "duplicate key `a`");
         assert_eq!(errs[0].span.offset, 17); // the second `a`
+    }
+
+    /// The text at an error's span.
+    fn at<'s>(src: &'s str, e: &YamlError) -> &'s str {
+        &src[e.span.offset..e.span.offset + e.span.len]
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_cap_is_an_error_at_the_collection_that_goes_too_deep() {
+        // The root mapping is level 1; `kN:` starts level N + 1.
+        let block = |levels: usize| {
+            (0..levels).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect::<String>() + &" ".repeat(levels) + "x\n"
+        };
+        assert!(parse(&block(MAX_DEPTH)).is_ok());
+        for levels in [MAX_DEPTH + 1, 10_000] {
+            let src = block(levels);
+            let errs = parse(&src).unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].message, format!("YAML nested more than {MAX_DEPTH} levels deep"));
+            assert_eq!(at(&src, &errs[0]), "k");
+            assert_eq!(src[errs[0].span.offset..].split(':').next(), Some(format!("k{MAX_DEPTH}").as_str()));
+        }
+        // Flow collections: below the scanner's own limit of 255 and far above it.
+        for brackets in [MAX_DEPTH + 1, 300, 10_000] {
+            let src = format!("a: {}{}\n", "[".repeat(brackets), "]".repeat(brackets));
+            let errs = parse(&src).unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].message, format!("YAML nested more than {MAX_DEPTH} levels deep"), "{brackets}");
+            // `a:` is level 1, so the bracket that starts level MAX_DEPTH + 1 is the MAX_DEPTH-th.
+            assert_eq!(errs[0].span, Span::new(3 + MAX_DEPTH - 1, 1), "{brackets}");
+        }
+    }
+
+    #[test]
+    fn aliases_cannot_nest_past_the_cap() {
+        // Each line nests the previous one a level deeper, in few nodes (no alias bomb).
+        let mut src = String::from("a0: &a0 [x]\n");
+        for i in 1..100 {
+            src.push_str(&format!("a{i}: &a{i} [*a{}]\n", i - 1));
+        }
+        let errs = parse(&src).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].message, format!("YAML nested more than {MAX_DEPTH} levels deep"));
+        assert_eq!(at(&src, &errs[0]), "*");
+        let (_, height) = parse(&src[..src.find(&format!("a{}:", MAX_DEPTH - 1)).unwrap()]).unwrap().size_and_height();
+        assert_eq!(height, MAX_DEPTH);
+    }
+
+    #[test]
+    fn control_characters_are_errors_at_their_place() {
+        let src = "a: \"x\0y\"\nb: \u{1b}\n";
+        let errs = parse(src).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].message, "YAML does not allow the control character U+0000 (NUL)");
+        assert_eq!(errs[0].span, Span::new(5, 1));
+        assert_eq!(
+            errs[0].help.as_deref(),
+            Some(
+                "remove it, or write it as the escape `\\0` inside a double-quoted string; the file has 1 more such character"
+            )
+        );
+        let errs = parse("a: \u{9f}\n").unwrap_err();
+        assert_eq!(errs[0].message, "YAML does not allow the control character U+009F");
+        assert_eq!(errs[0].span, Span::new(3, 2));
+        assert!(parse("a: \"tab\there\"\r\nb: \u{85}é\n").is_ok());
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_errors_and_inf_is_not() {
+        let src = "a: 1e999\nb: -1e999\nc: .inf\nd: '1e999'\n";
+        let (root, errs) = parse_lenient(src);
+        assert_eq!(
+            errs.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            ["number `1e999` is out of range", "number `-1e999` is out of range"]
+        );
+        assert_eq!(at(src, &errs[1]), "-1e999");
+        let root = root.unwrap();
+        assert_eq!(root.get("c").unwrap().kind, NodeKind::Float(f64::INFINITY));
+        assert_eq!(root.get("d").unwrap().kind, NodeKind::Str("1e999".into()));
+    }
+
+    #[test]
+    fn non_finite_numbers_are_found_with_their_key() {
+        let root = parse("a: .nan\nb: {c: [1, -.inf]}\nd: 1.5\n").unwrap();
+        let found: Vec<(Option<String>, String)> =
+            root.non_finite().into_iter().map(|(k, n)| (k, n.describe())).collect();
+        assert_eq!(found, [(Some("a".into()), "NaN".into()), (Some("c".into()), "-infinity".into())]);
     }
 
     #[test]
