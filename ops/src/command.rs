@@ -295,9 +295,16 @@ fn shell_path(base: &Path, path: &Path) -> String {
     if safe && !shown.is_empty() { shown } else { format!("'{}'", shown.replace('\'', r"'\''")) }
 }
 
-/// The last lines of a log, for an error message.
+/// The last lines of a log, for an error message (read from its last 16 KiB: a log may be huge).
 fn log_tail(path: &Path) -> String {
-    let Ok(text) = std::fs::read_to_string(path) else { return String::new() };
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return String::new() };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(len.saturating_sub(16 * 1024))).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     let tail = &lines[lines.len().saturating_sub(15)..];
     if tail.is_empty() { String::new() } else { format!("; last lines of its output:\n  {}", tail.join("\n  ")) }
