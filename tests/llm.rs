@@ -127,9 +127,9 @@ fn pipeline(base_url: &str, extra_llm: &str, max_tokens: u32) -> String {
     )
 }
 
-/// Reads the `answers` table as JSON rows.
+/// Reads the `answers` table as JSON rows (exported again each time, over the last export).
 fn answers(p: &Project) -> Vec<serde_json::Value> {
-    let out = p.drover(&["export", "answers", "answers.jsonl"]);
+    let out = p.drover(&["export", "answers", "answers.jsonl", "--force"]);
     out.expect_code(0);
     p.read("answers.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }

@@ -1,6 +1,7 @@
-//! End-to-end tests of the files a pipeline reads: a dep may be any path (relative to the
-//! pipeline's directory or absolute, inside the project or not, through symlinks) and enters
-//! the key by content; a symlink loop is an error naming the link.
+//! End-to-end tests of the files a pipeline reads and writes: a dep may be any path (relative
+//! to the pipeline's directory or absolute, inside the project or not, through symlinks) and
+//! enters the key by content; a symlink loop is an error naming the link; `drover export` writes
+//! whole files, never over one without `--force`, and never into a directory by accident.
 
 mod common;
 
@@ -88,4 +89,112 @@ fn a_symlink_loop_in_a_dep_directory_is_an_environment_error_naming_the_link() {
     );
     assert_eq!(out.stderr, expected);
     p.drover(&["run", "proj/drover.yaml"]).expect_code(3);
+}
+
+/// A project with a stored table `t` (two rows), blob `b` and dir `d`.
+fn stored() -> Project {
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        r#"
+stages:
+  make:
+    op: command
+    with: { run: "printf 'a,b\n1,x\n2,y\n' > ${out.t}; echo blob > ${out.b}; mkdir -p ${out.d}/sub; echo one > ${out.d}/sub/one.txt" }
+    out: { t: { type: table, format: csv }, b: blob, d: dir }
+"#,
+    );
+    p.drover(&["run"]).expect_code(0);
+    p
+}
+
+/// The names in a directory, sorted.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn export_replaces_an_existing_file_only_with_force() {
+    let p = stored();
+    p.write("out/t.csv", "mine\n").write("out/b.bin", "mine too\n");
+    for (target, dest) in [("make.t", "out/t.csv"), ("make.b", "out/b.bin")] {
+        let out = p.drover(&["export", target, dest]);
+        out.expect_code(2);
+        assert!(out.stderr.contains(&format!("{dest} already exists; pass --force to overwrite it")), "{}", out.stderr);
+    }
+    assert_eq!((p.read("out/t.csv"), p.read("out/b.bin")), ("mine\n".to_string(), "mine too\n".to_string()));
+
+    p.drover(&["export", "make.t", "out/t.csv", "--force"]).expect_code(0);
+    p.drover(&["export", "make.b", "out/b.bin", "--force"]).expect_code(0);
+    assert_eq!((p.read("out/t.csv"), p.read("out/b.bin")), ("a,b\n1,x\n2,y\n".to_string(), "blob\n".to_string()));
+    // Written beside the destination and renamed: nothing else is left in the directory, and
+    // the file is the user's to edit (not a read-only store object).
+    assert_eq!(names(&p.join("out")), ["b.bin", "t.csv"]);
+    for f in ["out/t.csv", "out/b.bin"] {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(p.join(f)).unwrap().permissions().mode() & 0o777, 0o644, "{f}");
+    }
+    // A new file needs no flag, and its directory is made.
+    p.drover(&["export", "make.t", "new/dir/t.parquet"]).expect_code(0);
+    assert_eq!(&std::fs::read(p.join("new/dir/t.parquet")).unwrap()[..4], b"PAR1");
+}
+
+#[test]
+fn export_onto_a_directory_names_it_and_writes_nothing() {
+    let p = stored();
+    std::fs::create_dir_all(p.join("outdir.csv")).unwrap();
+    std::fs::create_dir_all(p.join("outdir")).unwrap();
+    let out = p.drover(&["export", "make.t", "outdir.csv", "--force"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("outdir.csv is a directory; a table is exported to a file"), "{}", out.stderr);
+    assert!(out.stderr.contains("name a file, e.g. outdir.csv/t.csv"), "{}", out.stderr);
+    let out = p.drover(&["export", "make.b", "outdir"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("outdir is a directory; a blob is exported to a file"), "{}", out.stderr);
+    assert!(out.stderr.contains("name a file, e.g. outdir/b"), "{}", out.stderr);
+    assert!(names(&p.join("outdir.csv")).is_empty() && names(&p.join("outdir")).is_empty());
+}
+
+#[test]
+fn a_dir_output_is_exported_only_to_a_new_or_empty_directory() {
+    let p = stored();
+    p.write("file.txt", "mine\n");
+    let out = p.drover(&["export", "make.d", "file.txt", "--force"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("file.txt is a file"), "{}", out.stderr);
+    assert!(out.stderr.contains("a dir output is exported to a new or empty directory"), "{}", out.stderr);
+    assert_eq!(p.read("file.txt"), "mine\n");
+
+    std::fs::create_dir(p.join("outdir")).unwrap();
+    p.drover(&["export", "make.d", "outdir"]).expect_code(0);
+    assert_eq!(p.read("outdir/sub/one.txt"), "one\n");
+    let out = p.drover(&["export", "make.d", "outdir", "--force"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("outdir exists and is not empty"), "{}", out.stderr);
+    // Assembled beside the destination and renamed: nothing else is left.
+    assert_eq!(names(p.path()), [".drover", "drover.yaml", "file.txt", "outdir"]);
+}
+
+#[test]
+fn an_export_that_fails_half_way_leaves_the_file_it_would_replace() {
+    let p = Project::new();
+    // A list column: Parquet holds it, CSV cannot.
+    p.write(
+        "drover.yaml",
+        "stages:\n  make:\n    op: command\n    with: { run: \"echo '{\\\"a\\\": 1, \\\"l\\\": [1, 2]}' > ${out.t}\" }\n    out: { t: { type: table, format: jsonl } }\n",
+    );
+    p.drover(&["run"]).expect_code(0);
+    p.write("t.csv", "mine\n");
+    let out = p.drover(&["export", "make.t", "t.csv", "--force"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("t.csv (csv): Csv error: Nested type List(Int64) is not supported in CSV"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(p.read("t.csv"), "mine\n");
+    assert_eq!(names(p.path()), [".drover", "drover.yaml", "t.csv"]);
 }
