@@ -263,6 +263,11 @@ fn an_api_key_is_sent_but_never_stored() {
     let out = p.cmd(&["run"]).env("DROVER_TEST_KEY", secret).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+    // Sent: every request the server saw carried the key as a bearer token.
+    let stats = server.stats();
+    assert_eq!(stats["forwarded"], 2, "{stats}");
+    let seen: Vec<&String> = stats["authorization"].as_object().unwrap().keys().collect();
+    assert_eq!(seen, [&format!("Bearer {secret}")], "{stats}");
     for entry in walk(&p.join(".drover")) {
         let bytes = std::fs::read(&entry).unwrap();
         assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the key is in {}", entry.display());
