@@ -48,12 +48,16 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 10)]
         rows: usize,
     },
-    /// Write a stage's output to a file (.csv, .jsonl, .parquet) or, for a dir, a directory.
+    /// Write a stage's output to a file (.csv, .jsonl, .parquet) or, for a dir, a new or empty
+    /// directory. The file appears whole or not at all (written beside it, then renamed).
     Export {
         target: String,
         path: PathBuf,
         #[command(flatten)]
         pipeline: PipelineArgs,
+        /// Replace PATH if it is an existing file (a directory is never replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Check a pipeline file and report every problem in it.
     Validate {

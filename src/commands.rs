@@ -24,7 +24,9 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Plan { select, json } => plan_cmd(&ops, store_override, &select, json),
         Command::Dag { pipeline, format } => dag(&ops, &pipeline.resolved(), format),
         Command::Show { target, pipeline, rows } => show(&ops, store_override, &pipeline, &target, rows),
-        Command::Export { target, path, pipeline } => export(&ops, store_override, &pipeline, &target, &path),
+        Command::Export { target, path, pipeline, force } => {
+            export(&ops, store_override, &pipeline, &target, &path, force)
+        }
         Command::Validate { pipeline } => {
             let (_, plan) = load(&ops, &pipeline.resolved())?;
             println!(
@@ -432,40 +434,10 @@ fn export(
     args: &PipelineArgs,
     target: &str,
     dest: &Path,
+    force: bool,
 ) -> Result<(), Failure> {
     let (store, stage, port, out) = find_output(ops, &store_override, args, target)?;
-    match out.kind {
-        OutputKind::Table => drover_ops::table::export_table(&store.object_path(&out.hash), dest)
-            .map_err(|e| Failure::User(miette::miette!("{}", e.message)))?,
-        OutputKind::Blob => {
-            std::fs::copy(store.object_path(&out.hash), dest).map_err(env)?;
-            let mut perms = std::fs::metadata(dest).map_err(env)?.permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            std::fs::set_permissions(dest, perms).map_err(env)?;
-        }
-        OutputKind::Dir => {
-            if dest.exists() && std::fs::read_dir(dest).map(|mut d| d.next().is_some()).unwrap_or(true) {
-                return Err(Failure::User(miette::miette!(
-                    help = "choose a new or empty directory",
-                    "{} exists and is not empty",
-                    dest.display()
-                )));
-            }
-            let m = store.read_manifest(&out.hash).map_err(env)?;
-            for f in &m.files {
-                let to = dest.join(&f.path);
-                std::fs::create_dir_all(to.parent().unwrap_or(dest)).map_err(env)?;
-                std::fs::copy(store.object_path(&f.hash), &to).map_err(env)?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(
-                    &to,
-                    std::fs::Permissions::from_mode(if f.executable { 0o755 } else { 0o644 }),
-                )
-                .map_err(env)?;
-            }
-        }
-    }
+    crate::export::export(&store, &port, &out, dest, force)?;
     eprintln!("wrote {stage}.{port} to {}", dest.display());
     Ok(())
 }

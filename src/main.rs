@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod export;
 mod report;
 mod schema;
 

@@ -129,7 +129,7 @@ pub fn pipeline_schema(ops: &OpRegistry) -> Value {
         "in": {"type": "object", "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}, "description": "port -> `stage`, `stage.port`, `stage[*]` or `stage[axis=value]`, or a list of them (one list input)"},
         "with": {"type": "object", "description": "the op's params; `${params.x}` and `${matrix.k}` interpolate"},
         "out": {"type": "object", "additionalProperties": port_type, "description": "declared outputs (ops with declared ports, e.g. command)"},
-        "deps": {"type": "array", "items": {"type": "string"}, "description": "files inside the pipeline directory whose content enters the key"},
+        "deps": {"type": "array", "items": {"type": "string"}, "description": "files or directories whose content enters the key: relative to the pipeline directory, or absolute; symlinks followed"},
         "matrix": {"type": "object", "additionalProperties": {"oneOf": [{"type": "array", "minItems": 1}, {"type": "string"}]}, "description": "axis -> values; the stage expands to one run per combination"},
         "retries": {"type": "integer", "minimum": 0},
         "timeout": {"oneOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": "^([0-9.]+[smhd]?)+$"}], "description": "e.g. 30s, 10m, 2h"},

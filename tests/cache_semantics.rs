@@ -159,15 +159,32 @@ fn chain(n: usize, body: &str) -> String {
     y
 }
 
+/// When a `kill -9` comes: a time after the start, or once the log shows that N commands began
+/// (stage N begins only after stages 1..N-1 are recorded, so N-1 stages have finished).
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    Ms(u64),
+    Began(usize),
+}
+
 /// `kill -9` at several moments of a run: each time `cache verify` accepts the store, and the
 /// next run finishes the work, redoing no stage that had finished.
 #[test]
 fn kill_9_at_any_moment_leaves_a_store_that_verifies_and_resumes() {
-    for delay_ms in [0u64, 15, 40, 80, 150, 300] {
+    const STAGES: usize = 12;
+    let moments = [0, 15, 40, 80, 150, 300].map(KillAt::Ms).into_iter().chain([2, 6, 11].map(KillAt::Began));
+    // How many stages each kill found finished.
+    let mut finished_at_kill = Vec::new();
+    for at in moments {
         let p = Project::new();
-        p.write("drover.yaml", &chain(12, "echo NAME >> calls.log; sleep 0.02"));
+        p.write("drover.yaml", &chain(STAGES, "echo NAME >> calls.log; sleep 0.02"));
         let mut child = p.cmd(&["run", "-j", "2"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        match at {
+            KillAt::Ms(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            KillAt::Began(n) => {
+                common::wait_for(&format!("{n} commands to begin"), || (calls(&p).len() >= n).then_some(()))
+            }
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let verify = p.drover(&["cache", "verify"]);
@@ -177,16 +194,24 @@ fn kill_9_at_any_moment_leaves_a_store_that_verifies_and_resumes() {
         let before = calls(&p);
         let plan = p.plan(&[]);
         let cached: Vec<&String> = plan.iter().filter(|s| s.1 == "cached").map(|s| &s.0).collect();
+        if let KillAt::Began(n) = at {
+            assert!(cached.len() >= n - 1, "{n} commands had begun, so {} stages had finished: {plan:?}", n - 1);
+        }
+        finished_at_kill.push(cached.len());
         p.drover(&["run"]).expect_code(0);
         let after = calls(&p);
         // Stages recorded as done before the kill are not run again.
         for stage in &cached {
-            assert_eq!(count(&after, stage), count(&before, stage), "{stage} reran after kill at {delay_ms} ms");
+            assert_eq!(count(&after, stage), count(&before, stage), "{stage} reran after kill at {at:?}");
         }
         let last = p.drover(&["show", "s12"]);
         last.expect_code(0);
         assert!(last.stdout.contains("s01") && last.stdout.contains("s12"), "{}", last.stdout);
     }
+    // Not vacuous: some kill came after a stage had finished (so "not run again" was checked),
+    // and some came before the end (so the next run had work left).
+    assert!(finished_at_kill.iter().any(|&n| n > 0), "no kill came after a stage finished: {finished_at_kill:?}");
+    assert!(finished_at_kill.iter().any(|&n| n < STAGES), "every kill came after the run: {finished_at_kill:?}");
 }
 
 /// A stage killed mid-command: its partial output is never presented as done.
@@ -204,16 +229,9 @@ stages:
 "#,
     );
     let mut child = p.cmd(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    while !p.join("started").exists() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_for("the command's `started` file", || p.join("started").exists().then_some(()));
     // The file exists once `echo` has run; give `sh` a moment to finish writing the pid.
-    let pid = loop {
-        if let Ok(pid) = p.read("started").trim().parse::<i32>() {
-            break pid;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let pid = common::wait_for("the command's pid in `started`", || p.read("started").trim().parse::<i32>().ok());
     child.kill().unwrap();
     child.wait().unwrap();
     common::signal(-pid, common::SIGKILL); // the orphaned command's group

@@ -24,12 +24,9 @@ stages:
 "#,
     );
     let child = p.cmd(&["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = loop {
-        if let Ok(pid) = std::fs::read_to_string(p.join("pid")).unwrap_or_default().trim().parse::<i32>() {
-            break pid;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let pid = common::wait_for("the slow command's pid file", || {
+        std::fs::read_to_string(p.join("pid")).unwrap_or_default().trim().parse::<i32>().ok()
+    });
     common::signal(child.id() as i32, common::SIGINT);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));

@@ -127,9 +127,9 @@ fn pipeline(base_url: &str, extra_llm: &str, max_tokens: u32) -> String {
     )
 }
 
-/// Reads the `answers` table as JSON rows.
+/// Reads the `answers` table as JSON rows (exported again each time, over the last export).
 fn answers(p: &Project) -> Vec<serde_json::Value> {
-    let out = p.drover(&["export", "answers", "answers.jsonl"]);
+    let out = p.drover(&["export", "answers", "answers.jsonl", "--force"]);
     out.expect_code(0);
     p.read("answers.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -263,6 +263,11 @@ fn an_api_key_is_sent_but_never_stored() {
     let out = p.cmd(&["run"]).env("DROVER_TEST_KEY", secret).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+    // Sent: every request the server saw carried the key as a bearer token.
+    let stats = server.stats();
+    assert_eq!(stats["forwarded"], 2, "{stats}");
+    let seen: Vec<&String> = stats["authorization"].as_object().unwrap().keys().collect();
+    assert_eq!(seen, [&format!("Bearer {secret}")], "{stats}");
     for entry in walk(&p.join(".drover")) {
         let bytes = std::fs::read(&entry).unwrap();
         assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the key is in {}", entry.display());

@@ -139,7 +139,7 @@ pub fn recipe_for(
     }
     let mut deps = BTreeMap::new();
     for (name, dep) in &node.deps {
-        let path = plan.dir.join(dep);
+        let path = crate::paths::resolve(&plan.dir, dep);
         deps.insert(
             name.clone(),
             hash_dep(store, &path).map_err(|e| EngineError::Dep {
@@ -174,27 +174,15 @@ pub fn recipe_for(
 }
 
 /// A file's content hash, or for a directory the hash of its sorted (path, hash) listing.
-fn hash_dep(store: &Store, path: &Path) -> Result<String, drover_cache::CacheError> {
+/// Symlinks are followed (see [`crate::paths::files_below`]): a listing names files by where
+/// they appear below `path` and hashes what they lead to.
+fn hash_dep(store: &Store, path: &Path) -> Result<String, EngineError> {
     if !path.is_dir() {
         return Ok(store.hash_source_file(path)?.to_string());
     }
     let mut files = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| drover_cache::CacheError::Io {
-            action: "read directory",
-            path: d.clone(),
-            source: e,
-        })?;
-        for entry in entries.flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(path).unwrap_or(&p).to_string_lossy().to_string();
-                files.push((rel, store.hash_source_file(&p)?.to_string()));
-            }
-        }
+    for (rel, file) in crate::paths::files_below(path)? {
+        files.push((rel, store.hash_source_file(&file)?.to_string()));
     }
     files.sort();
     let listing = serde_json::to_vec(&files).expect("listing serialises");
@@ -243,5 +231,61 @@ mod tests {
         assert_eq!(a.key(), b.key());
         let c = recipe(json!({"x": 2, "y": {"p": 1, "q": 2}}));
         assert_ne!(a.key(), c.key());
+    }
+
+    /// A store and a scratch directory beside it.
+    fn scratch() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join(".drover")).unwrap();
+        (d, store)
+    }
+
+    /// `root/b.txt` and `root/sub/a.txt`.
+    fn small_tree(root: &Path) {
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("b.txt"), "b\n").unwrap();
+        std::fs::write(root.join("sub/a.txt"), "a\n").unwrap();
+    }
+
+    #[test]
+    fn a_directory_dep_hashes_its_sorted_listing() {
+        let (d, store) = scratch();
+        let dep = d.path().join("data");
+        small_tree(&dep);
+        // The bytes hashed since the first release: keys of existing pipelines depend on them.
+        let (a, b) = (blake3::hash(b"a\n").to_hex(), blake3::hash(b"b\n").to_hex());
+        let listing = format!(r#"[["b.txt","{b}"],["sub/a.txt","{a}"]]"#);
+        assert_eq!(hash_dep(&store, &dep).unwrap(), blake3::hash(listing.as_bytes()).to_hex().as_str());
+    }
+
+    #[test]
+    fn symlinks_in_a_directory_dep_are_hashed_as_what_they_lead_to() {
+        let (d, store) = scratch();
+        let (copy, linked, elsewhere) = (d.path().join("copy"), d.path().join("linked"), d.path().join("elsewhere"));
+        small_tree(&copy);
+        small_tree(&elsewhere);
+        std::fs::create_dir_all(&linked).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("b.txt"), linked.join("b.txt")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("sub"), linked.join("sub")).unwrap();
+        assert_eq!(hash_dep(&store, &linked).unwrap(), hash_dep(&store, &copy).unwrap());
+    }
+
+    #[test]
+    fn a_symlink_loop_in_a_directory_dep_is_an_error() {
+        let (d, store) = scratch();
+        let dep = d.path().join("data");
+        small_tree(&dep);
+        // Followed blindly, either loop would be walked 40 links deep (`sub/up/sub/up/...`)
+        // until the kernel refused the path, in an error that names neither end of the loop.
+        std::os::unix::fs::symlink("..", dep.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(".", dep.join("sub/here")).unwrap();
+        let err = hash_dep(&store, &dep).unwrap_err().to_string();
+        // Entries are walked in name order: `here` is met before `up`.
+        let expected = format!(
+            "symlink loop: {} leads back to {}, a directory that contains it",
+            dep.join("sub/here").display(),
+            dep.join("sub").display()
+        );
+        assert_eq!(err, expected);
     }
 }

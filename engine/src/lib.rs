@@ -9,6 +9,7 @@ pub mod exec;
 pub mod interp;
 pub mod key;
 pub mod op;
+pub mod paths;
 pub mod plan;
 pub mod spec;
 pub mod status;

@@ -2,7 +2,7 @@
 //! op) and ordered. Building a plan runs nothing and reads only small files.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::diag::{Diags, PipelineErrors, did_you_mean, list_names, thousands};
 use crate::interp::{self, InterpCx};
 use crate::op::{CheckCx, CheckLocation, Op, OpInfo, OpRegistry, PortDecl, PortType, Ports};
+use crate::paths;
 use crate::spec::{PipelineSpec, StageSpec};
 use crate::yaml::{MAX_DEPTH, Node, Span};
 
@@ -53,8 +54,9 @@ pub struct PlanNode {
     pub outputs: BTreeMap<String, PortType>,
     /// Per table output, the file format an op is asked to write.
     pub out_formats: BTreeMap<String, String>,
-    /// Files whose content enters the key: the name the recipe gives it (the path as written,
-    /// or an op's label) and the path, relative to the pipeline directory or absolute.
+    /// Files whose content enters the key: the name the recipe gives it (a `deps:` entry's path
+    /// normalised lexically, an op's file as written, or an op's label) and the path as written,
+    /// relative to the pipeline directory or absolute (see [`crate::paths`]).
     pub deps: Vec<(String, String)>,
     /// What the op resolved at plan time beyond its params (see `Checked::context`).
     pub context: BTreeMap<String, Value>,
@@ -271,7 +273,8 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         params: Value,
         used: BTreeMap<String, Value>,
         inputs: BTreeMap<String, (InputEdge, Span, Span)>,
-        deps: Vec<String>,
+        /// (name in the key, path as written).
+        deps: Vec<(String, String)>,
     }
     let mut resolved: Vec<Option<Resolved>> = Vec::new();
     for p in &pending {
@@ -346,30 +349,31 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         }
         let mut deps = Vec::new();
         for (dep, span) in &stage.deps {
-            match normalize_inside(dep) {
-                None => d.error(
+            // Any path may be read (see `paths`); the key names it as normalised.
+            let Some(name) = paths::dep_name(dep) else {
+                d.error(
                     st,
                     *span,
-                    format!("dep `{dep}` is outside the pipeline directory"),
-                    "escapes the pipeline directory",
+                    format!("dep `{dep}` is the pipeline's directory itself"),
+                    "the whole directory",
                     Some(
-                        "deps are paths inside the pipeline's directory, without leading `/` or `..` that climbs out"
+                        "it holds the store, which changes with every run: name the files or subdirectories the stage reads"
                             .into(),
                     ),
-                ),
-                Some(norm) => {
-                    if !spec.dir.join(&norm).exists() {
-                        d.error(
-                            st,
-                            *span,
-                            format!("dep file `{dep}` not found"),
-                            "no such file",
-                            Some(format!("looked for {}", spec.dir.join(&norm).display())),
-                        );
-                    }
-                    deps.push(norm);
-                }
+                );
+                continue;
+            };
+            let file = paths::resolve(&spec.dir, dep);
+            if !file.exists() {
+                d.error(
+                    st,
+                    *span,
+                    format!("dep file `{dep}` not found"),
+                    "no such file",
+                    Some(format!("looked for {}", file.display())),
+                );
             }
+            deps.push((name, dep.clone()));
         }
         resolved.push((!p.broken).then_some(Resolved { params: with, used, inputs, deps }));
     }
@@ -660,7 +664,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
     let mut nodes = Vec::with_capacity(pending.len());
     for (idx, (p, r)) in pending.into_iter().zip(resolved).enumerate() {
         let r = r.expect("resolved when there are no errors");
-        let mut deps: Vec<(String, String)> = r.deps.into_iter().map(|d| (d.clone(), d)).collect();
+        let mut deps = r.deps;
         deps.extend(std::mem::take(&mut extra_deps[idx]));
         nodes.push(PlanNode {
             id: ids[idx].clone(),
@@ -913,23 +917,6 @@ fn param_key<'n>(root: &'n Node, path: &[String]) -> Option<&'n Node> {
 /// The deepest node along a param path (a missing field points at its parent).
 fn deepest<'n>(root: &'n Node, path: &[String]) -> Option<&'n Node> {
     (0..=path.len()).rev().find_map(|i| root.at_path(&path[..i]))
-}
-
-/// Normalises a relative path that stays inside its base directory; `None` if it escapes.
-pub fn normalize_inside(p: &str) -> Option<String> {
-    let path = Path::new(p);
-    let mut parts: Vec<String> = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(s) => parts.push(s.to_string_lossy().to_string()),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                parts.pop()?;
-            }
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 fn describe_cycle(graph: &DiGraphMap<usize, ()>, scc: &[usize], ids: &[String]) -> String {

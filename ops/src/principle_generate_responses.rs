@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray};
 use arrow::datatypes::{DataType, Field};
+use drover_engine::paths;
 use drover_engine::{
     BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
     TableSchema, params_schema,
@@ -35,7 +36,7 @@ pub struct PrincipleParams {
     #[serde(default = "llm::default_llm")]
     pub llm: String,
     /// The principles and exemplars, ending where the user's turn begins (Dromedary's prompt
-    /// ends with `User:`). Relative to the pipeline directory.
+    /// ends with `User:`). Relative to the pipeline directory, or absolute.
     pub prompt_file: String,
     /// The instruction column. Default: `instruction`.
     #[serde(default = "default_instruction")]
@@ -125,7 +126,7 @@ impl Op for PrincipleGenerateResponses {
         let columns = table::input_columns(cx, "table").map_err(|e| vec![e])?;
         let mut checked = Checked::default();
         let mut errors = llm::check_one_choice(cx, &params.llm, &params.sampling, &mut checked);
-        let prompt = cx.pipeline_dir.join(&params.prompt_file);
+        let prompt = paths::resolve(cx.pipeline_dir, &params.prompt_file);
         match std::fs::metadata(&prompt) {
             Ok(m) if m.is_file() => checked.file_deps.push(params.prompt_file.clone().into()),
             _ => errors.push(
@@ -212,7 +213,7 @@ type Prepared = (PrincipleParams, Rows, Vec<String>, Vec<String>, Client, Vec<Re
 /// The stage's requests, one per instruction, as `run` sends them.
 fn requests(cx: &RunCx) -> Result<Prepared, OpError> {
     let params: PrincipleParams = table::run_params(cx)?;
-    let path = cx.pipeline_dir.join(&params.prompt_file);
+    let path = paths::resolve(&cx.pipeline_dir, &params.prompt_file);
     let meta = std::fs::read_to_string(&path).map_err(|e| OpError::io(format!("read {}", path.display()), e))?;
     // As the original: the file's lines joined, then stripped.
     let meta = meta.trim();

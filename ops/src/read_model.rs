@@ -4,11 +4,13 @@
 //! `*.safetensors` (one file, or shards with `model.safetensors.index.json`); everything in it
 //! (tokenizer files included) is copied. Its content enters the key through the stat cache, as
 //! `read_table`'s file does: editing any file reruns the stage, touching none reads nothing
-//! again. Deterministic. The files are copied, never linked, so that the store's read-only
-//! objects can never alias the user's files.
+//! again. Deterministic. Symlinks in the directory are followed, for the key and the copy
+//! alike (`drover_engine::paths`). The files are copied, never linked, so that the store's
+//! read-only objects can never alias the user's files.
 
 use std::path::{Path, PathBuf};
 
+use drover_engine::paths;
 use drover_engine::{
     BoxFuture, CheckCx, CheckError, Checked, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx, params_schema,
 };
@@ -68,7 +70,7 @@ impl Op for ReadModel {
 
     fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
         let params: ReadModelParams = table::check_params(cx)?;
-        let dir = cx.pipeline_dir.join(&params.path);
+        let dir = paths::resolve(cx.pipeline_dir, &params.path);
         let problem = if !dir.exists() {
             Some(format!("directory not found: {}", dir.display()))
         } else if !dir.is_dir() {
@@ -93,7 +95,7 @@ impl Op for ReadModel {
         Box::pin(async move {
             table::run_blocking(move || {
                 let params: ReadModelParams = table::run_params(&cx)?;
-                let dir = cx.pipeline_dir.join(&params.path);
+                let dir = paths::resolve(&cx.pipeline_dir, &params.path);
                 if let Some(problem) = model_problem(&dir) {
                     return Err(OpError::failed(problem));
                 }
@@ -104,25 +106,16 @@ impl Op for ReadModel {
     }
 }
 
-/// Copies every file below `from` to the same relative path below `to` (following symlinks).
+/// Copies every file below `from` to the same relative path below `to`, following symlinks as
+/// the stage's key does (the same walk lists what is hashed and what is copied).
 fn copy_tree(from: &Path, to: &Path) -> Result<(), OpError> {
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let src = from.join(&rel);
-        let entries = std::fs::read_dir(&src).map_err(|e| OpError::io(format!("cannot read {}", src.display()), e))?;
-        std::fs::create_dir_all(to.join(&rel))
-            .map_err(|e| OpError::io(format!("cannot create {}", to.join(&rel).display()), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| OpError::io(format!("cannot read {}", src.display()), e))?;
-            let path = entry.path();
-            let child = rel.join(entry.file_name());
-            if path.is_dir() {
-                stack.push(child);
-            } else {
-                std::fs::copy(&path, to.join(&child))
-                    .map_err(|e| OpError::io(format!("cannot copy {}", path.display()), e))?;
-            }
-        }
+    let files =
+        paths::files_below(from).map_err(|e| OpError::environment(format!("cannot copy {}: {e}", from.display())))?;
+    for (rel, src) in files {
+        let dest = to.join(&rel);
+        let parent = dest.parent().unwrap_or(to);
+        std::fs::create_dir_all(parent).map_err(|e| OpError::io(format!("cannot create {}", parent.display()), e))?;
+        std::fs::copy(&src, &dest).map_err(|e| OpError::io(format!("cannot copy {}", src.display()), e))?;
     }
     Ok(())
 }
@@ -152,5 +145,36 @@ mod tests {
         copy_tree(from.path(), to.path()).unwrap();
         assert_eq!(std::fs::read(to.path().join("config.json")).unwrap(), b"{\"a\": 1}");
         assert_eq!(std::fs::read(to.path().join("sub/deeper/t.bin")).unwrap(), [0u8, 1, 2, 255]);
+    }
+
+    #[test]
+    fn copy_tree_copies_what_symlinks_lead_to_and_refuses_a_loop() {
+        let d = tempfile::tempdir().unwrap();
+        let (from, elsewhere) = (d.path().join("from"), d.path().join("elsewhere"));
+        std::fs::create_dir_all(&from).unwrap();
+        std::fs::create_dir_all(elsewhere.join("shards")).unwrap();
+        std::fs::write(elsewhere.join("config.json"), "{}").unwrap();
+        std::fs::write(elsewhere.join("shards/w.safetensors"), "w").unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("config.json"), from.join("config.json")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("shards"), from.join("shards")).unwrap();
+        let to = d.path().join("to");
+        copy_tree(&from, &to).unwrap();
+        for f in ["config.json", "shards/w.safetensors"] {
+            assert!(!std::fs::symlink_metadata(to.join(f)).unwrap().is_symlink(), "{f} is a copy, not a link");
+        }
+        assert_eq!(std::fs::read(to.join("shards/w.safetensors")).unwrap(), b"w");
+
+        std::os::unix::fs::symlink("..", elsewhere.join("shards/up")).unwrap();
+        let err = copy_tree(&from, &d.path().join("to2")).unwrap_err();
+        assert_eq!(err.kind, drover_engine::OpErrorKind::Environment);
+        assert_eq!(
+            err.message,
+            format!(
+                "cannot copy {}: symlink loop: {} leads back to {}, a directory that contains it",
+                from.display(),
+                from.join("shards/up/shards").display(),
+                from.join("shards").display()
+            )
+        );
     }
 }

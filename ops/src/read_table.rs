@@ -1,13 +1,14 @@
-//! The `read_table` op: reads a csv, jsonl or parquet file from the pipeline's directory into
-//! a table.
+//! The `read_table` op: reads a csv, jsonl or parquet file (relative to the pipeline's
+//! directory, or absolute) into a table.
 //!
 //! No inputs; one output, `out` (the table). The file is a dependency of the stage, so its
 //! content enters the cache key. Deterministic: the same file gives the same table.
 //! Plan time reads only the file's schema (a parquet footer, or the first records of a csv or
 //! jsonl file); run time infers csv and jsonl types from the whole file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use drover_engine::paths;
 use drover_engine::{
     BoxFuture, CheckCx, CheckError, Checked, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx, params_schema,
 };
@@ -40,11 +41,6 @@ impl ReadTable {
     }
 }
 
-/// Where the file is: `path` as written, against the pipeline's directory unless absolute.
-fn resolve(pipeline_dir: &Path, path: &str) -> PathBuf {
-    pipeline_dir.join(path)
-}
-
 impl Op for ReadTable {
     fn info(&self) -> OpInfo {
         OpInfo {
@@ -61,7 +57,7 @@ impl Op for ReadTable {
 
     fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
         let params: ReadTableParams = table::check_params(cx)?;
-        let file = resolve(cx.pipeline_dir, &params.path);
+        let file = paths::resolve(cx.pipeline_dir, &params.path);
         if !file.exists() {
             return Err(vec![CheckError::param(&["path"], format!("file not found: {}", file.display())).help(
                 format!("a relative path is read from the pipeline's directory, {}", cx.pipeline_dir.display()),
@@ -87,7 +83,7 @@ impl Op for ReadTable {
         Box::pin(async move {
             table::run_blocking(move || {
                 let params: ReadTableParams = table::run_params(&cx)?;
-                let file = resolve(&cx.pipeline_dir, &params.path);
+                let file = paths::resolve(&cx.pipeline_dir, &params.path);
                 let (schema, batches) = table::read_table_file(&file, params.format)?;
                 table::write_parquet(&cx.output("out")?.path, &schema, &batches)
             })

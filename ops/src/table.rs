@@ -232,16 +232,21 @@ pub fn write_parquet(path: &Path, schema: &SchemaRef, batches: &[RecordBatch]) -
     Ok(())
 }
 
-/// Writes a stored parquet table to `dest` as csv (with a header), jsonl or parquet, by
-/// `dest`'s extension.
-pub fn export_table(src_parquet: &Path, dest: &Path) -> Result<(), OpError> {
-    let Some(format) = TableFormat::from_extension(dest) else {
-        return Err(OpError::failed(format!(
+/// The format a table is exported as: from `dest`'s extension.
+pub fn export_format(dest: &Path) -> Result<TableFormat, OpError> {
+    TableFormat::from_extension(dest).ok_or_else(|| {
+        OpError::failed(format!(
             "cannot export to {}: unknown extension; use .csv, .jsonl (or .ndjson, .json) \
              or .parquet (or .pq)",
             dest.display()
-        )));
-    };
+        ))
+    })
+}
+
+/// Writes a stored parquet table to `dest` as csv (with a header), jsonl or parquet, by
+/// `dest`'s extension.
+pub fn export_table(src_parquet: &Path, dest: &Path) -> Result<(), OpError> {
+    let format = export_format(dest)?;
     if format == TableFormat::Parquet {
         // Stored tables are already written the one deterministic way.
         return std::fs::copy(src_parquet, dest).map(drop).map_err(|e| {
@@ -249,13 +254,25 @@ pub fn export_table(src_parquet: &Path, dest: &Path) -> Result<(), OpError> {
             OpError::io(context, e)
         });
     }
+    let file = File::create(dest).map_err(|e| OpError::io(format!("cannot create {}", dest.display()), e))?;
+    write_table_as(src_parquet, format, file, dest)
+}
+
+/// Writes a stored parquet table to `out` as `format` (csv with a header, jsonl or parquet);
+/// errors name `dest`, the file the bytes are for.
+pub fn write_table_as(src_parquet: &Path, format: TableFormat, out: impl Write, dest: &Path) -> Result<(), OpError> {
+    let mut out = BufWriter::new(out);
+    let written = |e: std::io::Error| OpError::io(format!("cannot write {}", dest.display()), e);
+    if format == TableFormat::Parquet {
+        // Stored tables are already written the one deterministic way.
+        std::io::copy(&mut open(src_parquet)?, &mut out).map_err(written)?;
+        return out.flush().map_err(written);
+    }
     let (schema, mut batches) = read_table_file(src_parquet, Some(TableFormat::Parquet))?;
     if batches.is_empty() {
         // The csv writer writes its header with the first batch, even an empty one.
         batches.push(RecordBatch::new_empty(schema));
     }
-    let file = File::create(dest).map_err(|e| OpError::io(format!("cannot create {}", dest.display()), e))?;
-    let mut out = BufWriter::new(file);
     let failed = |e: ArrowError| arrow_error(dest, format, e);
     if format == TableFormat::Csv {
         let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
@@ -269,7 +286,7 @@ pub fn export_table(src_parquet: &Path, dest: &Path) -> Result<(), OpError> {
         }
         writer.finish().map_err(failed)?;
     }
-    out.flush().map_err(|e| OpError::io(format!("cannot write {}", dest.display()), e))
+    out.flush().map_err(written)
 }
 
 /// The first `rows` rows of a table, pretty-printed, then a line `N rows x M columns`.

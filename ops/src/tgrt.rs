@@ -28,6 +28,7 @@
 
 use std::collections::HashSet;
 
+use drover_engine::paths;
 use drover_engine::{
     BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
     TableSchema, params_schema,
@@ -47,7 +48,7 @@ pub struct TgrtTopicsParams {
     #[serde(default = "llm::default_llm")]
     pub llm: String,
     /// The topic brainstorm prompt, with one `{}` for the question type (Dromedary's
-    /// `tgrt_self_instruct_topic_brainstorm_prompt.txt`). Relative to the pipeline directory.
+    /// `tgrt_self_instruct_topic_brainstorm_prompt.txt`). Relative to the pipeline directory, or absolute.
     pub prompt_file: String,
     /// Epochs of brainstorming. Dromedary used the topics after its sixth (`_epoch5`).
     pub epochs: u64,
@@ -72,7 +73,7 @@ pub struct TgrtQuestionsParams {
     #[serde(default = "llm::default_llm")]
     pub llm: String,
     /// The question-generation prompt, with two `{}`: the hints, then the examples (Dromedary's
-    /// `tgrt_self_instruct_question_generation_prompt.txt`). Relative to the pipeline directory.
+    /// `tgrt_self_instruct_question_generation_prompt.txt`). Relative to the pipeline directory, or absolute.
     pub prompt_file: String,
     /// Topics per prompt. Default: 5.
     #[serde(default = "default_five")]
@@ -173,7 +174,7 @@ impl PromptFile {
     /// are `what`.
     fn check(cx: &CheckCx<'_>, file: &str, what: &str, wanted: usize, checked: &mut Checked) -> Option<CheckError> {
         let at = |message: String| CheckError::param(&["prompt_file"], message);
-        let path = cx.pipeline_dir.join(file);
+        let path = paths::resolve(cx.pipeline_dir, file);
         if !path.is_file() {
             return Some(at(format!("no prompt file at {}", path.display())).help(
                 "give the path relative to the pipeline's directory (Dromedary's prompts are under \
@@ -197,7 +198,7 @@ impl PromptFile {
 }
 
 fn read_prompt(cx: &RunCx, file: &str) -> Result<PromptFile, OpError> {
-    PromptFile::read(&cx.pipeline_dir.join(file)).map_err(|e| OpError::failed(format!("prompt file: {e}")))
+    PromptFile::read(&paths::resolve(&cx.pipeline_dir, file)).map_err(|e| OpError::failed(format!("prompt file: {e}")))
 }
 
 impl Op for TgrtTopics {

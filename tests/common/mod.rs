@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// A temporary project directory.
 pub struct Project {
@@ -90,6 +91,24 @@ impl Project {
                 (v["stage"].as_str().unwrap().to_string(), v["action"].as_str().unwrap().to_string(), reasons)
             })
             .collect()
+    }
+}
+
+/// How long a test waits for something a child process does (a pid file, a log line) before it
+/// fails instead of hanging.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Polls `poll` until it returns a value, and returns it; fails the test, naming `what` it
+/// waited for, if [`DEADLINE`] passes first.
+#[track_caller]
+pub fn wait_for<T>(what: &str, mut poll: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = poll() {
+            return value;
+        }
+        assert!(started.elapsed() < DEADLINE, "waited {DEADLINE:?} for {what}");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

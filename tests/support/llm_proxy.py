@@ -9,7 +9,8 @@ Listens on 127.0.0.1 (a free port) and writes that port to F (atomically) once i
 Every request is forwarded to upstream, except the first N POSTs to a path ending in /completions,
 which get the statuses of --fail-statuses in turn (429 with Retry-After). Control endpoints:
   GET  /_proxy/stats  {"forwarded", "faulted", "by_body": {sha256(body): forwarded}, "max_per_body",
-                       "resent_after_answer": forwarded requests whose body had already been answered (200)}
+                       "resent_after_answer": forwarded requests whose body had already been answered (200),
+                       "authorization": {Authorization header as received ("" when absent): requests}}
   POST /_proxy/reset  zeroes the counters (which also re-arms the --fail faults)
 A completions POST counts as forwarded once sent upstream, whatever upstream answers.
 Exits on SIGTERM/SIGINT and when stdin reaches EOF (so a parent holding a stdin pipe never leaks it;
@@ -106,6 +107,13 @@ class Counters:
         with self.lock:
             self.forwarded, self.faulted, self.by_body = 0, 0, {}
             self.answered, self.resent_after_answer = set(), 0
+            self.authorization = {}
+
+    def saw(self, authorization):
+        """Counts one request to the API (any path but the control endpoints) by its Authorization header."""
+        with self.lock:
+            key = authorization or ""
+            self.authorization[key] = self.authorization.get(key, 0) + 1
 
     def admit(self, body):
         """Counts one completions POST; returns a status to fault it with, or None to forward it."""
@@ -134,6 +142,7 @@ class Counters:
                 "by_body": dict(self.by_body),
                 "max_per_body": max(self.by_body.values(), default=0),
                 "resent_after_answer": self.resent_after_answer,
+                "authorization": dict(self.authorization),
             }
 
 
@@ -178,6 +187,7 @@ class Proxy(BaseHTTPRequestHandler):
         if path == "/_proxy/reset" and self.command == "POST":
             self.counters.reset()
             return self.send_json(200, {"ok": True})
+        self.counters.saw(self.headers.get("Authorization"))
         if self.command == "POST" and path.endswith("/completions"):
             status = self.counters.admit(body)
             if status is not None:

@@ -230,7 +230,7 @@ fn serve_target(name: &str, serve: &ServeSpec, pipeline_dir: &std::path::Path) -
                 .help("add `pulled: smollm2` (after `drover models pull smollm2`) or `gguf: PATH`"));
         }
         (Some(path), None) => {
-            let path = pipeline_dir.join(path);
+            let path = drover_engine::paths::resolve(pipeline_dir, path);
             if !path.is_file() {
                 return Err(at("gguf", format!("no model file at {}", path.display()))
                     .help("give the path of a .gguf file, relative to the pipeline or absolute"));

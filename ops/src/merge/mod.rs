@@ -36,7 +36,7 @@ use weights::{ModelWeights, PlannedTensor, ShardWriter};
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MergeParams {
-    /// A mergekit config file (YAML), relative to the pipeline's directory; instead of the
+    /// A mergekit config file (YAML), relative to the pipeline's directory or absolute; instead of the
     /// mergekit keys below.
     pub config: Option<String>,
     /// Which input port holds each model the config names, when the names are not the ports'
@@ -145,7 +145,7 @@ fn resolve(
                 )
                 .help("keep the mergekit keys in one place: the file, or this `with:` block"));
             }
-            let full = pipeline_dir.join(path);
+            let full = drover_engine::paths::resolve(pipeline_dir, path);
             let text = std::fs::read_to_string(&full).map_err(|e| {
                 CheckError::param(&["config"], format!("cannot read {}: {e}", full.display()))
                     .help("a relative path is read from the pipeline's directory")
