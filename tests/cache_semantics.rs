@@ -234,7 +234,8 @@ stages:
     let pid = common::wait_for("the command's pid in `started`", || p.read("started").trim().parse::<i32>().ok());
     child.kill().unwrap();
     child.wait().unwrap();
-    common::signal(-pid, common::SIGKILL); // the orphaned command's group
+    // The command dies with drover (its supervisor kills the group).
+    common::wait_for("the command to die with drover", || (!common::alive(pid)).then_some(()));
     p.drover(&["cache", "verify"]).expect_code(0);
     assert_eq!(p.plan(&[])[0].1, "run");
     assert!(walk(&p.join(".drover/records")).is_empty());

@@ -362,24 +362,9 @@ fn a_store_beside_the_pipeline_is_private_and_a_shared_one_keeps_its_mode() {
     assert_eq!(std::fs::metadata(p.join("team/records")).unwrap().permissions().mode() & 0o777, 0o770);
 }
 
-/// True while `pid` runs (a zombie has ended: only its parent has not collected it).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// Waits for a file to hold a pid, failing the test after a minute.
+/// Waits for a file to hold a pid.
 fn wait_for_pid(p: &Project, file: &str) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(pid) = std::fs::read_to_string(p.join(file)).unwrap_or_default().trim().parse::<i32>() {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "the command never wrote {file}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for(&format!("a pid in {file}"), || p.read_opt(file)?.trim().parse::<i32>().ok())
 }
 
 #[test]
@@ -393,14 +378,14 @@ fn kill_9_of_drover_kills_the_command_and_its_children() {
         p.cmd(&["run"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let grandchild = wait_for_pid(&p, "grandchild");
     let shell = wait_for_pid(&p, "shell");
-    assert!(alive(grandchild) && alive(shell));
+    assert!(common::alive(grandchild) && common::alive(shell));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while (alive(grandchild) || alive(shell)) && Instant::now() < deadline {
+    while [shell, grandchild].into_iter().any(common::alive) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let survivors: Vec<i32> = [shell, grandchild].into_iter().filter(|&pid| alive(pid)).collect();
+    let survivors: Vec<i32> = [shell, grandchild].into_iter().filter(|&pid| common::alive(pid)).collect();
     for &pid in &survivors {
         common::signal(pid, common::SIGKILL);
     }

@@ -55,6 +55,11 @@ impl Project {
         self
     }
 
+    /// A file's text, or `None` while it does not exist (yet).
+    pub fn read_opt(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.join(rel)).ok()
+    }
+
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.join(rel)).unwrap()
     }
@@ -109,6 +114,14 @@ pub fn wait_for<T>(what: &str, mut poll: impl FnMut() -> Option<T>) -> T {
         }
         assert!(started.elapsed() < DEADLINE, "waited {DEADLINE:?} for {what}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// True while `pid` runs (a zombie has ended: only its parent has not collected it yet).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
     }
 }
 
