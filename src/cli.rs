@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use drover_ops::compute::DeviceChoice;
+use drover_ops::kit::compute::DeviceChoice;
 
 #[derive(Parser, Debug)]
 #[command(

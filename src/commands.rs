@@ -85,7 +85,7 @@ fn with_llm_env(sets: &[String]) -> Vec<String> {
 }
 
 fn models(command: crate::cli::ModelsCommand) -> Result<(), Failure> {
-    use drover_ops::llm::serve;
+    use drover_ops::kit::llm::serve;
     match command {
         crate::cli::ModelsCommand::Pull { name } => {
             let path = serve::pull(&name, &|line| eprintln!("{line}")).map_err(Failure::Environment)?;
@@ -398,7 +398,7 @@ fn show(
     match out.kind {
         OutputKind::Table => {
             println!("{stage}.{port}: table, {} bytes, blake3 {}", out.size, out.hash);
-            print!("{}", drover_ops::table::preview(&path, rows).map_err(|e| env(e.message))?);
+            print!("{}", drover_ops::kit::table::preview(&path, rows).map_err(|e| env(e.message))?);
         }
         OutputKind::Blob => {
             println!("{stage}.{port}: blob, {} bytes, blake3 {}", out.size, out.hash);

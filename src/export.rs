@@ -25,9 +25,9 @@ pub fn export(store: &Store, port: &str, out: &OutputRef, dest: &Path, force: bo
         OutputKind::Table => {
             // A directory given for a file is named before its (missing) extension is.
             not_a_directory(dest, "a table", &format!("{port}.csv"))?;
-            let format = drover_ops::table::export_format(dest).map_err(op_failure)?;
+            let format = drover_ops::kit::table::export_format(dest).map_err(op_failure)?;
             write_file(dest, force, |file| {
-                drover_ops::table::write_table_as(&src, format, file, dest).map_err(op_failure)
+                drover_ops::kit::table::write_table_as(&src, format, file, dest).map_err(op_failure)
             })
         }
         OutputKind::Blob => {

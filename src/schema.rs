@@ -137,7 +137,7 @@ pub fn pipeline_schema(ops: &OpRegistry) -> Value {
         "seed": {"type": "integer", "minimum": 0}
     });
     debug_assert_eq!(stage_props.as_object().map(|o| o.len()), Some(STAGE_KEYS.len()));
-    let mut llm_endpoint = drover_ops::llm::endpoint::schema();
+    let mut llm_endpoint = drover_ops::kit::llm::endpoint::schema();
     if let Some(obj) = llm_endpoint.as_object_mut() {
         obj.remove("$schema");
         if let Some(d) = obj.remove("$defs").and_then(|d| d.as_object().cloned()) {

@@ -17,7 +17,9 @@ use tokio::task::JoinSet;
 
 use crate::error::EngineError;
 use crate::key::{Recipe, recipe_for};
-use crate::op::{Input, InputItem, NoProgress, OpErrorKind, OutputSlot, PortType, Progress, RunCx, StageNotes};
+use crate::op::{
+    Input, InputItem, NoProgress, OpErrorKind, OutputSlot, PortType, Progress, RunCx, StageCx, StageNotes,
+};
 use crate::plan::{InputEdge, Plan};
 
 /// How to run.
@@ -535,19 +537,21 @@ impl StageJob {
         let scratch = work.join("scratch");
         let _ = std::fs::create_dir_all(&scratch);
         let cx = RunCx {
-            stage: node.id.clone(),
-            params: node.params.clone(),
-            inputs,
+            stage_cx: StageCx {
+                stage: node.id.clone(),
+                params: node.params.clone(),
+                inputs,
+                pipeline_dir: self.plan.dir.clone(),
+                seed: node.seed,
+                llms: self.plan.llms.clone(),
+                memo: self.store.memo(),
+            },
             outputs: slots.clone(),
-            pipeline_dir: self.plan.dir.clone(),
             work_dir: scratch,
             log_path: log.to_path_buf(),
-            seed: node.seed,
             progress: self.reporter.progress(&node.id),
             device: self.device.clone(),
             notes: self.notes.clone(),
-            llms: self.plan.llms.clone(),
-            memo: self.store.memo(),
         };
         let op = node.op.clone();
         let task = tokio::spawn(async move { op.run(cx).await });

@@ -8,6 +8,7 @@ pub mod error;
 pub mod exec;
 pub mod interp;
 pub mod key;
+pub mod kit;
 pub mod op;
 pub mod paths;
 pub mod plan;
@@ -16,8 +17,9 @@ pub mod status;
 pub mod yaml;
 
 pub use drover_cache::Memo;
+pub use kit::{CheckErrors, OpKit, Work, run_blocking};
 pub use op::{
     BoxFuture, CheckCx, CheckError, CheckLocation, Checked, Column, Input, InputItem, NoProgress, Op, OpError,
-    OpErrorKind, OpInfo, OpRegistry, OutputSlot, PortDecl, PortType, Ports, Progress, RunCx, StageNotes, TableSchema,
-    params_schema,
+    OpErrorKind, OpInfo, OpRegistry, OutputSlot, PortDecl, PortType, Ports, Progress, RunCx, StageCx, StageNotes,
+    TableSchema, params_schema,
 };

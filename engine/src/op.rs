@@ -338,31 +338,56 @@ impl Progress for NoProgress {
     fn message(&self, _: &str) {}
 }
 
-/// Everything an op may read while it runs: nothing else (no environment, clock or global
-/// random state).
-pub struct RunCx {
+/// What an op may read about a stage: its params, inputs, seed and the pipeline's context. The
+/// part of [`RunCx`] that exists before the stage runs, so that `drover plan` can hand it to
+/// [`OpKit::work_left`] with inputs read in place in the store (read only).
+pub struct StageCx {
     pub stage: String,
     pub params: serde_json::Value,
     pub inputs: BTreeMap<String, Input>,
-    pub outputs: BTreeMap<String, OutputSlot>,
     pub pipeline_dir: PathBuf,
-    /// A fresh scratch directory, removed after the stage.
-    pub work_dir: PathBuf,
-    /// Where the op's own log (e.g. a child's stdout and stderr) goes.
-    pub log_path: PathBuf,
     pub seed: u64,
-    pub progress: Arc<dyn Progress>,
-    /// The compute device the user chose (`auto`, `cpu` or `wgpu`), for numeric ops. Not part
-    /// of the key: the same recipe must give the same result on any device.
-    pub device: String,
-    /// What the op reports about how it ran, for the run record.
-    pub notes: StageNotes,
     /// The pipeline's `llms:` block, as [`CheckCx::llms`]. Endpoints and key variable names
     /// live here, never in `params`, so they stay out of keys.
     pub llms: Arc<serde_json::Value>,
     /// Values the op keeps by key across attempts (responses already received), so a stage that
     /// dies resumes its work. Not part of the stage's output.
     pub memo: drover_cache::Memo,
+}
+
+impl StageCx {
+    /// The single input of this port.
+    pub fn input(&self, port: &str) -> Result<&InputItem, OpError> {
+        match self.inputs.get(port) {
+            Some(Input::One(item)) => Ok(item),
+            Some(Input::List(_)) => Err(OpError::failed(format!("input `{port}` is a list"))),
+            None => Err(OpError::failed(format!("input `{port}` is not connected"))),
+        }
+    }
+}
+
+/// Everything an op may read and write while it runs: nothing else (no environment, clock or
+/// global random state). Derefs to the [`StageCx`] it extends.
+pub struct RunCx {
+    pub stage_cx: StageCx,
+    pub outputs: BTreeMap<String, OutputSlot>,
+    /// A fresh scratch directory, removed after the stage.
+    pub work_dir: PathBuf,
+    /// Where the op's own log (e.g. a child's stdout and stderr) goes.
+    pub log_path: PathBuf,
+    pub progress: Arc<dyn Progress>,
+    /// The compute device the user chose (`auto`, `cpu` or `wgpu`), for numeric ops. Not part
+    /// of the key: the same recipe must give the same result on any device.
+    pub device: String,
+    /// What the op reports about how it ran, for the run record.
+    pub notes: StageNotes,
+}
+
+impl std::ops::Deref for RunCx {
+    type Target = StageCx;
+    fn deref(&self) -> &StageCx {
+        &self.stage_cx
+    }
 }
 
 /// Facts about how a stage ran that belong in its run record but not in its key.
@@ -385,15 +410,6 @@ impl RunCx {
     /// Deserialises the params (already checked at plan time).
     pub fn params<P: DeserializeOwned>(&self) -> Result<P, OpError> {
         parse_params(&self.params).map_err(|e| OpError::failed(e.message))
-    }
-
-    /// The single input of this port.
-    pub fn input(&self, port: &str) -> Result<&InputItem, OpError> {
-        match self.inputs.get(port) {
-            Some(Input::One(item)) => Ok(item),
-            Some(Input::List(_)) => Err(OpError::failed(format!("input `{port}` is a list"))),
-            None => Err(OpError::failed(format!("input `{port}` is not connected"))),
-        }
     }
 
     /// The slot of this output port.
@@ -443,8 +459,8 @@ pub trait Op: Send + Sync + 'static {
 
     /// Plan time, for a stage that will run and whose inputs all exist: how much of its work is
     /// already done, in words, e.g. `12 of 20 requests answered, 8 to send`. The context's
-    /// inputs point into the store (read only) and its outputs nowhere; read, never write.
-    fn work_left(&self, _cx: &RunCx) -> Option<String> {
+    /// inputs point into the store: read, never write.
+    fn work_left(&self, _cx: &StageCx) -> Option<String> {
         None
     }
 }

@@ -89,7 +89,7 @@ fn work_left(
     store: &Store,
     outputs: &[Option<BTreeMap<String, OutputRef>>],
 ) -> Option<String> {
-    use crate::op::{Input, InputItem, NoProgress, RunCx};
+    use crate::op::{Input, InputItem, StageCx};
     use crate::plan::InputEdge;
     let node = &plan.nodes[idx];
     let mut inputs = BTreeMap::new();
@@ -119,18 +119,12 @@ fn work_left(
         };
         inputs.insert(port.clone(), input);
     }
-    let cx = RunCx {
+    let cx = StageCx {
         stage: node.id.clone(),
         params: node.params.clone(),
         inputs,
-        outputs: BTreeMap::new(),
         pipeline_dir: plan.dir.clone(),
-        work_dir: std::env::temp_dir(),
-        log_path: std::path::PathBuf::from("/dev/null"),
         seed: node.seed,
-        progress: std::sync::Arc::new(NoProgress),
-        device: "cpu".into(),
-        notes: Default::default(),
         llms: plan.llms.clone(),
         memo: store.memo(),
     };

@@ -1,45 +1,39 @@
-//! drover-ops: the built-in ops. One file per op; `registry()` lists them all.
+//! drover-ops: the built-in ops, and the kits they share.
+//!
+//! - `kit/`: what several ops use and no op owns: table I/O (`table`), ROUGE-L (`rouge`), the
+//!   language-model backend (`llm`), the compute device (`compute`).
+//! - One directory per family of ops, one file per op, named as in YAML: `data/` (tables),
+//!   `programs/` (`command`), `models/` (`read_model`, `merge_models`), `text/` (prompt synthesis
+//!   and generation), `scaling/` (`scaling_law_fit`).
+//!
+//! No op imports another op's file: what two ops share lives in `kit/`.
 
-pub mod command;
-pub mod compute;
-pub mod concat;
-pub mod dedup;
-pub mod llm;
-pub mod llm_generate;
-pub mod merge;
-pub mod principle_generate_responses;
-pub mod read_model;
-pub mod read_table;
-pub mod rouge;
-pub mod rouge_dedup;
-pub mod sample;
+pub mod data;
+pub mod kit;
+pub mod models;
+pub mod programs;
 pub mod scaling;
-pub mod secrets;
-pub mod select;
-pub mod self_instruct;
-pub mod supervise;
-pub mod table;
-pub mod tgrt;
+pub mod text;
 
 use drover_engine::OpRegistry;
 
 /// Every built-in op.
 pub fn registry() -> OpRegistry {
     let mut ops = OpRegistry::new();
-    ops.register(command::Command);
-    ops.register(concat::Concat);
-    ops.register(dedup::Dedup);
-    ops.register(llm_generate::LlmGenerate);
-    ops.register(merge::MergeModels);
-    ops.register(principle_generate_responses::PrincipleGenerateResponses);
-    ops.register(read_model::ReadModel);
-    ops.register(read_table::ReadTable);
-    ops.register(rouge_dedup::RougeDedup);
-    ops.register(sample::Sample);
+    ops.register(programs::command::Command);
+    ops.register(data::concat::Concat);
+    ops.register(data::dedup::Dedup);
+    ops.register(text::llm_generate::LlmGenerate);
+    ops.register(models::merge::MergeModels);
+    ops.register(text::principle_generate_responses::PrincipleGenerateResponses);
+    ops.register(models::read_model::ReadModel);
+    ops.register(data::read_table::ReadTable);
+    ops.register(data::rouge_dedup::RougeDedup);
+    ops.register(data::sample::Sample);
     ops.register(scaling::ScalingLawFit);
-    ops.register(select::Select);
-    ops.register(self_instruct::SelfInstruct);
-    ops.register(tgrt::TgrtQuestions);
-    ops.register(tgrt::TgrtTopics);
+    ops.register(data::select::Select);
+    ops.register(text::self_instruct::SelfInstruct);
+    ops.register(text::tgrt::TgrtQuestions);
+    ops.register(text::tgrt::TgrtTopics);
     ops
 }

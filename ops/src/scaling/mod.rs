@@ -49,8 +49,8 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use crate::compute::{self, Compute};
-use crate::table;
+use crate::kit::compute::{self, Compute};
+use crate::kit::table;
 use law::{Law, LawKind, chinchilla_allocation};
 use lbfgs::{Options, Solution, Status};
 use objective::HuberObjective;

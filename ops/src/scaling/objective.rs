@@ -118,7 +118,7 @@ impl Objective for HuberObjective {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::Compute;
+    use crate::kit::compute::Compute;
     use crate::scaling::formula::parse;
 
     #[test]
@@ -188,7 +188,7 @@ mod tests {
             obj.eval(&[2, 0, 1], &x, &mut f, &mut g).unwrap();
             (f, g)
         };
-        let gpu = crate::compute::resolve("wgpu").expect("a wgpu adapter (CI installs lavapipe)");
+        let gpu = crate::kit::compute::resolve("wgpu").expect("a wgpu adapter (CI installs lavapipe)");
         let (f32_f, f32_g) = run(&gpu, DType::F32);
         let (f64_f, f64_g) = run(&Compute::cpu(""), DType::F64);
         for k in 0..3 {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray};
 use arrow::datatypes::{DataType, Field};
+use drover_engine::StageCx;
 use drover_engine::paths;
 use drover_engine::{
     BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
@@ -25,9 +26,9 @@ use drover_engine::{
 };
 use serde::Deserialize;
 
-use crate::llm::template::{Rows, check_no_clash, extend, table as out_table, text_column};
-use crate::llm::{self, Client, Prompt, Request, Sampling};
-use crate::table;
+use crate::kit::llm::template::{Rows, check_no_clash, extend, table as out_table, text_column};
+use crate::kit::llm::{self, Client, Prompt, Request, Sampling};
+use crate::kit::table;
 
 /// The `with:` block of a `principle_generate_responses` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -153,7 +154,7 @@ impl Op for PrincipleGenerateResponses {
         Ok(checked)
     }
 
-    fn work_left(&self, cx: &RunCx) -> Option<String> {
+    fn work_left(&self, cx: &StageCx) -> Option<String> {
         let (.., client, requests) = requests(cx).ok()?;
         Some(llm::work_left(&client, &requests))
     }
@@ -211,7 +212,7 @@ impl Op for PrincipleGenerateResponses {
 type Prepared = (PrincipleParams, Rows, Vec<String>, Vec<String>, Client, Vec<Request>);
 
 /// The stage's requests, one per instruction, as `run` sends them.
-fn requests(cx: &RunCx) -> Result<Prepared, OpError> {
+fn requests(cx: &StageCx) -> Result<Prepared, OpError> {
     let params: PrincipleParams = table::run_params(cx)?;
     let path = paths::resolve(&cx.pipeline_dir, &params.prompt_file);
     let meta = std::fs::read_to_string(&path).map_err(|e| OpError::io(format!("read {}", path.display()), e))?;

@@ -28,6 +28,7 @@
 
 use std::collections::HashSet;
 
+use drover_engine::StageCx;
 use drover_engine::paths;
 use drover_engine::{
     BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
@@ -35,10 +36,11 @@ use drover_engine::{
 };
 use serde::Deserialize;
 
-use crate::llm::template::{Rows, table as out_table, text_column};
-use crate::llm::{self, Client, Completion, Sampling};
-use crate::self_instruct::{Draw, answered, column_texts, complete, left, py_space, py_strip, requests};
-use crate::table;
+use crate::kit::draw::Draw;
+use crate::kit::llm::template::{Rows, table as out_table, text_column};
+use crate::kit::llm::{self, Client, Completion, Sampling};
+use crate::kit::table;
+use crate::text::self_instruct::{answered, column_texts, complete, left, py_space, py_strip, requests};
 
 /// The `with:` block of a `tgrt_topics` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -197,7 +199,7 @@ impl PromptFile {
     }
 }
 
-fn read_prompt(cx: &RunCx, file: &str) -> Result<PromptFile, OpError> {
+fn read_prompt(cx: &StageCx, file: &str) -> Result<PromptFile, OpError> {
     PromptFile::read(&paths::resolve(&cx.pipeline_dir, file)).map_err(|e| OpError::failed(format!("prompt file: {e}")))
 }
 
@@ -273,7 +275,7 @@ impl Op for TgrtTopics {
         })
     }
 
-    fn work_left(&self, cx: &RunCx) -> Option<String> {
+    fn work_left(&self, cx: &StageCx) -> Option<String> {
         let (p, client, sampling, mut run) = Brainstorm::start(cx).ok()?;
         let mut sent = 0;
         while let Some(prompts) = run.prompts(&p) {
@@ -301,7 +303,7 @@ struct Brainstorm {
 }
 
 impl Brainstorm {
-    fn start(cx: &RunCx) -> Result<(TgrtTopicsParams, Client, Sampling, Brainstorm), OpError> {
+    fn start(cx: &StageCx) -> Result<(TgrtTopicsParams, Client, Sampling, Brainstorm), OpError> {
         let p: TgrtTopicsParams = table::run_params(cx)?;
         let seeds = Rows::read(&cx.input("seeds")?.path)?;
         let mut groups = Groups::default();
@@ -532,7 +534,7 @@ impl Op for TgrtQuestions {
         })
     }
 
-    fn work_left(&self, cx: &RunCx) -> Option<String> {
+    fn work_left(&self, cx: &StageCx) -> Option<String> {
         let plan = QuestionPlan::new(cx).ok()?;
         Some(llm::work_left(&plan.client, &requests(&plan.client, &plan.sampling, plan.prompts, 0)))
     }
@@ -549,7 +551,7 @@ struct QuestionPlan {
 }
 
 impl QuestionPlan {
-    fn new(cx: &RunCx) -> Result<QuestionPlan, OpError> {
+    fn new(cx: &StageCx) -> Result<QuestionPlan, OpError> {
         let p: TgrtQuestionsParams = table::run_params(cx)?;
         let meta = read_prompt(cx, &p.prompt_file)?;
         let rows = Rows::read(&cx.input("topics")?.path)?;
@@ -645,8 +647,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::self_instruct::tests::{MockLlm, nowhere, texts};
-    use crate::table::testing::{OpTest, column, first_error};
+    use crate::kit::testing::{OpTest, column, first_error};
+    use crate::text::self_instruct::tests::{MockLlm, nowhere, texts};
 
     /// Dromedary's `prompts/tgrt_self_instruct_topic_brainstorm_prompt.txt`.
     const TOPIC_PROMPT: &str = "You are asked to come up with a set of 10 diverse topics for a specific question type.\n\n\

@@ -31,18 +31,18 @@ use std::sync::Arc;
 
 use arrow::array::{Float64Array, UInt64Array};
 use arrow::datatypes::{DataType, Field};
+use drover_engine::StageCx;
 use drover_engine::{
     BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
     TableSchema, params_schema,
 };
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use crate::llm::template::{Rows, table as out_table, text_column};
-use crate::llm::{self, Client, Completion, Prompt, Request, Sampling};
-use crate::rouge::{Filter, LcsScan, fmeasure, tokenize};
-use crate::table;
+use crate::kit::draw::Draw;
+use crate::kit::llm::template::{Rows, table as out_table, text_column};
+use crate::kit::llm::{self, Client, Completion, Prompt, Request, Sampling};
+use crate::kit::rouge::{Filter, LcsScan, fmeasure, tokenize};
+use crate::kit::table;
 
 /// The `with:` block of a `self_instruct` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -237,7 +237,7 @@ impl Op for SelfInstruct {
 
     /// Replays the rounds the memo answers (the next round's prompts depend on the responses),
     /// which costs the ROUGE-L work of those rounds again.
-    fn work_left(&self, cx: &RunCx) -> Option<String> {
+    fn work_left(&self, cx: &StageCx) -> Option<String> {
         let (p, client, sampling, mut run) = Bootstrap::start(cx).ok()?;
         while let Some(prompts) = run.prompts(&p) {
             match answered(&client, requests(&client, &sampling, prompts, run.sent)) {
@@ -263,7 +263,7 @@ struct Bootstrap {
 }
 
 impl Bootstrap {
-    fn start(cx: &RunCx) -> Result<(SelfInstructParams, Client, Sampling, Bootstrap), OpError> {
+    fn start(cx: &StageCx) -> Result<(SelfInstructParams, Client, Sampling, Bootstrap), OpError> {
         let p: SelfInstructParams = table::run_params(cx)?;
         let seeds = column_texts(&Rows::read(&cx.input("seeds")?.path)?, "seeds", &p.column)?;
         if seeds.len() < p.num_prompt_instructions {
@@ -648,47 +648,6 @@ pub(crate) fn left(answered: u64) -> String {
     }
 }
 
-/// Seeded draws: a ChaCha8 stream per (stage seed, round), with the shuffle and sampling written
-/// here so that no change in `rand`'s algorithms changes a prompt (and so a memoised response).
-pub(crate) struct Draw(ChaCha8Rng);
-
-impl Draw {
-    pub(crate) fn new(seed: u64, round: u64) -> Draw {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(round);
-        Draw(rng)
-    }
-
-    /// Uniform in `0..bound` (bound > 0): Lemire's multiply-and-reject.
-    fn below(&mut self, bound: usize) -> usize {
-        let bound = bound as u64;
-        let threshold = bound.wrapping_neg() % bound;
-        loop {
-            let wide = u128::from(self.0.next_u64()) * u128::from(bound);
-            if (wide as u64) >= threshold {
-                return (wide >> 64) as usize;
-            }
-        }
-    }
-
-    /// Fisher-Yates.
-    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
-    }
-
-    /// `k` distinct indices of `0..n` (k <= n), every subset equally likely (Floyd's algorithm).
-    pub(crate) fn pick(&mut self, n: usize, k: usize) -> impl Iterator<Item = usize> {
-        let mut chosen: Vec<usize> = Vec::with_capacity(k);
-        for j in n - k..n {
-            let t = self.below(j + 1);
-            chosen.push(if chosen.contains(&t) { j } else { t });
-        }
-        chosen.into_iter()
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
@@ -699,8 +658,8 @@ pub(crate) mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::llm::client::Choice;
-    use crate::table::testing::{OpTest, batch, column, first_error};
+    use crate::kit::llm::client::Choice;
+    use crate::kit::testing::{OpTest, batch, column, first_error};
 
     /// A mock language model: an OpenAI-style completion server on a local port that answers
     /// each request with the scripted `answer(body)`, and keeps the bodies it was sent. It exists

@@ -14,7 +14,7 @@ use drover_engine::{
 };
 use serde::Deserialize;
 
-use crate::table::{self, TableFormat};
+use crate::kit::table::{self, TableFormat};
 
 /// The `with:` block of a `read_table` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -98,7 +98,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::table::testing::{OpTest, column, first_error, names};
+    use crate::kit::testing::{OpTest, column, first_error, names};
 
     #[test]
     fn reads_a_csv_relative_to_the_pipeline() {

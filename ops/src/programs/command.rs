@@ -26,9 +26,9 @@ use drover_engine::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::secrets::Redactor;
-use crate::supervise;
-use crate::table::{self, TableFormat};
+use crate::kit::table::{self, TableFormat};
+use crate::programs::secrets::Redactor;
+use crate::programs::supervise;
 
 /// Params of `command`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -77,9 +77,9 @@ impl Op for Command {
         }
         for (name, value) in &params.env {
             // Said of the name, or of the value's shape: the value itself is never printed.
-            let why = if crate::secrets::looks_secret(name) && !value.is_empty() {
+            let why = if crate::programs::secrets::looks_secret(name) && !value.is_empty() {
                 format!("`{name}` looks like a secret")
-            } else if crate::secrets::looks_like_token(value) {
+            } else if crate::programs::secrets::looks_like_token(value) {
                 format!("the value of `{name}` looks like a credential (an API key or token)")
             } else {
                 continue;
@@ -95,7 +95,7 @@ impl Op for Command {
         }
         for (i, name) in params.secret_env.iter().enumerate() {
             let at = i.to_string();
-            if !crate::secrets::is_env_name(name) {
+            if !crate::programs::secrets::is_env_name(name) {
                 errors.push(
                     CheckError::param(&["secret_env", &at], format!("`{name}` is not a variable name"))
                         .help("names are letters, digits and `_`, not starting with a digit"),

@@ -16,7 +16,7 @@ use drover_engine::{
 };
 use serde::Deserialize;
 
-use crate::table;
+use crate::kit::table;
 
 /// The `with:` block of a `read_model` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

@@ -28,7 +28,7 @@ use drover_engine::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::table;
+use crate::kit::table;
 use config::{ConfigError, MergeConfig, SCHEMA_KEYS};
 use weights::{ModelWeights, PlannedTensor, ShardWriter};
 
@@ -289,8 +289,8 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
     }
     let plan = plan::plan(config, &models).map_err(OpError::failed)?;
     // A GPU takes the arithmetic-heavy steps (see `device`); the CPU is the fallback.
-    let compute = crate::compute::resolve(&cx.device)?;
-    let on_device = (compute.backend == crate::compute::Backend::Wgpu).then_some(&compute.device);
+    let compute = crate::kit::compute::resolve(&cx.device)?;
+    let on_device = (compute.backend == crate::kit::compute::Backend::Wgpu).then_some(&compute.device);
 
     let out_dir = cx.output("model")?.path.clone();
     std::fs::create_dir_all(&out_dir).map_err(|e| OpError::io(format!("cannot create {}", out_dir.display()), e))?;

@@ -18,7 +18,7 @@ use drover_engine::{
 };
 use serde::Deserialize;
 
-use crate::table;
+use crate::kit::table;
 
 /// The `with:` block of a `dedup` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -178,7 +178,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::table::testing::{OpTest, batch, column, first_error};
+    use crate::kit::testing::{OpTest, batch, column, first_error};
 
     /// Rows (id, prompt, score); prompts repeat, and rows 0 and 3 are entirely equal.
     fn answers() -> RecordBatch {

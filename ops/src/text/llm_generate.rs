@@ -9,15 +9,16 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field};
+use drover_engine::StageCx;
 use drover_engine::{
     BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
     TableSchema, params_schema,
 };
 use serde::Deserialize;
 
-use crate::llm::template::{Rows, Template, check_no_clash, extend};
-use crate::llm::{self, Client, Message, Prompt, Request, Sampling};
-use crate::table;
+use crate::kit::llm::template::{Rows, Template, check_no_clash, extend};
+use crate::kit::llm::{self, Client, Message, Prompt, Request, Sampling};
+use crate::kit::table;
 
 /// The `with:` block of an `llm_generate` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -142,14 +143,14 @@ impl Op for LlmGenerate {
         })
     }
 
-    fn work_left(&self, cx: &RunCx) -> Option<String> {
+    fn work_left(&self, cx: &StageCx) -> Option<String> {
         let (_, _, client, requests) = requests(cx).ok()?;
         Some(llm::work_left(&client, &requests))
     }
 }
 
 /// The stage's requests, one per row, as `run` sends them.
-fn requests(cx: &RunCx) -> Result<(LlmGenerateParams, Rows, Client, Vec<Request>), OpError> {
+fn requests(cx: &StageCx) -> Result<(LlmGenerateParams, Rows, Client, Vec<Request>), OpError> {
     let params: LlmGenerateParams = table::run_params(cx)?;
     let input = Rows::read(&cx.input("table")?.path)?;
     let columns: Vec<Column> = input.batch.schema().fields().iter().map(|f| Column::new(f.name(), "")).collect();

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use drover_engine::{Memo, OpError, RunCx};
+use drover_engine::StageCx;
+use drover_engine::{Memo, OpError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -180,7 +181,7 @@ enum Attempt {
 
 impl Client {
     /// A client for endpoint `name` of the pipeline's `llms:` block.
-    pub fn new(cx: &RunCx, name: &str) -> Result<Client, OpError> {
+    pub fn new(cx: &StageCx, name: &str) -> Result<Client, OpError> {
         let endpoint = Endpoint::resolve(&cx.llms, name, &cx.pipeline_dir)
             .map_err(|e| OpError::environment(e.into_iter().map(|e| e.message).collect::<Vec<_>>().join("; ")))?;
         let identity = match &endpoint.target {

@@ -69,7 +69,7 @@ pub struct Rows {
 
 impl Rows {
     pub fn read(path: &std::path::Path) -> Result<Rows, OpError> {
-        let (schema, batches) = crate::table::read_input(path)?;
+        let (schema, batches) = crate::kit::table::read_input(path)?;
         let batch =
             concat_batches(&schema, &batches).map_err(|e| OpError::failed(format!("cannot read the input: {e}")))?;
         let mut writer = arrow::json::ArrayWriter::new(Vec::new());

@@ -20,8 +20,8 @@ use drover_engine::{
 };
 use serde::Deserialize;
 
-use crate::rouge::{Filter, tokenize};
-use crate::table;
+use crate::kit::rouge::{Filter, tokenize};
+use crate::kit::table;
 
 /// The `with:` block of a `rouge_dedup` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -239,7 +239,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::table::testing::{OpTest, batch, column, first_error};
+    use crate::kit::testing::{OpTest, batch, column, first_error};
 
     fn rows(texts: &[&str]) -> RecordBatch {
         batch(vec![

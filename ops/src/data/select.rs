@@ -14,7 +14,7 @@ use drover_engine::{
 };
 use serde::Deserialize;
 
-use crate::table;
+use crate::kit::table;
 
 /// The `with:` block of a `select` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -208,7 +208,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::table::testing::{OpTest, batch, column, first_error, names};
+    use crate::kit::testing::{OpTest, batch, column, first_error, names};
 
     fn qa() -> RecordBatch {
         batch(vec![

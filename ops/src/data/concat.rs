@@ -18,7 +18,7 @@ use drover_engine::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::table;
+use crate::kit::table;
 
 /// The `with:` block of a `concat` stage: it takes no params.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -250,7 +250,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::table::testing::{OpTest, TestItem, batch, column, item, names};
+    use crate::kit::testing::{OpTest, TestItem, batch, column, item, names};
 
     fn rows(ids: Vec<i64>, texts: Vec<&str>) -> RecordBatch {
         batch(vec![("id", Arc::new(Int64Array::from(ids)) as ArrayRef), ("text", Arc::new(StringArray::from(texts)))])

@@ -9,14 +9,12 @@
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx, TableSchema,
-    params_schema,
+    CheckCx, CheckError, CheckErrors, Checked, OpError, OpKit, PortType, Ports, RunCx, TableSchema, Work,
 };
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use crate::table;
+use crate::kit::draw::Draw;
+use crate::kit::table;
 
 /// The `with:` block of a `sample` stage. Give exactly one of `n` and `fraction`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -66,71 +64,42 @@ impl Size {
 /// Keeps a random subset of rows.
 pub struct Sample;
 
-impl Sample {
-    pub const NAME: &str = "sample";
-    pub const VERSION: u32 = 1;
+impl OpKit for Sample {
+    type Params = SampleParams;
+    const NAME: &str = "sample";
+    const VERSION: u32 = 1;
     const DOC: &str = "Keeps a seeded random subset of a table's rows, in their original order.";
 
-    fn inputs() -> Vec<PortDecl> {
-        vec![PortDecl { name: "table", ty: PortType::any_table(), doc: "The table to sample.", optional: false }]
+    fn inputs() -> Ports {
+        Ports::one("table", PortType::any_table(), "The table to sample.")
     }
 
-    fn outputs() -> Vec<PortDecl> {
-        vec![PortDecl {
-            name: "out",
-            ty: PortType::any_table(),
-            doc: "The kept rows, with the input's columns.",
-            optional: false,
-        }]
-    }
-}
-
-impl Op for Sample {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: Self::NAME,
-            version: Self::VERSION,
-            doc: Self::DOC,
-            inputs: Ports::Fixed(Self::inputs()),
-            outputs: Ports::Fixed(Self::outputs()),
-            params: params_schema::<SampleParams>(),
-            deterministic: true,
-            templated_params: false,
-        }
+    fn outputs() -> Ports {
+        Ports::one("out", PortType::any_table(), "The kept rows, with the input's columns.")
     }
 
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let params: SampleParams = table::check_params(cx)?;
-        let schema = match (params.size(), table::input_columns(cx, "table")) {
-            (Ok(_), Ok(Some(columns))) => TableSchema::with_columns(columns.to_vec()),
-            (Ok(_), Ok(None)) => TableSchema::default(),
-            (size, columns) => {
-                return Err([size.err(), columns.err()].into_iter().flatten().collect());
-            }
+    fn check(&self, params: &SampleParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
+        let (size, columns) = (params.size(), table::input_columns(cx, "table"));
+        let columns = match (size, columns) {
+            (Ok(_), Ok(columns)) => columns,
+            (size, columns) => return Err([size.err(), columns.err()].into_iter().flatten().collect()),
         };
-        Ok(Checked {
-            outputs: [("out".to_string(), PortType::Table(schema))].into(),
-            file_deps: Vec::new(),
-            ..Default::default()
-        })
+        let schema = columns.map_or_else(TableSchema::default, |c| TableSchema::with_columns(c.to_vec()));
+        Ok(Checked::default().output("out", PortType::Table(schema)))
     }
 
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            table::run_blocking(move || {
-                let params: SampleParams = table::run_params(&cx)?;
-                let size = params.size().map_err(|e| table::check_errors_to_op_error(vec![e]))?;
-                let (schema, batches) = table::read_input(&cx.input("table")?.path)?;
-                let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-                let mut picker = Picker::new(params.seed.unwrap_or(cx.seed), rows, size.of(rows));
-                let mut kept = Vec::with_capacity(batches.len());
-                for batch in &batches {
-                    let mask: BooleanArray = (0..batch.num_rows()).map(|_| Some(picker.next())).collect();
-                    kept.push(filter(batch, &mask)?);
-                }
-                table::write_parquet(&cx.output("out")?.path, &schema, &kept)
-            })
-            .await
+    fn run(&self, params: SampleParams, cx: RunCx) -> Work {
+        Work::blocking(move || {
+            let size = params.size().map_err(|e| CheckErrors::from(e).into_op_error())?;
+            let (schema, batches) = table::read_input(&cx.input("table")?.path)?;
+            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let mut picker = Picker::new(params.seed.unwrap_or(cx.seed), rows, size.of(rows));
+            let mut kept = Vec::with_capacity(batches.len());
+            for batch in &batches {
+                let mask: BooleanArray = (0..batch.num_rows()).map(|_| Some(picker.next())).collect();
+                kept.push(filter(batch, &mask)?);
+            }
+            table::write_parquet(&cx.output("out")?.path, &schema, &kept)
         })
     }
 }
@@ -143,35 +112,25 @@ fn filter(batch: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch, OpErr
 /// probability (still wanted) / (still left), which keeps exactly `wanted` rows, every subset
 /// equally likely, already in order.
 struct Picker {
-    rng: ChaCha8Rng,
+    draw: Draw,
     left: u64,
     wanted: u64,
 }
 
 impl Picker {
     fn new(seed: u64, rows: u64, wanted: u64) -> Picker {
-        Picker { rng: ChaCha8Rng::seed_from_u64(seed), left: rows, wanted }
+        // Stream 0 is the plain `seed_from_u64(seed)` stream this op has always drawn from.
+        Picker { draw: Draw::new(seed, 0), left: rows, wanted }
     }
 
     /// Whether to keep the next row.
     fn next(&mut self) -> bool {
-        let keep = self.wanted > 0 && self.below(self.left) < self.wanted;
+        let keep = self.wanted > 0 && self.draw.below_u64(self.left) < self.wanted;
         self.left -= 1;
         if keep {
             self.wanted -= 1;
         }
         keep
-    }
-
-    /// A uniform integer in `0..bound` (bound > 0): Lemire's multiply-and-reject.
-    fn below(&mut self, bound: u64) -> u64 {
-        let threshold = bound.wrapping_neg() % bound;
-        loop {
-            let wide = u128::from(self.rng.next_u64()) * u128::from(bound);
-            if (wide as u64) >= threshold {
-                return (wide >> 64) as u64;
-            }
-        }
     }
 }
 
@@ -184,7 +143,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::table::testing::{OpTest, batch, column, first_error};
+    use crate::kit::testing::{OpTest, batch, column, first_error};
 
     fn numbers(n: i64) -> RecordBatch {
         let labels: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();

@@ -1,0 +1,10 @@
+//! What several ops share and no op owns: table I/O, ROUGE-L, the language-model backend, the
+//! compute device, seeded draws, and (in tests) the op test harness.
+
+pub mod compute;
+pub mod draw;
+pub mod llm;
+pub mod rouge;
+pub mod table;
+#[cfg(test)]
+pub(crate) mod testing;

@@ -1,0 +1,4 @@
+//! Model ops: importing model directories and merging models.
+
+pub mod merge;
+pub mod read_model;
