@@ -12,8 +12,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, InputItem, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
-    params_schema,
+    CheckCx, CheckError, CheckErrors, Checked, InputItem, OpError, OpKit, PortType, Ports, RunCx, Work,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -28,77 +27,48 @@ pub struct ConcatParams {}
 /// Stacks tables.
 pub struct Concat;
 
-impl Concat {
-    pub const NAME: &str = "concat";
-    pub const VERSION: u32 = 1;
+impl OpKit for Concat {
+    type Params = ConcatParams;
+    const NAME: &str = "concat";
+    const VERSION: u32 = 1;
     const DOC: &str = "Stacks tables with the same columns; matrix values become columns.";
 
-    fn inputs() -> Vec<PortDecl> {
-        vec![PortDecl {
-            name: "parts",
-            ty: PortType::List(Box::new(PortType::any_table())),
-            doc: "The tables to stack (`stage[*]`, or a single table).",
-            optional: false,
-        }]
+    fn inputs() -> Ports {
+        Ports::one(
+            "parts",
+            PortType::List(Box::new(PortType::any_table())),
+            "The tables to stack (`stage[*]`, or a single table).",
+        )
     }
 
-    fn outputs() -> Vec<PortDecl> {
-        vec![PortDecl {
-            name: "out",
-            ty: PortType::any_table(),
-            doc: "Every row of every part, then one column per matrix key.",
-            optional: false,
-        }]
-    }
-}
-
-impl Op for Concat {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: Self::NAME,
-            version: Self::VERSION,
-            doc: Self::DOC,
-            inputs: Ports::Fixed(Self::inputs()),
-            outputs: Ports::Fixed(Self::outputs()),
-            params: params_schema::<ConcatParams>(),
-            deterministic: true,
-            templated_params: false,
-        }
+    fn outputs() -> Ports {
+        Ports::one("out", PortType::any_table(), "Every row of every part, then one column per matrix key.")
     }
 
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let ConcatParams {} = table::check_params(cx)?;
+    fn check(&self, _: &ConcatParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
         match cx.inputs.get("parts") {
             Some(PortType::Table(_)) => {}
             Some(PortType::List(inner)) if matches!(**inner, PortType::Table(_)) => {}
             Some(other) => {
-                return Err(vec![CheckError::input("parts", format!("expected a list of tables, got {other}"))]);
+                return Err(CheckError::input("parts", format!("expected a list of tables, got {other}")).into());
             }
-            None => return Err(vec![CheckError::stage("input `parts` is not connected")]),
+            None => return Err(CheckError::stage("input `parts` is not connected").into()),
         }
         // The matrix columns are only known at run time, so the output columns are too.
-        Ok(Checked {
-            outputs: [("out".to_string(), PortType::any_table())].into(),
-            file_deps: Vec::new(),
-            ..Default::default()
-        })
+        Ok(Checked::default().output("out", PortType::any_table()))
     }
 
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            table::run_blocking(move || {
-                let ConcatParams {} = table::run_params(&cx)?;
-                let items =
-                    cx.inputs.get("parts").ok_or_else(|| OpError::failed("input `parts` is not connected"))?.items();
-                let mut parts = Vec::with_capacity(items.len());
-                for item in items {
-                    let (schema, batches) = table::read_input(&item.path)?;
-                    parts.push(Part { item, schema, batches });
-                }
-                let (schema, batches) = concat(&parts)?;
-                table::write_parquet(&cx.output("out")?.path, &schema, &batches)
-            })
-            .await
+    fn run(&self, _: ConcatParams, cx: RunCx) -> Work {
+        Work::blocking(move || {
+            let items =
+                cx.inputs.get("parts").ok_or_else(|| OpError::failed("input `parts` is not connected"))?.items();
+            let mut parts = Vec::with_capacity(items.len());
+            for item in items {
+                let (schema, batches) = table::read_input(&item.path)?;
+                parts.push(Part { item, schema, batches });
+            }
+            let (schema, batches) = concat(&parts)?;
+            table::write_parquet(&cx.output("out")?.path, &schema, &batches)
         })
     }
 }
@@ -247,6 +217,7 @@ fn concat(parts: &[Part<'_>]) -> Result<(SchemaRef, Vec<RecordBatch>), OpError> 
 mod tests {
     use std::collections::BTreeMap;
 
+    use drover_engine::Op;
     use serde_json::json;
 
     use super::*;
@@ -354,7 +325,7 @@ mod tests {
             pipeline_dir: dir.path(),
             llms: &serde_json::Value::Null,
         };
-        let errors = Concat.check(&cx).unwrap_err();
+        let errors = Op::check(&Concat, &cx).unwrap_err();
         assert_eq!(errors[0].message, "expected a list of tables, got blob");
     }
 }

@@ -9,15 +9,12 @@
 use std::collections::HashSet;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
-use arrow::compute::{concat_batches, filter_record_batch};
-use arrow::datatypes::Schema;
+use arrow::compute::filter_record_batch;
 use arrow::row::{RowConverter, SortField};
-use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx, TableSchema,
-    params_schema,
-};
+use drover_engine::{CheckCx, CheckError, CheckErrors, Checked, OpError, OpKit, PortType, Ports, RunCx, Work};
 use serde::Deserialize;
 
+use crate::data::{column_names, field_names, read_whole, table_of};
 use crate::kit::table;
 
 /// The `with:` block of a `dedup` stage.
@@ -46,55 +43,67 @@ pub enum Keep {
 /// Drops duplicate rows.
 pub struct Dedup;
 
-impl Dedup {
-    pub const NAME: &str = "dedup";
-    pub const VERSION: u32 = 1;
+impl OpKit for Dedup {
+    type Params = DedupParams;
+    const NAME: &str = "dedup";
+    const VERSION: u32 = 1;
     const DOC: &str = "Drops rows that duplicate another row on the key columns.";
 
-    fn inputs() -> Vec<PortDecl> {
-        vec![PortDecl { name: "table", ty: PortType::any_table(), doc: "The table to deduplicate.", optional: false }]
+    fn inputs() -> Ports {
+        Ports::one("table", PortType::any_table(), "The table to deduplicate.")
     }
 
-    fn outputs() -> Vec<PortDecl> {
-        vec![PortDecl {
-            name: "out",
-            ty: PortType::any_table(),
-            doc: "One row per distinct key, in original order, with the input's columns.",
-            optional: false,
-        }]
+    fn outputs() -> Ports {
+        Ports::one(
+            "out",
+            PortType::any_table(),
+            "One row per distinct key, in original order, with the input's columns.",
+        )
+    }
+
+    fn check(&self, params: &DedupParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
+        let columns = table::input_columns(cx, "table")?;
+        check_columns(params, columns.map(column_names).as_deref())?;
+        Ok(Checked::default().output("out", table_of(columns)))
+    }
+
+    fn run(&self, params: DedupParams, cx: RunCx) -> Work {
+        Work::blocking(move || {
+            let (schema, all) = read_whole(&cx.input("table")?.path, "cannot dedup")?;
+            let mask = survivors(&params, &all)?;
+            let out = filter_record_batch(&all, &mask).map_err(|e| OpError::failed(format!("cannot dedup: {e}")))?;
+            table::write_parquet(&cx.output("out")?.path, &schema, &[out])
+        })
     }
 }
 
 /// Checks the key columns against the input's columns, when those are known.
-fn check_columns(params: &DedupParams, input: Option<&[&str]>) -> Vec<CheckError> {
+fn check_columns(params: &DedupParams, input: Option<&[&str]>) -> Result<(), CheckErrors> {
     let Some(columns) = &params.columns else {
-        return Vec::new();
+        return Ok(());
     };
     if columns.is_empty() {
-        return vec![
-            CheckError::param(&["columns"], "no key columns")
-                .help("list at least one column, or leave `columns` out to compare whole rows"),
-        ];
+        return Err(CheckError::param(&["columns"], "no key columns")
+            .help("list at least one column, or leave `columns` out to compare whole rows")
+            .into());
     }
     let Some(input) = input else {
-        return Vec::new();
+        return Ok(());
     };
-    columns
+    let errors: CheckErrors = columns
         .iter()
         .enumerate()
         .filter(|(_, name)| !input.contains(&name.as_str()))
         .map(|(i, name)| table::unknown_column(&["columns", &i.to_string()], name, input))
-        .collect()
+        .collect();
+    errors.or(())
 }
 
 /// Which rows of `batch` survive.
 fn survivors(params: &DedupParams, batch: &RecordBatch) -> Result<BooleanArray, OpError> {
     let schema = batch.schema();
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let errors = check_columns(params, Some(&names));
-    if !errors.is_empty() {
-        return Err(table::check_errors_to_op_error(errors));
-    }
+    let names = field_names(&schema);
+    check_columns(params, Some(&names)).map_err(CheckErrors::into_op_error)?;
     let keys: Vec<usize> = match &params.columns {
         Some(columns) => columns.iter().filter_map(|c| names.iter().position(|n| n == c)).collect(),
         None => (0..names.len()).collect(),
@@ -117,64 +126,13 @@ fn survivors(params: &DedupParams, batch: &RecordBatch) -> Result<BooleanArray, 
     Ok(BooleanArray::from(keep))
 }
 
-fn dedup(params: &DedupParams, schema: &Schema, batches: &[RecordBatch]) -> Result<RecordBatch, OpError> {
-    let failed = |e: arrow::error::ArrowError| OpError::failed(format!("cannot dedup: {e}"));
-    // One batch, so that one set of rows compares across the whole table.
-    let all = concat_batches(&schema.clone().into(), batches).map_err(failed)?;
-    let mask = survivors(params, &all)?;
-    filter_record_batch(&all, &mask).map_err(failed)
-}
-
-impl Op for Dedup {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: Self::NAME,
-            version: Self::VERSION,
-            doc: Self::DOC,
-            inputs: Ports::Fixed(Self::inputs()),
-            outputs: Ports::Fixed(Self::outputs()),
-            params: params_schema::<DedupParams>(),
-            deterministic: true,
-            templated_params: false,
-        }
-    }
-
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let params: DedupParams = table::check_params(cx)?;
-        let columns = table::input_columns(cx, "table").map_err(|e| vec![e])?;
-        let names: Option<Vec<&str>> = columns.map(|c| c.iter().map(|c| c.name.as_str()).collect());
-        let errors = check_columns(&params, names.as_deref());
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let schema = columns.map_or_else(TableSchema::default, |c| TableSchema::with_columns(c.to_vec()));
-        Ok(Checked {
-            outputs: [("out".to_string(), PortType::Table(schema))].into(),
-            file_deps: Vec::new(),
-            ..Default::default()
-        })
-    }
-
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            table::run_blocking(move || {
-                let params: DedupParams = table::run_params(&cx)?;
-                let (schema, batches) = table::read_input(&cx.input("table")?.path)?;
-                let out = dedup(&params, &schema, &batches)?;
-                table::write_parquet(&cx.output("out")?.path, &schema, &[out])
-            })
-            .await
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use arrow::array::{Float64Array, Int64Array, ListArray, StringArray};
     use arrow::datatypes::Int64Type;
-    use drover_engine::{CheckLocation, Column};
+    use drover_engine::{CheckLocation, Column, TableSchema};
     use serde_json::json;
 
     use super::*;

@@ -9,9 +9,7 @@
 use std::path::PathBuf;
 
 use drover_engine::paths;
-use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx, params_schema,
-};
+use drover_engine::{CheckCx, CheckError, CheckErrors, Checked, OpKit, PortType, Ports, RunCx, Work};
 use serde::Deserialize;
 
 use crate::kit::table::{self, TableFormat};
@@ -31,63 +29,45 @@ pub struct ReadTableParams {
 /// Reads a table from a file.
 pub struct ReadTable;
 
-impl ReadTable {
-    pub const NAME: &str = "read_table";
-    pub const VERSION: u32 = 1;
+impl OpKit for ReadTable {
+    type Params = ReadTableParams;
+    const NAME: &str = "read_table";
+    const VERSION: u32 = 1;
     const DOC: &str = "Reads a csv, jsonl or parquet file into a table.";
 
-    fn outputs() -> Vec<PortDecl> {
-        vec![PortDecl { name: "out", ty: PortType::any_table(), doc: "The file's rows.", optional: false }]
-    }
-}
-
-impl Op for ReadTable {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: Self::NAME,
-            version: Self::VERSION,
-            doc: Self::DOC,
-            inputs: Ports::Fixed(Vec::new()),
-            outputs: Ports::Fixed(Self::outputs()),
-            params: params_schema::<ReadTableParams>(),
-            deterministic: true,
-            templated_params: false,
-        }
+    fn inputs() -> Ports {
+        Ports::none()
     }
 
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let params: ReadTableParams = table::check_params(cx)?;
+    fn outputs() -> Ports {
+        Ports::one("out", PortType::any_table(), "The file's rows.")
+    }
+
+    fn check(&self, params: &ReadTableParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
         let file = paths::resolve(cx.pipeline_dir, &params.path);
         if !file.exists() {
-            return Err(vec![CheckError::param(&["path"], format!("file not found: {}", file.display())).help(
-                format!("a relative path is read from the pipeline's directory, {}", cx.pipeline_dir.display()),
-            )]);
+            return Err(CheckError::param(&["path"], format!("file not found: {}", file.display()))
+                .help(format!("a relative path is read from the pipeline's directory, {}", cx.pipeline_dir.display()))
+                .into());
         }
         if !file.is_file() {
-            return Err(vec![CheckError::param(&["path"], format!("not a file: {}", file.display()))]);
+            return Err(CheckError::param(&["path"], format!("not a file: {}", file.display())).into());
         }
         let schema = table::read_schema(&file, params.format).map_err(|e| {
-            vec![
-                CheckError::param(&["path"], e.message)
-                    .help("set `format:` (csv, jsonl or parquet) if the file's format was guessed wrong"),
-            ]
+            CheckError::param(&["path"], e.message)
+                .help("set `format:` (csv, jsonl or parquet) if the file's format was guessed wrong")
         })?;
         Ok(Checked {
-            outputs: [("out".to_string(), PortType::Table(table::table_schema(&schema)))].into(),
             file_deps: vec![PathBuf::from(&params.path)],
-            ..Default::default()
+            ..Checked::default().output("out", PortType::Table(table::table_schema(&schema)))
         })
     }
 
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            table::run_blocking(move || {
-                let params: ReadTableParams = table::run_params(&cx)?;
-                let file = paths::resolve(&cx.pipeline_dir, &params.path);
-                let (schema, batches) = table::read_table_file(&file, params.format)?;
-                table::write_parquet(&cx.output("out")?.path, &schema, &batches)
-            })
-            .await
+    fn run(&self, params: ReadTableParams, cx: RunCx) -> Work {
+        Work::blocking(move || {
+            let file = paths::resolve(&cx.pipeline_dir, &params.path);
+            let (schema, batches) = table::read_table_file(&file, params.format)?;
+            table::write_parquet(&cx.output("out")?.path, &schema, &batches)
         })
     }
 }

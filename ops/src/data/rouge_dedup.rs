@@ -12,14 +12,15 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
-use arrow::compute::{cast, concat_batches, filter_record_batch};
+use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema};
 use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
-    TableSchema, params_schema,
+    CheckCx, CheckError, CheckErrors, Checked, Column, OpError, OpKit, PortDecl, PortType, Ports, RunCx, TableSchema,
+    Work,
 };
 use serde::Deserialize;
 
+use crate::data::read_whole;
 use crate::kit::rouge::{Filter, tokenize};
 use crate::kit::table;
 
@@ -46,39 +47,6 @@ fn default_threshold() -> f64 {
 /// Drops near-duplicate texts by ROUGE-L.
 pub struct RougeDedup;
 
-impl RougeDedup {
-    pub const NAME: &str = "rouge_dedup";
-    pub const VERSION: u32 = 1;
-    const DOC: &str =
-        "Drops rows whose text has a ROUGE-L above a threshold with an earlier kept row or a reference text.";
-
-    fn inputs() -> Vec<PortDecl> {
-        vec![
-            PortDecl {
-                name: "table",
-                ty: PortType::any_table(),
-                doc: "The candidate rows, in order.",
-                optional: false,
-            },
-            PortDecl {
-                name: "against",
-                ty: PortType::any_table(),
-                doc: "Reference texts every candidate is compared with (not output).",
-                optional: true,
-            },
-        ]
-    }
-
-    fn outputs() -> Vec<PortDecl> {
-        vec![PortDecl {
-            name: "out",
-            ty: PortType::any_table(),
-            doc: "The kept rows (with `keep_rejected`: every row, with kept, rouge_l, most_similar).",
-            optional: false,
-        }]
-    }
-}
-
 const EXTRA: [(&str, &str); 3] = [("kept", "Boolean"), ("rouge_l", "Float64"), ("most_similar", "Utf8")];
 
 /// The texts of a column (nulls as empty texts).
@@ -93,33 +61,45 @@ fn texts(batch: &RecordBatch, column: &str) -> Result<Vec<String>, OpError> {
         .collect())
 }
 
-impl Op for RougeDedup {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: Self::NAME,
-            version: Self::VERSION,
-            doc: Self::DOC,
-            inputs: Ports::Fixed(Self::inputs()),
-            outputs: Ports::Fixed(Self::outputs()),
-            params: params_schema::<RougeDedupParams>(),
-            deterministic: true,
-            templated_params: false,
-        }
+impl OpKit for RougeDedup {
+    type Params = RougeDedupParams;
+    const NAME: &str = "rouge_dedup";
+    const VERSION: u32 = 1;
+    const DOC: &str =
+        "Drops rows whose text has a ROUGE-L above a threshold with an earlier kept row or a reference text.";
+
+    fn inputs() -> Ports {
+        Ports::Fixed(vec![
+            PortDecl::new("table", PortType::any_table(), "The candidate rows, in order."),
+            PortDecl::new(
+                "against",
+                PortType::any_table(),
+                "Reference texts every candidate is compared with (not output).",
+            )
+            .optional(),
+        ])
     }
 
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let params: RougeDedupParams = table::check_params(cx)?;
-        let mut errors = Vec::new();
+    fn outputs() -> Ports {
+        Ports::one(
+            "out",
+            PortType::any_table(),
+            "The kept rows (with `keep_rejected`: every row, with kept, rouge_l, most_similar).",
+        )
+    }
+
+    fn check(&self, params: &RougeDedupParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
+        let mut errors = CheckErrors::new();
         if !(0.0..=1.0).contains(&params.threshold) {
             errors.push(
                 CheckError::param(&["threshold"], format!("threshold {} is outside [0, 1]", params.threshold))
                     .help("ROUGE-L lies in [0, 1]; Self-Instruct drops above 0.7"),
             );
         }
-        let columns = table::input_columns(cx, "table").map_err(|e| vec![e])?;
+        let columns = table::input_columns(cx, "table")?;
         errors.extend(table::check_text_column("table", Some("column"), &params.column, columns));
         if cx.inputs.contains_key("against") {
-            let against = table::input_columns(cx, "against").map_err(|e| vec![e])?;
+            let against = table::input_columns(cx, "against")?;
             let name = params.against_column.as_deref().unwrap_or(&params.column);
             let param = if params.against_column.is_some() { "against_column" } else { "column" };
             errors.extend(table::check_text_column("against", Some(param), name, against));
@@ -138,9 +118,6 @@ impl Op for RougeDedup {
                     .help("rename it (a `select` stage) before this one"),
             );
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
         let schema = columns.map_or_else(TableSchema::default, |c| {
             let mut cols = c.to_vec();
             if params.keep_rejected {
@@ -148,87 +125,77 @@ impl Op for RougeDedup {
             }
             TableSchema::with_columns(cols)
         });
-        Ok(Checked {
-            outputs: [("out".to_string(), PortType::Table(schema))].into(),
-            file_deps: Vec::new(),
-            ..Default::default()
-        })
+        errors.or(Checked::default().output("out", PortType::Table(schema)))
     }
 
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            table::run_blocking(move || {
-                let params: RougeDedupParams = table::run_params(&cx)?;
-                let failed = |e: arrow::error::ArrowError| OpError::failed(format!("cannot filter: {e}"));
-                let (schema, batches) = table::read_input(&cx.input("table")?.path)?;
-                let all = concat_batches(&schema, &batches).map_err(failed)?;
-                let candidates = texts(&all, &params.column)?;
-                let seeds = match cx.inputs.contains_key("against") {
-                    true => {
-                        let (s, b) = table::read_input(&cx.input("against")?.path)?;
-                        let against = concat_batches(&s, &b).map_err(failed)?;
-                        texts(&against, params.against_column.as_deref().unwrap_or(&params.column))?
-                    }
-                    false => Vec::new(),
-                };
-                let started = std::time::Instant::now();
-                let seed_tokens: Vec<Vec<String>> = seeds.iter().map(|t| tokenize(t)).collect();
-                let tokens: Vec<Vec<String>> = candidates.iter().map(|t| tokenize(t)).collect();
-                let everything: Vec<&[String]> = seed_tokens.iter().chain(&tokens).map(Vec::as_slice).collect();
-                let mut filter = Filter::new(params.threshold, &everything);
-                // Pool texts in the order they joined: seeds, then kept candidates.
-                let mut pool: Vec<&str> = seeds.iter().map(String::as_str).collect();
-                for t in &seed_tokens {
-                    filter.add(t);
+    fn run(&self, params: RougeDedupParams, cx: RunCx) -> Work {
+        Work::blocking(move || {
+            let failed = |e: arrow::error::ArrowError| OpError::failed(format!("cannot filter: {e}"));
+            let (schema, all) = read_whole(&cx.input("table")?.path, "cannot filter")?;
+            let candidates = texts(&all, &params.column)?;
+            let seeds = match cx.inputs.contains_key("against") {
+                true => {
+                    let (_, against) = read_whole(&cx.input("against")?.path, "cannot filter")?;
+                    texts(&against, params.against_column.as_deref().unwrap_or(&params.column))?
                 }
-                cx.progress.set_total(tokens.len() as u64);
-                let mut kept = Vec::with_capacity(tokens.len());
-                let mut rouge_l = Vec::with_capacity(tokens.len());
-                let mut most_similar = Vec::with_capacity(tokens.len());
-                for (i, t) in tokens.iter().enumerate() {
-                    match filter.admit(t) {
-                        None => {
-                            pool.push(&candidates[i]);
-                            kept.push(true);
-                            rouge_l.push(None);
-                            most_similar.push(None);
-                        }
-                        Some(r) => {
-                            kept.push(false);
-                            rouge_l.push(Some(r.rouge_l));
-                            most_similar.push(Some(pool[r.pool_index].to_string()));
-                        }
+                false => Vec::new(),
+            };
+            let started = std::time::Instant::now();
+            let seed_tokens: Vec<Vec<String>> = seeds.iter().map(|t| tokenize(t)).collect();
+            let tokens: Vec<Vec<String>> = candidates.iter().map(|t| tokenize(t)).collect();
+            let everything: Vec<&[String]> = seed_tokens.iter().chain(&tokens).map(Vec::as_slice).collect();
+            let mut filter = Filter::new(params.threshold, &everything);
+            // Pool texts in the order they joined: seeds, then kept candidates.
+            let mut pool: Vec<&str> = seeds.iter().map(String::as_str).collect();
+            for t in &seed_tokens {
+                filter.add(t);
+            }
+            cx.progress.set_total(tokens.len() as u64);
+            let mut kept = Vec::with_capacity(tokens.len());
+            let mut rouge_l = Vec::with_capacity(tokens.len());
+            let mut most_similar = Vec::with_capacity(tokens.len());
+            for (i, t) in tokens.iter().enumerate() {
+                match filter.admit(t) {
+                    None => {
+                        pool.push(&candidates[i]);
+                        kept.push(true);
+                        rouge_l.push(None);
+                        most_similar.push(None);
                     }
-                    if i % 1024 == 1023 {
-                        cx.progress.advance(1024);
+                    Some(r) => {
+                        kept.push(false);
+                        rouge_l.push(Some(r.rouge_l));
+                        most_similar.push(Some(pool[r.pool_index].to_string()));
                     }
                 }
-                let log = format!(
-                    "{} of {} rows kept (threshold {}, {} reference texts); {} ROUGE-L computations in {:.3}s\n",
-                    kept.iter().filter(|k| **k).count(),
-                    kept.len(),
-                    params.threshold,
-                    seeds.len(),
-                    filter.comparisons,
-                    started.elapsed().as_secs_f64(),
-                );
-                let _ = std::fs::write(&cx.log_path, log);
-                let out = if params.keep_rejected {
-                    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-                    fields.push(Field::new("kept", DataType::Boolean, false));
-                    fields.push(Field::new("rouge_l", DataType::Float64, true));
-                    fields.push(Field::new("most_similar", DataType::Utf8, true));
-                    let mut columns: Vec<ArrayRef> = all.columns().to_vec();
-                    columns.push(Arc::new(BooleanArray::from(kept)));
-                    columns.push(Arc::new(Float64Array::from(rouge_l)));
-                    columns.push(Arc::new(StringArray::from(most_similar)));
-                    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(failed)?
-                } else {
-                    filter_record_batch(&all, &BooleanArray::from(kept)).map_err(failed)?
-                };
-                table::write_parquet(&cx.output("out")?.path, &out.schema(), &[out])
-            })
-            .await
+                if i % 1024 == 1023 {
+                    cx.progress.advance(1024);
+                }
+            }
+            let log = format!(
+                "{} of {} rows kept (threshold {}, {} reference texts); {} ROUGE-L computations in {:.3}s\n",
+                kept.iter().filter(|k| **k).count(),
+                kept.len(),
+                params.threshold,
+                seeds.len(),
+                filter.comparisons,
+                started.elapsed().as_secs_f64(),
+            );
+            let _ = std::fs::write(&cx.log_path, log);
+            let out = if params.keep_rejected {
+                let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.push(Field::new("kept", DataType::Boolean, false));
+                fields.push(Field::new("rouge_l", DataType::Float64, true));
+                fields.push(Field::new("most_similar", DataType::Utf8, true));
+                let mut columns: Vec<ArrayRef> = all.columns().to_vec();
+                columns.push(Arc::new(BooleanArray::from(kept)));
+                columns.push(Arc::new(Float64Array::from(rouge_l)));
+                columns.push(Arc::new(StringArray::from(most_similar)));
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(failed)?
+            } else {
+                filter_record_batch(&all, &BooleanArray::from(kept)).map_err(failed)?
+            };
+            table::write_parquet(&cx.output("out")?.path, &out.schema(), &[out])
         })
     }
 }

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
-    TableSchema, params_schema,
+    CheckCx, CheckError, CheckErrors, Checked, Column, OpError, OpKit, PortType, Ports, RunCx, TableSchema, Work,
 };
 use serde::Deserialize;
 
+use crate::data::{column_names, field_names};
 use crate::kit::table;
 
 /// The `with:` block of a `select` stage.
@@ -31,27 +31,51 @@ pub struct SelectParams {
 /// Keeps and renames columns.
 pub struct Select;
 
-impl Select {
-    pub const NAME: &str = "select";
-    pub const VERSION: u32 = 1;
+impl OpKit for Select {
+    type Params = SelectParams;
+    const NAME: &str = "select";
+    const VERSION: u32 = 1;
     const DOC: &str = "Keeps some columns of a table, in a chosen order, and renames columns.";
 
-    fn inputs() -> Vec<PortDecl> {
-        vec![PortDecl {
-            name: "table",
-            ty: PortType::any_table(),
-            doc: "The table to take columns from.",
-            optional: false,
-        }]
+    fn inputs() -> Ports {
+        Ports::one("table", PortType::any_table(), "The table to take columns from.")
     }
 
-    fn outputs() -> Vec<PortDecl> {
-        vec![PortDecl {
-            name: "out",
-            ty: PortType::any_table(),
-            doc: "The chosen columns, renamed, with every row.",
-            optional: false,
-        }]
+    fn outputs() -> Ports {
+        Ports::one("out", PortType::any_table(), "The chosen columns, renamed, with every row.")
+    }
+
+    fn check(&self, params: &SelectParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
+        let columns = table::input_columns(cx, "table")?;
+        let out = plan(params, columns.map(column_names).as_deref())?;
+        let schema = match (out, columns) {
+            (Some(out), Some(columns)) => TableSchema::with_columns(
+                out.into_iter()
+                    .filter_map(|(old, new)| {
+                        let dtype = &columns.iter().find(|c| c.name == old)?.dtype;
+                        Some(Column::new(new, dtype.clone()))
+                    })
+                    .collect(),
+            ),
+            _ => TableSchema::default(),
+        };
+        Ok(Checked::default().output("out", PortType::Table(schema)))
+    }
+
+    fn run(&self, params: SelectParams, cx: RunCx) -> Work {
+        Work::blocking(move || {
+            let (schema, batches) = table::read_input(&cx.input("table")?.path)?;
+            let (out_schema, indices) = project(&params, &schema)?;
+            let batches = batches
+                .iter()
+                .map(|batch| {
+                    let columns = indices.iter().map(|i| batch.column(*i).clone()).collect();
+                    RecordBatch::try_new(out_schema.clone(), columns)
+                        .map_err(|e| OpError::failed(format!("cannot select: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            table::write_parquet(&cx.output("out")?.path, &out_schema, &batches)
+        })
     }
 }
 
@@ -60,8 +84,8 @@ type Projection<'a> = Vec<(&'a str, &'a str)>;
 
 /// The output columns; `None` when they depend on input columns not known yet. `input` is
 /// the input's column names, when known.
-fn plan<'a>(params: &'a SelectParams, input: Option<&[&'a str]>) -> Result<Option<Projection<'a>>, Vec<CheckError>> {
-    let mut errors = Vec::new();
+fn plan<'a>(params: &'a SelectParams, input: Option<&[&'a str]>) -> Result<Option<Projection<'a>>, CheckErrors> {
+    let mut errors = CheckErrors::new();
     let picked: Option<Vec<&str>> = match &params.columns {
         Some(columns) => {
             if columns.is_empty() {
@@ -124,13 +148,13 @@ fn plan<'a>(params: &'a SelectParams, input: Option<&[&'a str]>) -> Result<Optio
         }
     }
 
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    errors.or(out)
 }
 
 /// The selected, renamed columns of `schema`, or why they cannot be taken.
 fn project(params: &SelectParams, schema: &Schema) -> Result<(SchemaRef, Vec<usize>), OpError> {
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let out = plan(params, Some(&names)).map_err(table::check_errors_to_op_error)?.unwrap_or_default();
+    let names = field_names(schema);
+    let out = plan(params, Some(&names)).map_err(CheckErrors::into_op_error)?.unwrap_or_default();
     let mut indices = Vec::with_capacity(out.len());
     let mut fields = Vec::with_capacity(out.len());
     for (old, new) in out {
@@ -139,64 +163,6 @@ fn project(params: &SelectParams, schema: &Schema) -> Result<(SchemaRef, Vec<usi
         fields.push(schema.field(index).as_ref().clone().with_name(new));
     }
     Ok((SchemaRef::new(Schema::new_with_metadata(fields, schema.metadata().clone())), indices))
-}
-
-impl Op for Select {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: Self::NAME,
-            version: Self::VERSION,
-            doc: Self::DOC,
-            inputs: Ports::Fixed(Self::inputs()),
-            outputs: Ports::Fixed(Self::outputs()),
-            params: params_schema::<SelectParams>(),
-            deterministic: true,
-            templated_params: false,
-        }
-    }
-
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let params: SelectParams = table::check_params(cx)?;
-        let columns = table::input_columns(cx, "table").map_err(|e| vec![e])?;
-        let names: Option<Vec<&str>> = columns.map(|c| c.iter().map(|c| c.name.as_str()).collect());
-        let out = plan(&params, names.as_deref())?;
-        let schema = match (out, columns) {
-            (Some(out), Some(columns)) => TableSchema::with_columns(
-                out.into_iter()
-                    .filter_map(|(old, new)| {
-                        let dtype = &columns.iter().find(|c| c.name == old)?.dtype;
-                        Some(Column::new(new, dtype.clone()))
-                    })
-                    .collect(),
-            ),
-            _ => TableSchema::default(),
-        };
-        Ok(Checked {
-            outputs: [("out".to_string(), PortType::Table(schema))].into(),
-            file_deps: Vec::new(),
-            ..Default::default()
-        })
-    }
-
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            table::run_blocking(move || {
-                let params: SelectParams = table::run_params(&cx)?;
-                let (schema, batches) = table::read_input(&cx.input("table")?.path)?;
-                let (out_schema, indices) = project(&params, &schema)?;
-                let batches = batches
-                    .iter()
-                    .map(|batch| {
-                        let columns = indices.iter().map(|i| batch.column(*i).clone()).collect();
-                        RecordBatch::try_new(out_schema.clone(), columns)
-                            .map_err(|e| OpError::failed(format!("cannot select: {e}")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                table::write_parquet(&cx.output("out")?.path, &out_schema, &batches)
-            })
-            .await
-        })
-    }
 }
 
 #[cfg(test)]

@@ -11,12 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use drover_engine::paths;
-use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx, params_schema,
-};
+use drover_engine::{CheckCx, CheckError, CheckErrors, Checked, OpError, OpKit, PortType, Ports, RunCx, Work};
 use serde::Deserialize;
-
-use crate::kit::table;
 
 /// The `with:` block of a `read_model` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -28,17 +24,6 @@ pub struct ReadModelParams {
 
 /// Imports a model directory.
 pub struct ReadModel;
-
-impl ReadModel {
-    pub const NAME: &str = "read_model";
-    pub const VERSION: u32 = 1;
-    const DOC: &str =
-        "Imports a local model directory (config.json, *.safetensors, tokenizer files) as a dir artifact.";
-
-    fn outputs() -> Vec<PortDecl> {
-        vec![PortDecl { name: "model", ty: PortType::Dir, doc: "A copy of the directory.", optional: false }]
-    }
-}
 
 /// What is wrong with a directory as a model, if anything.
 fn model_problem(dir: &Path) -> Option<String> {
@@ -54,22 +39,22 @@ fn model_problem(dir: &Path) -> Option<String> {
     None
 }
 
-impl Op for ReadModel {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: Self::NAME,
-            version: Self::VERSION,
-            doc: Self::DOC,
-            inputs: Ports::Fixed(Vec::new()),
-            outputs: Ports::Fixed(Self::outputs()),
-            params: params_schema::<ReadModelParams>(),
-            deterministic: true,
-            templated_params: false,
-        }
+impl OpKit for ReadModel {
+    type Params = ReadModelParams;
+    const NAME: &str = "read_model";
+    const VERSION: u32 = 1;
+    const DOC: &str =
+        "Imports a local model directory (config.json, *.safetensors, tokenizer files) as a dir artifact.";
+
+    fn inputs() -> Ports {
+        Ports::none()
     }
 
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let params: ReadModelParams = table::check_params(cx)?;
+    fn outputs() -> Ports {
+        Ports::one("model", PortType::Dir, "A copy of the directory.")
+    }
+
+    fn check(&self, params: &ReadModelParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
         let dir = paths::resolve(cx.pipeline_dir, &params.path);
         let problem = if !dir.exists() {
             Some(format!("directory not found: {}", dir.display()))
@@ -79,29 +64,26 @@ impl Op for ReadModel {
             model_problem(&dir)
         };
         if let Some(message) = problem {
-            return Err(vec![CheckError::param(&["path"], message).help(
-                "a model directory in Hugging Face layout holds config.json and *.safetensors (and tokenizer files); \
-                 a relative path is read from the pipeline's directory",
-            )]);
+            return Err(CheckError::param(&["path"], message)
+                .help(
+                    "a model directory in Hugging Face layout holds config.json and *.safetensors (and tokenizer files); \
+                     a relative path is read from the pipeline's directory",
+                )
+                .into());
         }
         Ok(Checked {
-            outputs: [("model".to_string(), PortType::Dir)].into(),
             file_deps: vec![PathBuf::from(&params.path)],
-            ..Default::default()
+            ..Checked::default().output("model", PortType::Dir)
         })
     }
 
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            table::run_blocking(move || {
-                let params: ReadModelParams = table::run_params(&cx)?;
-                let dir = paths::resolve(&cx.pipeline_dir, &params.path);
-                if let Some(problem) = model_problem(&dir) {
-                    return Err(OpError::failed(problem));
-                }
-                copy_tree(&dir, &cx.output("model")?.path)
-            })
-            .await
+    fn run(&self, params: ReadModelParams, cx: RunCx) -> Work {
+        Work::blocking(move || {
+            let dir = paths::resolve(&cx.pipeline_dir, &params.path);
+            if let Some(problem) = model_problem(&dir) {
+                return Err(OpError::failed(problem));
+            }
+            copy_tree(&dir, &cx.output("model")?.path)
         })
     }
 }

@@ -21,13 +21,13 @@ use std::path::Path;
 
 use drover_engine::interp::fill_ports;
 use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, Input, Op, OpError, OpInfo, PortType, Ports, RunCx, params_schema,
+    CheckCx, CheckError, CheckErrors, Checked, Input, OpError, OpKit, PortType, Ports, RunCx, Work, run_blocking,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::kit::table::{self, TableFormat};
-use crate::programs::secrets::Redactor;
+use crate::programs::secrets::{self, Redactor};
 use crate::programs::supervise;
 
 /// Params of `command`.
@@ -53,33 +53,36 @@ pub struct CommandParams {
     pub in_format: BTreeMap<String, TableFormat>,
 }
 
+/// Runs a shell command.
 pub struct Command;
 
-impl Op for Command {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: "command",
-            version: 1,
-            doc: "Runs a shell command; declared inputs arrive as read-only files, declared outputs are files it writes.",
-            inputs: Ports::Declared("any names, each `STAGE`, `STAGE.PORT` or `STAGE[*]`; `${in.NAME}` is its path"),
-            outputs: Ports::Declared("declared under `out:` as table, blob or dir; `${out.NAME}` is where to write it"),
-            params: params_schema::<CommandParams>(),
-            deterministic: false,
-            templated_params: true,
-        }
+impl OpKit for Command {
+    type Params = CommandParams;
+    const NAME: &str = "command";
+    const VERSION: u32 = 1;
+    const DOC: &str =
+        "Runs a shell command; declared inputs arrive as read-only files, declared outputs are files it writes.";
+    const DETERMINISTIC: bool = false;
+    const TEMPLATED_PARAMS: bool = true;
+
+    fn inputs() -> Ports {
+        Ports::Declared("any names, each `STAGE`, `STAGE.PORT` or `STAGE[*]`; `${in.NAME}` is its path")
     }
 
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let params: CommandParams = table::check_params(cx)?;
-        let mut errors = Vec::new();
+    fn outputs() -> Ports {
+        Ports::Declared("declared under `out:` as table, blob or dir; `${out.NAME}` is where to write it")
+    }
+
+    fn check(&self, params: &CommandParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
+        let mut errors = CheckErrors::new();
         if params.run.trim().is_empty() {
             errors.push(CheckError::param(&["run"], "`run` is empty").help("give the shell command to run"));
         }
         for (name, value) in &params.env {
             // Said of the name, or of the value's shape: the value itself is never printed.
-            let why = if crate::programs::secrets::looks_secret(name) && !value.is_empty() {
+            let why = if secrets::looks_secret(name) && !value.is_empty() {
                 format!("`{name}` looks like a secret")
-            } else if crate::programs::secrets::looks_like_token(value) {
+            } else if secrets::looks_like_token(value) {
                 format!("the value of `{name}` looks like a credential (an API key or token)")
             } else {
                 continue;
@@ -95,7 +98,7 @@ impl Op for Command {
         }
         for (i, name) in params.secret_env.iter().enumerate() {
             let at = i.to_string();
-            if !crate::programs::secrets::is_env_name(name) {
+            if !secrets::is_env_name(name) {
                 errors.push(
                     CheckError::param(&["secret_env", &at], format!("`{name}` is not a variable name"))
                         .help("names are letters, digits and `_`, not starting with a digit"),
@@ -107,26 +110,22 @@ impl Op for Command {
                 );
             }
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(Checked { outputs: cx.declared_outputs.clone(), file_deps: vec![], ..Default::default() })
+        errors.or(Checked { outputs: cx.declared_outputs.clone(), ..Checked::default() })
     }
 
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(run(cx))
+    fn run(&self, params: CommandParams, cx: RunCx) -> Work {
+        Work::future(run(params, cx))
     }
 }
 
-async fn run(cx: RunCx) -> Result<(), OpError> {
-    let params: CommandParams = table::run_params(&cx)?;
+async fn run(params: CommandParams, cx: RunCx) -> Result<(), OpError> {
     let mut inputs = BTreeMap::new();
     for (port, input) in &cx.inputs {
         let path = match (input, params.in_format.get(port)) {
             (Input::One(item), Some(&format)) if format != TableFormat::Parquet => {
                 let converted = cx.work_dir.join(format!("{port}.{}", format.name()));
                 let (src, dest) = (item.path.clone(), converted.clone());
-                table::run_blocking(move || table::export_table(&src, &dest)).await?;
+                run_blocking(move || table::export_table(&src, &dest)).await?;
                 converted
             }
             (Input::One(item), _) => item.path.clone(),
@@ -218,7 +217,7 @@ async fn run(cx: RunCx) -> Result<(), OpError> {
         .map(|(p, s)| (p.clone(), s.path.clone()))
         .collect();
     let scratch = cx.work_dir.clone();
-    table::run_blocking(move || {
+    run_blocking(move || {
         for (port, path) in tables {
             // A missing output, or a link in its place, is reported by the engine; a link is
             // never followed, and never written through.
