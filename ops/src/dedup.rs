@@ -73,6 +73,7 @@ fn check_columns(params: &DedupParams, input: Option<&[&str]>) -> Vec<CheckError
     if columns.is_empty() {
         return vec![
             CheckError::param(&["columns"], "no key columns")
+                .about_columns("table")
                 .help("list at least one column, or leave `columns` out to compare whole rows"),
         ];
     }
@@ -83,7 +84,7 @@ fn check_columns(params: &DedupParams, input: Option<&[&str]>) -> Vec<CheckError
         .iter()
         .enumerate()
         .filter(|(_, name)| !input.contains(&name.as_str()))
-        .map(|(i, name)| table::unknown_column(&["columns", &i.to_string()], name, input))
+        .map(|(i, name)| table::unknown_column("table", &["columns", &i.to_string()], name, input))
         .collect()
 }
 
