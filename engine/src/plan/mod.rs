@@ -6,10 +6,11 @@
 //! expanded), `resolve` (params interpolated, input references and deps resolved, then an order
 //! without cycles), `check` (in that order, each op checks its params and input types and says
 //! what comes out; `spans` locates what an op reports in the file). Every phase reports into one
-//! [`Diags`], so a file's problems come out together.
+//! [`Diags`], so a file's problems come out together. `explain` prints the result.
 
 mod check;
 mod expand;
+mod explain;
 mod resolve;
 mod spans;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use check::accepts;
+pub use explain::{ExplainedInput, ExplainedOutput, ExplainedStage};
 
 use crate::diag::{Diags, PipelineErrors};
 use crate::interp;
