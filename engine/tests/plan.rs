@@ -13,17 +13,29 @@ use drover_engine::{
 use expect_test::{Expect, expect};
 use serde::Deserialize;
 
-/// Checks params and types only; the planner never runs an op.
-fn never_run() -> BoxFuture<'static, Result<(), OpError>> {
-    Box::pin(async { Err(OpError::failed("planner tests never run an op")) })
+/// An op made of two plain functions: the planner only ever asks an op for its info and its
+/// check, never to run.
+struct TestOp {
+    info: fn() -> OpInfo,
+    check: fn(&CheckCx<'_>) -> Result<Checked, Vec<CheckError>>,
+}
+
+impl Op for TestOp {
+    fn info(&self) -> OpInfo {
+        (self.info)()
+    }
+
+    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
+        (self.check)(cx)
+    }
+
+    fn run(&self, _: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(async { Err(OpError::failed("planner tests never run an op")) })
+    }
 }
 
 fn port(name: &'static str, ty: PortType, optional: bool) -> PortDecl {
     PortDecl { name, ty, doc: "a test port", optional }
-}
-
-fn utf8_table(names: &[String]) -> PortType {
-    PortType::Table(TableSchema::with_columns(names.iter().map(|n| Column::new(n.as_str(), "Utf8")).collect()))
 }
 
 fn info(name: &'static str, inputs: Vec<PortDecl>, outputs: Vec<PortDecl>, params: serde_json::Value) -> OpInfo {
@@ -39,9 +51,20 @@ fn info(name: &'static str, inputs: Vec<PortDecl>, outputs: Vec<PortDecl>, param
     }
 }
 
-/// `rows`: a table of text columns named by `columns`, or of columns unknown until it runs.
-struct Rows;
+fn no_params() -> serde_json::Value {
+    serde_json::json!({"type": "object", "additionalProperties": false})
+}
 
+/// What a check returns for one output.
+fn one_output(port: &str, ty: PortType) -> Result<Checked, Vec<CheckError>> {
+    Ok(Checked { outputs: [(port.to_string(), ty)].into(), ..Default::default() })
+}
+
+fn utf8_table(names: &[String]) -> PortType {
+    PortType::Table(TableSchema::with_columns(names.iter().map(|n| Column::new(n.as_str(), "Utf8")).collect()))
+}
+
+/// `rows`: a table of text columns named by `columns`, or of columns unknown until it runs.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RowsParams {
@@ -49,27 +72,17 @@ struct RowsParams {
     columns: Option<Vec<String>>,
 }
 
-impl Op for Rows {
-    fn info(&self) -> OpInfo {
-        info("rows", vec![], vec![port("out", PortType::any_table(), false)], params_schema::<RowsParams>())
-    }
-
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
+const ROWS: TestOp = TestOp {
+    info: || info("rows", vec![], vec![port("out", PortType::any_table(), false)], params_schema::<RowsParams>()),
+    check: |cx| {
         let p: RowsParams = cx.params().map_err(|e| vec![e])?;
-        let out = p.columns.as_deref().map_or_else(PortType::any_table, utf8_table);
-        Ok(Checked { outputs: [("out".to_string(), out)].into(), ..Default::default() })
-    }
-
-    fn run(&self, _: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        never_run()
-    }
-}
+        one_output("out", p.columns.as_deref().map_or_else(PortType::any_table, utf8_table))
+    },
+};
 
 /// `pick`: one column of `table` (and of `extra`, when connected). Its error for a missing
 /// column deliberately avoids the word "column": the planner must learn what it is about from
 /// the error's subject. `complain` makes it report that text with no subject at all.
-struct Pick;
-
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PickParams {
@@ -78,17 +91,12 @@ struct PickParams {
     complain: Option<String>,
 }
 
-impl Op for Pick {
-    fn info(&self) -> OpInfo {
-        info(
-            "pick",
-            vec![port("table", PortType::any_table(), false), port("extra", PortType::any_table(), true)],
-            vec![port("out", PortType::any_table(), false)],
-            params_schema::<PickParams>(),
-        )
-    }
-
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
+const PICK: TestOp = TestOp {
+    info: || {
+        let inputs = vec![port("table", PortType::any_table(), false), port("extra", PortType::any_table(), true)];
+        info("pick", inputs, vec![port("out", PortType::any_table(), false)], params_schema::<PickParams>())
+    },
+    check: |cx| {
         let p: PickParams = cx.params().map_err(|e| vec![e])?;
         let mut errors = Vec::new();
         for port in ["table", "extra"] {
@@ -105,89 +113,48 @@ impl Op for Pick {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let out = utf8_table(std::slice::from_ref(&p.field));
-        Ok(Checked { outputs: [("out".to_string(), out)].into(), ..Default::default() })
-    }
-
-    fn run(&self, _: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        never_run()
-    }
-}
+        one_output("out", utf8_table(std::slice::from_ref(&p.field)))
+    },
+};
 
 /// `stack`: every part of a list input, as one table with the first part's columns.
-struct Stack;
-
-impl Op for Stack {
-    fn info(&self) -> OpInfo {
+const STACK: TestOp = TestOp {
+    info: || {
         let parts = PortType::List(Box::new(PortType::any_table()));
-        info("stack", vec![port("parts", parts, false)], vec![port("out", PortType::any_table(), false)], json_none())
-    }
+        info("stack", vec![port("parts", parts, false)], vec![port("out", PortType::any_table(), false)], no_params())
+    },
+    check: |cx| match cx.inputs.get("parts") {
+        Some(PortType::List(first)) => one_output("out", (**first).clone()),
+        _ => one_output("out", PortType::any_table()),
+    },
+};
 
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let out = match cx.inputs.get("parts") {
-            Some(PortType::List(first)) => (**first).clone(),
-            _ => PortType::any_table(),
-        };
-        Ok(Checked { outputs: [("out".to_string(), out)].into(), ..Default::default() })
-    }
-
-    fn run(&self, _: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        never_run()
-    }
-}
-
-/// `weights`: a directory on its only output, `model` (a reference without a port reads it).
-struct Weights;
-
-impl Op for Weights {
-    fn info(&self) -> OpInfo {
-        info("weights", vec![], vec![port("model", PortType::Dir, false)], json_none())
-    }
-
-    fn check(&self, _: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let context = [("model_id".to_string(), serde_json::json!("tiny-1"))].into();
-        Ok(Checked { outputs: [("model".to_string(), PortType::Dir)].into(), context, ..Default::default() })
-    }
-
-    fn run(&self, _: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        never_run()
-    }
-}
+/// `weights`: a directory on its only output, `model` (a reference without a port reads it),
+/// and a model id that enters the key.
+const WEIGHTS: TestOp = TestOp {
+    info: || info("weights", vec![], vec![port("model", PortType::Dir, false)], no_params()),
+    check: |_| {
+        let mut checked = one_output("model", PortType::Dir)?;
+        checked.context.insert("model_id".into(), serde_json::json!("tiny-1"));
+        Ok(checked)
+    },
+};
 
 /// `score`: reads a model directory and a table that must have a text `prompt`.
-struct Score;
-
-impl Op for Score {
-    fn info(&self) -> OpInfo {
+const SCORE: TestOp = TestOp {
+    info: || {
         let prompts = PortType::Table(TableSchema::with_columns(vec![Column::new("prompt", "Utf8")]));
-        info(
-            "score",
-            vec![port("model", PortType::Dir, false), port("prompts", prompts, false)],
-            vec![port("scores", PortType::Blob, false)],
-            json_none(),
-        )
-    }
-
-    fn check(&self, _: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        Ok(Checked { outputs: [("scores".to_string(), PortType::Blob)].into(), ..Default::default() })
-    }
-
-    fn run(&self, _: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        never_run()
-    }
-}
-
-fn json_none() -> serde_json::Value {
-    serde_json::json!({"type": "object", "additionalProperties": false})
-}
+        let inputs = vec![port("model", PortType::Dir, false), port("prompts", prompts, false)];
+        info("score", inputs, vec![port("scores", PortType::Blob, false)], no_params())
+    },
+    check: |_| one_output("scores", PortType::Blob),
+};
 
 fn ops() -> OpRegistry {
     let mut ops = OpRegistry::new();
-    ops.register(Rows);
-    ops.register(Pick);
-    ops.register(Stack);
-    ops.register(Weights);
-    ops.register(Score);
+    for op in [ROWS, PICK, STACK, WEIGHTS, SCORE] {
+        ops.register(op);
+    }
     ops
 }
 

@@ -313,6 +313,8 @@ mod tests {
         _dir: tempfile::TempDir,
         plan: Plan,
         store: Store,
+        /// Every node.
+        all: BTreeSet<usize>,
     }
 
     fn setup(yaml: &str) -> Setup {
@@ -322,7 +324,8 @@ mod tests {
         let spec = spec::parse_str(&dir.path().join("p.yaml"), yaml.into(), &ParamOverrides::default()).unwrap();
         let plan = crate::plan::build(&spec, &ops).unwrap_or_else(|e| panic!("{e:?}"));
         let store = Store::open(&dir.path().join(".drover")).unwrap();
-        Setup { _dir: dir, plan, store }
+        let all = (0..plan.nodes.len()).collect();
+        Setup { _dir: dir, plan, store, all }
     }
 
     fn options(jobs: usize, fail_fast: bool) -> RunOptions {
@@ -357,8 +360,8 @@ mod tests {
         let s = setup(
             "resources: { gpu: 1 }\nstages:\n  g1: { op: step, resources: { gpu: 1 } }\n  g2: { op: step, resources: { gpu: 1 } }\n  c1: { op: step }\n  c2: { op: step }\n  c3: { op: step }\n",
         );
-        let (opts, all) = (options(2, false), (0..5).collect());
-        let mut sched = Scheduler::new(&s.plan, &opts, &all);
+        let opts = options(2, false);
+        let mut sched = Scheduler::new(&s.plan, &opts, &s.all);
         let (mut started, mut most, mut running) = (Vec::new(), 0, VecDeque::new());
         loop {
             sched.settle_ready(&s.store, &Quiet).unwrap();
@@ -384,8 +387,8 @@ mod tests {
         let s = setup(
             "stages:\n  a: { op: step }\n  b: { op: step, in: { in: a } }\n  c: { op: step, in: { in: b } }\n  d: { op: step }\n",
         );
-        let (opts, all) = (options(4, false), (0..4).collect());
-        let mut sched = Scheduler::new(&s.plan, &opts, &all);
+        let opts = options(4, false);
+        let mut sched = Scheduler::new(&s.plan, &opts, &s.all);
         sched.settle_ready(&s.store, &Quiet).unwrap();
         let launched = sched.launch();
         assert_eq!(ids(&s.plan, &launched), ["a", "d"]);
@@ -412,8 +415,8 @@ mod tests {
     #[test]
     fn fail_fast_launches_nothing_after_a_failure_and_records_the_rest_as_skipped() {
         let s = setup("stages:\n  a: { op: step }\n  b: { op: step }\n  c: { op: step }\n");
-        let (opts, all) = (options(1, true), (0..3).collect());
-        let mut sched = Scheduler::new(&s.plan, &opts, &all);
+        let opts = options(1, true);
+        let mut sched = Scheduler::new(&s.plan, &opts, &s.all);
         sched.settle_ready(&s.store, &Quiet).unwrap();
         let launched = sched.launch();
         assert_eq!(launched.len(), 1, "one job slot");
@@ -437,8 +440,8 @@ mod tests {
     #[test]
     fn an_interrupt_records_running_stages_with_their_keys_and_the_rest_as_interrupted() {
         let s = setup("stages:\n  a: { op: step }\n  b: { op: step }\n");
-        let (opts, all) = (options(1, false), (0..2).collect());
-        let mut sched = Scheduler::new(&s.plan, &opts, &all);
+        let opts = options(1, false);
+        let mut sched = Scheduler::new(&s.plan, &opts, &s.all);
         sched.settle_ready(&s.store, &Quiet).unwrap();
         let launched = sched.launch();
         let running = s.plan.nodes[launched[0].idx].id.clone();
