@@ -27,9 +27,14 @@ pub enum Command {
     Plan {
         #[command(flatten)]
         select: SelectArgs,
-        /// One JSON object per line: {"stage", "action", "reasons"}.
+        /// One JSON object per line: {"stage", "action", "reasons"} (with `--explain`: one
+        /// explained stage per line).
         #[arg(long)]
         json: bool,
+        /// Print the checked plan instead: each stage with its op, params as resolved, input
+        /// edges and the types they carry, outputs and their types. Reads no store.
+        #[arg(long)]
+        explain: bool,
     },
     /// Print the stage graph.
     Dag {

@@ -21,7 +21,8 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
     let store_override = cli.store.clone();
     match cli.command {
         Command::Run(args) => run(&ops, store_override, args),
-        Command::Plan { select, json } => plan_cmd(&ops, store_override, &select, json),
+        Command::Plan { select, json, explain: true } => explain(&ops, &select, json),
+        Command::Plan { select, json, explain: false } => plan_cmd(&ops, store_override, &select, json),
         Command::Dag { pipeline, format } => dag(&ops, &pipeline.resolved(), format),
         Command::Show { target, pipeline, rows } => show(&ops, store_override, &pipeline, &target, rows),
         Command::Export { target, path, pipeline, force } => {
@@ -248,6 +249,23 @@ fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectAr
         }
         let to_run = statuses.iter().filter(|s| s.action == Action::Run).count();
         out.push_str(&format!("{} to run, {} cached\n", to_run, statuses.len() - to_run));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// `drover plan --explain`: the checked plan, stage by stage, in plan order.
+fn explain(ops: &OpRegistry, select: &SelectArgs, json: bool) -> Result<(), Failure> {
+    let (_, plan) = load(ops, &select.file.resolved())?;
+    let (selected, _) = selection(&plan, select)?;
+    let mut out = String::new();
+    for stage in plan.explain(&selected) {
+        if json {
+            out.push_str(&serde_json::to_string(&stage).expect("an explained stage serialises"));
+            out.push('\n');
+        } else {
+            out.push_str(&stage.to_string());
+        }
     }
     print!("{out}");
     Ok(())

@@ -147,3 +147,44 @@ fn a_list_of_references_is_one_list_input() {
     out.expect_code(2);
     assert!(out.all().contains("input `parts`: there is no stage `c`"), "{}", out.all());
 }
+
+#[test]
+fn plan_explain_prints_each_stage_with_its_op_params_and_typed_edges() {
+    let p = project();
+    let out = p.drover(&["plan", "--explain"]);
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout,
+        "raw: read_table v1\n\
+         \x20 params   {\"path\":\"data.csv\"}\n\
+         \x20 out      out: table(a: Int64, b: Utf8)\n\
+         \x20 dep      data.csv\n\
+         uniq: dedup v1\n\
+         \x20 params   {}\n\
+         \x20 in       table <- raw.out: table(a: Int64, b: Utf8)\n\
+         \x20 out      out: table(a: Int64, b: Utf8)\n"
+    );
+    // It explains the file, not the cache: nothing is read from or written to a store.
+    assert!(!p.join(".drover").exists());
+
+    let json = p.drover(&["plan", "--explain", "--json", "--target", "raw"]);
+    json.expect_code(0);
+    let lines: Vec<serde_json::Value> = json.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        lines,
+        [serde_json::json!({
+            "stage": "raw", "op": "read_table", "version": 1, "matrix": {}, "params": {"path": "data.csv"},
+            "inputs": [],
+            "outputs": [{"port": "out", "format": "parquet", "type": {"table": {"columns": [
+                {"name": "a", "dtype": "Int64"}, {"name": "b", "dtype": "Utf8"}]}}}],
+            "deps": ["data.csv"], "context": {}
+        })]
+    );
+
+    // A pipeline with a mistake has no plan to explain: exit 2, as for `plan`.
+    p.write("drover.yaml", &TWO_STAGES.replace("in: { table: raw }", "in: { table: rwa }"));
+    let bad = p.drover(&["plan", "--explain"]);
+    bad.expect_code(2);
+    assert!(bad.stderr.contains("input `table`: there is no stage `rwa`"), "{}", bad.stderr);
+    assert_eq!(bad.stdout, "");
+}

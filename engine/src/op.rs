@@ -144,6 +144,10 @@ pub struct CheckError {
     pub message: String,
     pub at: CheckLocation,
     pub help: Option<String>,
+    /// What the problem is about, when the planner knows more about it than the op does (which
+    /// stage a table came from, and its columns): the planner's help comes from this, never from
+    /// the words of `message`. Boxed: errors travel in `Result`s, and most have none.
+    pub subject: Option<Box<CheckSubject>>,
 }
 
 /// Where in the stage a [`CheckError`] points.
@@ -163,30 +167,54 @@ pub enum CheckLocation {
     Llm(Vec<String>),
 }
 
+/// What a [`CheckError`] is about, as distinct from where it points: a param can name a column
+/// that is missing from an input's table. The planner adds the table's origin and columns to the
+/// error's help.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckSubject {
+    /// Column `column` of the table on input `port`: missing, of the wrong type, or clashing
+    /// with a column the op adds.
+    Column { port: String, column: String },
+    /// Which columns of the table on input `port` to use (none chosen, one chosen twice, a
+    /// param that must name one is missing).
+    Columns { port: String },
+}
+
 impl CheckError {
+    fn new(at: CheckLocation, message: impl Into<String>) -> CheckError {
+        CheckError { message: message.into(), at, help: None, subject: None }
+    }
     pub fn stage(message: impl Into<String>) -> CheckError {
-        CheckError { message: message.into(), at: CheckLocation::Stage, help: None }
+        CheckError::new(CheckLocation::Stage, message)
     }
     pub fn param(path: &[&str], message: impl Into<String>) -> CheckError {
-        CheckError {
-            message: message.into(),
-            at: CheckLocation::Param(path.iter().map(|s| s.to_string()).collect()),
-            help: None,
-        }
+        CheckError::new(CheckLocation::Param(path.iter().map(|s| s.to_string()).collect()), message)
     }
     pub fn input(port: &str, message: impl Into<String>) -> CheckError {
-        CheckError { message: message.into(), at: CheckLocation::Input(port.into()), help: None }
+        CheckError::new(CheckLocation::Input(port.into()), message)
     }
     pub fn llm(path: &[&str], message: impl Into<String>) -> CheckError {
-        CheckError {
-            message: message.into(),
-            at: CheckLocation::Llm(path.iter().map(|s| s.to_string()).collect()),
-            help: None,
-        }
+        CheckError::new(CheckLocation::Llm(path.iter().map(|s| s.to_string()).collect()), message)
     }
     pub fn help(mut self, help: impl Into<String>) -> CheckError {
         self.help = Some(help.into());
         self
+    }
+    /// The error is about column `column` of the table on input `port` (see [`CheckSubject`]).
+    pub fn about_column(mut self, port: &str, column: &str) -> CheckError {
+        self.subject = Some(Box::new(CheckSubject::Column { port: port.into(), column: column.into() }));
+        self
+    }
+    /// The error is about which columns of the table on input `port` to use.
+    pub fn about_columns(mut self, port: &str) -> CheckError {
+        self.subject = Some(Box::new(CheckSubject::Columns { port: port.into() }));
+        self
+    }
+    /// The input port whose table this error is about, if any.
+    pub fn subject_port(&self) -> Option<&str> {
+        match self.subject.as_deref()? {
+            CheckSubject::Column { port, .. } | CheckSubject::Columns { port } => Some(port),
+        }
     }
 }
 
@@ -238,11 +266,7 @@ fn explain_serde_error(raw: &str, path: Vec<String>) -> CheckError {
         let valid: Vec<&str> = raw.split("expected").nth(1).unwrap_or("").split('`').skip(1).step_by(2).collect();
         let help = crate::diag::did_you_mean(&name, valid.iter().copied())
             .unwrap_or_else(|| format!("params: {}", crate::diag::list_names(valid.iter().copied())));
-        return CheckError {
-            message: format!("unknown param `{name}`"),
-            at: CheckLocation::ParamKey(path),
-            help: Some(help),
-        };
+        return CheckError::new(CheckLocation::ParamKey(path), format!("unknown param `{name}`")).help(help);
     }
     let words = [
         ("expected u64", "expected a non-negative integer"),
@@ -265,7 +289,7 @@ fn explain_serde_error(raw: &str, path: Vec<String>) -> CheckError {
     }
     let help = (!field.is_empty())
         .then(|| format!("fix the value of `{field}` (`drover ops` lists every param and its type)"));
-    CheckError { message, at: CheckLocation::Param(path), help }
+    CheckError { help, ..CheckError::new(CheckLocation::Param(path), message) }
 }
 
 /// What an op's check returns: the types of its outputs and the files its result depends on.

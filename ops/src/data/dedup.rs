@@ -84,6 +84,7 @@ fn check_columns(params: &DedupParams, input: Option<&[&str]>) -> Result<(), Che
     };
     if columns.is_empty() {
         return Err(CheckError::param(&["columns"], "no key columns")
+            .about_columns("table")
             .help("list at least one column, or leave `columns` out to compare whole rows")
             .into());
     }
@@ -94,7 +95,7 @@ fn check_columns(params: &DedupParams, input: Option<&[&str]>) -> Result<(), Che
         .iter()
         .enumerate()
         .filter(|(_, name)| !input.contains(&name.as_str()))
-        .map(|(i, name)| table::unknown_column(&["columns", &i.to_string()], name, input))
+        .map(|(i, name)| table::unknown_column("table", &["columns", &i.to_string()], name, input))
         .collect();
     errors.or(())
 }

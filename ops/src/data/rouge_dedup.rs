@@ -115,6 +115,7 @@ impl OpKit for RougeDedup {
         {
             errors.push(
                 CheckError::param(&["keep_rejected"], format!("the input already has a column `{clash}`"))
+                    .about_column("table", clash)
                     .help("rename it (a `select` stage) before this one"),
             );
         }

@@ -91,17 +91,21 @@ fn plan<'a>(params: &'a SelectParams, input: Option<&[&'a str]>) -> Result<Optio
             if columns.is_empty() {
                 errors.push(
                     CheckError::param(&["columns"], "no columns to keep")
+                        .about_columns("table")
                         .help("list at least one column, or leave `columns` out to keep all"),
                 );
             }
             for (i, name) in columns.iter().enumerate() {
                 let at = i.to_string();
                 if columns[..i].contains(name) {
-                    errors.push(CheckError::param(&["columns", &at], format!("column `{name}` is listed twice")));
+                    errors.push(
+                        CheckError::param(&["columns", &at], format!("column `{name}` is listed twice"))
+                            .about_columns("table"),
+                    );
                 } else if let Some(input) = input
                     && !input.contains(&name.as_str())
                 {
-                    errors.push(table::unknown_column(&["columns", &at], name, input));
+                    errors.push(table::unknown_column("table", &["columns", &at], name, input));
                 }
             }
             Some(columns.iter().map(String::as_str).collect())
@@ -116,7 +120,7 @@ fn plan<'a>(params: &'a SelectParams, input: Option<&[&'a str]>) -> Result<Optio
             }
             match input {
                 Some(input) if !input.contains(&old.as_str()) => {
-                    errors.push(table::unknown_column(&["rename", old], old, input));
+                    errors.push(table::unknown_column("table", &["rename", old], old, input));
                 }
                 _ => errors.push(
                     CheckError::param(&["rename", old], format!("`{old}` is renamed but not kept"))

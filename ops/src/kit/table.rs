@@ -342,9 +342,10 @@ pub fn input_columns<'a>(cx: &'a CheckCx<'_>, port: &str) -> Result<Option<&'a [
     }
 }
 
-/// The error for a column name that is not in the table, with the nearest name as help.
-pub fn unknown_column(at: &[&str], name: &str, available: &[&str]) -> CheckError {
-    let err = CheckError::param(at, format!("unknown column `{name}`"));
+/// The error for a column name that is not in the table on input `port`, with the nearest name
+/// as help.
+pub fn unknown_column(port: &str, at: &[&str], name: &str, available: &[&str]) -> CheckError {
+    let err = CheckError::param(at, format!("unknown column `{name}`")).about_column(port, name);
     match drover_engine::diag::nearest(name, available.iter().copied()) {
         Some(near) => err.help(format!("did you mean `{near}`?")),
         None if available.is_empty() => err.help("the table has no columns"),
@@ -365,8 +366,9 @@ pub fn check_text_column(
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     let Some(c) = columns.iter().find(|c| c.name == name) else {
         return Some(match param {
-            Some(param) => unknown_column(&[param], name, &names),
+            Some(param) => unknown_column(port, &[param], name, &names),
             None => CheckError::input(port, format!("`{port}` has no column `{name}`"))
+                .about_column(port, name)
                 .help(format!("its columns are: {}; rename one with a `select` stage", names.join(", "))),
         });
     };
@@ -378,7 +380,7 @@ pub fn check_text_column(
         Some(param) => CheckError::param(&[param], message),
         None => CheckError::input(port, message),
     };
-    Some(err.help("this op reads text: choose or cast a text column"))
+    Some(err.about_column(port, name).help("this op reads text: choose or cast a text column"))
 }
 
 /// A run-time form of plan-time errors (for when the schema was unknown at plan time).
@@ -763,10 +765,10 @@ mod tests {
 
     #[test]
     fn unknown_column_hints_the_nearest_or_lists_all() {
-        let e = unknown_column(&["columns", "1"], "promt", &["prompt", "id"]);
+        let e = unknown_column("table", &["columns", "1"], "promt", &["prompt", "id"]);
         assert_eq!(e.message, "unknown column `promt`");
         assert_eq!(e.help.as_deref(), Some("did you mean `prompt`?"));
-        let e = unknown_column(&["columns", "0"], "zzzzzz", &["prompt", "id"]);
+        let e = unknown_column("table", &["columns", "0"], "zzzzzz", &["prompt", "id"]);
         assert_eq!(e.help.as_deref(), Some("the columns are: prompt, id"));
     }
 }

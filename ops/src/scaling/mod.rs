@@ -190,10 +190,10 @@ impl FitParams {
                     (Some(d), None, false) => Some(Source::Column(d.clone(), vec!["d_col"])),
                     (None, Some(c), true) => Some(Source::TokensFromFlops { c: c.clone(), n: self.n_col.clone() }),
                     (None, _, true) => {
-                        errors.push(CheckError::param(
-                            &["c_col"],
-                            "`d_from_flops: true` needs `c_col`, the FLOPs column",
-                        ));
+                        errors.push(
+                            CheckError::param(&["c_col"], "`d_from_flops: true` needs `c_col`, the FLOPs column")
+                                .about_columns("points"),
+                        );
                         None
                     }
                     (Some(_), _, true) => {
@@ -222,7 +222,10 @@ impl FitParams {
             LawKind::Power => match &self.x_col {
                 Some(x) => vec![Source::Column(x.clone(), vec!["x_col"])],
                 None => {
-                    errors.push(CheckError::param(&["x_col"], "the power law needs `x_col`, the column of X"));
+                    errors.push(
+                        CheckError::param(&["x_col"], "the power law needs `x_col`, the column of X")
+                            .about_columns("points"),
+                    );
                     Vec::new()
                 }
             },
@@ -349,9 +352,11 @@ impl Op for ScalingLawFit {
             wanted.push((params.loss_col.clone(), vec!["loss_col"]));
             for (name, at) in wanted {
                 match columns.iter().find(|c| c.name == name) {
-                    None => errors.push(table::unknown_column(&at, &name, &names)),
-                    Some(c) if !NUMERIC.contains(&c.dtype.as_str()) => errors
-                        .push(CheckError::param(&at, format!("column `{name}` holds {}, expected numbers", c.dtype))),
+                    None => errors.push(table::unknown_column("points", &at, &name, &names)),
+                    Some(c) if !NUMERIC.contains(&c.dtype.as_str()) => errors.push(
+                        CheckError::param(&at, format!("column `{name}` holds {}, expected numbers", c.dtype))
+                            .about_column("points", &name),
+                    ),
                     Some(_) => {}
                 }
             }

@@ -38,10 +38,12 @@ impl Template {
             for name in used {
                 if name != "row" && !columns.iter().any(|c| c.name == name) {
                     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+                    // Text ops read their rows from input `table`.
                     let err = CheckError::param(
                         &[param],
                         format!("the template reads `{name}`, which is not a column of the input"),
-                    );
+                    )
+                    .about_column("table", &name);
                     return Err(match drover_engine::diag::nearest(&name, names.iter().copied()) {
                         Some(near) => err.help(format!("did you mean `{near}`? (columns: {})", names.join(", "))),
                         None => err.help(format!("the input's columns are: {}", names.join(", "))),
@@ -129,6 +131,7 @@ pub fn check_no_clash(columns: Option<&[Column]>, added: &[(&str, &str)]) -> Res
     match added.iter().find(|(n, _)| columns.iter().any(|c| c.name == *n)) {
         Some((name, _)) => {
             Err(CheckError::input("table", format!("the input already has a column `{name}`, which this op adds"))
+                .about_column("table", name)
                 .help("rename it with a `select` stage before this one"))
         }
         None => Ok(()),

@@ -1,432 +1,101 @@
-//! The executor: runs every ready stage as soon as its inputs exist, up to `jobs` at once and
-//! within resource capacities; cached stages are settled without spawning anything. A failed
-//! stage fails only its dependents. One lock per key means two processes never compute the
-//! same key at once.
+//! One stage's work in its own task: wait for its key's lock (another process may be computing
+//! it), then attempt it up to `retries` more times: inputs materialised and verified against
+//! their hashes, the op run (panic- and timeout-safe), inputs checked untouched, outputs stored,
+//! and only then the record that names them.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drover_cache::{
-    CacheError, CacheKey, Corruption, OutputKind, OutputRef, RunRecord, RunStage, Snapshot, StageOutcome, StageRecord,
-    Store,
+    CacheError, CacheKey, Corruption, OutputKind, OutputRef, RunStage, Snapshot, StageOutcome, StageRecord, Store,
 };
 use serde_json::json;
-use tokio::task::JoinSet;
 
+use super::{Event, Reporter, humanize};
 use crate::error::EngineError;
-use crate::key::{Recipe, recipe_for};
-use crate::op::{
-    Input, InputItem, NoProgress, OpErrorKind, OutputSlot, PortType, Progress, RunCx, StageCx, StageNotes,
-};
-use crate::plan::{InputEdge, Plan};
+use crate::key::Recipe;
+use crate::op::{Input, InputItem, OpErrorKind, OutputSlot, PortType, RunCx, StageCx, StageNotes};
+use crate::plan::Plan;
 
-/// How to run.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub jobs: usize,
-    /// Stop launching new stages after the first failure (default: independent branches finish).
-    pub fail_fast: bool,
-    /// Nodes to run (a target's closure); every node when empty.
-    pub selected: BTreeSet<usize>,
-    /// Nodes to rerun even if cached.
-    pub forced: BTreeSet<usize>,
-    /// Resource capacities, overriding the pipeline's `resources:`.
-    pub resources: BTreeMap<String, u64>,
-    /// The compute device chosen by the CLI (`auto`, `cpu`, `wgpu`), handed to ops; the device
-    /// an op actually used is recorded in the run record, never in a key.
-    pub device: String,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            jobs: 4,
-            fail_fast: false,
-            selected: BTreeSet::new(),
-            forced: BTreeSet::new(),
-            resources: BTreeMap::new(),
-            device: "auto".into(),
-        }
-    }
-}
-
-/// Something that happened, for the terminal or a log.
-#[derive(Debug)]
-pub enum Event<'a> {
-    Started {
-        run_id: &'a str,
-        stages: usize,
-    },
-    StageStarted {
-        stage: &'a str,
-        attempt: u32,
-    },
-    StageRetry {
-        stage: &'a str,
-        attempt: u32,
-        error: &'a str,
-        delay: Duration,
-    },
-    StageFinished {
-        stage: &'a str,
-        outcome: StageOutcome,
-        duration: Duration,
-        error: Option<&'a str>,
-        log: Option<&'a Path>,
-        /// The compute device the op used, if any.
-        device: Option<&'a str>,
-    },
-}
-
-/// Receives events; `progress` hands an op a sink for its own progress.
-pub trait Reporter: Send + Sync {
-    fn event(&self, event: Event<'_>);
-    fn progress(&self, _stage: &str) -> Arc<dyn Progress> {
-        Arc::new(NoProgress)
-    }
-}
-
-/// What a run did.
-#[derive(Debug)]
-pub struct RunSummary {
-    pub record: RunRecord,
-    /// Some stage failed because of the environment (exit code 3 rather than 1).
-    pub environment_failure: bool,
-    pub interrupted: bool,
-    /// What the store found wrong and repaired during the run (a blocked object path, say).
-    pub repairs: Vec<String>,
-}
-
-impl RunSummary {
-    pub fn count(&self, outcome: StageOutcome) -> usize {
-        self.record.stages.iter().filter(|s| s.outcome == outcome).count()
-    }
-}
-
-struct Finished {
-    idx: usize,
-    outcome: StageOutcome,
-    outputs: Option<BTreeMap<String, OutputRef>>,
-    error: Option<String>,
-    env: bool,
-    attempts: u32,
-    duration: Duration,
-    log: Option<String>,
+/// How a stage ended: reported by its task, or settled by the scheduler without one (cached
+/// without running, skipped after a failure upstream, interrupted).
+pub(super) struct Finished {
+    pub idx: usize,
+    pub outcome: StageOutcome,
+    pub outputs: Option<BTreeMap<String, OutputRef>>,
+    pub error: Option<String>,
+    /// The environment's fault (exit code 3), not the stage's.
+    pub env: bool,
+    pub attempts: u32,
+    pub duration: Duration,
+    /// The stage's log, relative to the store root.
+    pub log: Option<String>,
     /// The device the op computed on, if it used one.
-    device: Option<String>,
+    pub device: Option<String>,
 }
 
-/// Runs the selected part of a plan.
-pub async fn run(
-    plan: Arc<Plan>,
-    store: Arc<Store>,
-    opts: RunOptions,
-    reporter: Arc<dyn Reporter>,
-) -> Result<RunSummary, EngineError> {
-    let started = SystemTime::now();
-    let t0 = Instant::now();
-    let run_id = RunRecord::new_id(started);
-    store.clean_stale_tmp();
-    let n = plan.nodes.len();
-    let selected: BTreeSet<usize> = if opts.selected.is_empty() { (0..n).collect() } else { opts.selected.clone() };
-    reporter.event(Event::Started { run_id: &run_id, stages: selected.len() });
-
-    let mut capacity = plan.resources.clone();
-    capacity.extend(opts.resources.clone());
-    for node in &plan.nodes {
-        for (r, want) in &node.resources {
-            let cap = capacity.entry(r.clone()).or_insert(*want);
-            *cap = (*cap).max(*want);
-        }
-    }
-    let mut in_use: BTreeMap<String, u64> = BTreeMap::new();
-
-    let mut remaining = vec![0usize; n];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for &i in &selected {
-        for u in plan.upstream(i) {
-            remaining[i] += 1;
-            dependents[u].push(i);
-        }
-    }
-    let mut ready: VecDeque<usize> =
-        plan.order.iter().copied().filter(|i| selected.contains(i) && remaining[*i] == 0).collect();
-    let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; n];
-    let mut results: BTreeMap<usize, RunStage> = BTreeMap::new();
-    let mut keys: Vec<Option<CacheKey>> = vec![None; n];
-    let mut recipes: Vec<Option<Recipe>> = vec![None; n];
-    // Checked, not cached, waiting for a job slot or resources.
-    let mut waiting: VecDeque<usize> = VecDeque::new();
-    let mut state_updates: BTreeMap<String, CacheKey> = BTreeMap::new();
-    let mut tasks: JoinSet<Finished> = JoinSet::new();
-    let mut running: BTreeSet<usize> = BTreeSet::new();
-    let mut stop_launching = false;
-    let mut environment_failure = false;
-    let mut interrupted = false;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-
-    loop {
-        // Settle cached stages: each ready stage's key is computed and looked up once.
-        while let Some(idx) = ready.pop_front() {
-            let node = &plan.nodes[idx];
-            let recipe = recipe_for(&plan, idx, &store, &outputs)?
-                .ok_or_else(|| EngineError::Other(format!("inputs of `{}` are not ready", node.id)))?;
-            let key = recipe.key();
-            keys[idx] = Some(key.clone());
-            if !opts.forced.contains(&idx)
-                && let Some(cached) = store.cached_outputs(&key)
-            {
-                outputs[idx] = Some(cached);
-                state_updates.insert(node.id.clone(), key.clone());
-                results.insert(
-                    idx,
-                    RunStage {
-                        stage: node.id.clone(),
-                        outcome: StageOutcome::Cached,
-                        key: Some(key),
-                        duration_ms: 0,
-                        error: None,
-                        log: None,
-                        device: None,
-                        attempts: 0,
-                    },
-                );
-                reporter.event(Event::StageFinished {
-                    stage: &node.id,
-                    outcome: StageOutcome::Cached,
-                    duration: Duration::ZERO,
-                    error: None,
-                    log: None,
-                    device: None,
-                });
-                release_dependents(idx, &dependents, &mut remaining, &mut ready);
-                continue;
-            }
-            recipes[idx] = Some(recipe);
-            waiting.push_back(idx);
-        }
-        // Launch what fits. Past the job limit nothing more can start, so the scan stops there
-        // (a join over 10,000 ready stages must not cost 10,000 steps per finished stage).
-        let mut blocked = VecDeque::new();
-        while let Some(idx) = waiting.pop_front() {
-            let node = &plan.nodes[idx];
-            if stop_launching || running.len() >= opts.jobs.max(1) {
-                blocked.push_back(idx);
-                blocked.append(&mut waiting);
-                break;
-            }
-            let fits = node.resources.iter().all(|(r, want)| in_use.get(r).copied().unwrap_or(0) + want <= capacity[r]);
-            if !fits {
-                blocked.push_back(idx);
-                continue;
-            }
-            for (r, want) in &node.resources {
-                *in_use.entry(r.clone()).or_default() += want;
-            }
-            running.insert(idx);
-            let inputs = node
-                .inputs
-                .iter()
-                .map(|(port, edge)| {
-                    let artifact = |s: &crate::plan::Source| {
-                        let out =
-                            outputs[s.node].as_ref().and_then(|o| o.get(&s.port)).cloned().expect("inputs are done");
-                        let ty = plan.nodes[s.node].outputs.get(&s.port).cloned().unwrap_or(PortType::Blob);
-                        (s.node, ty, out)
-                    };
-                    let items = match edge {
-                        InputEdge::One(s) => (false, vec![artifact(s)]),
-                        InputEdge::List(v) => (true, v.iter().map(artifact).collect()),
-                    };
-                    (port.clone(), items)
-                })
-                .collect();
-            let job = StageJob {
-                plan: plan.clone(),
-                store: store.clone(),
-                idx,
-                key: keys[idx].clone().expect("computed when ready"),
-                recipe: recipes[idx].take().expect("computed when ready"),
-                inputs,
-                run_id: run_id.clone(),
-                forced: opts.forced.contains(&idx),
-                reporter: reporter.clone(),
-                device: opts.device.clone(),
-                notes: StageNotes::default(),
-            };
-            tasks.spawn(job.run());
-        }
-        waiting = blocked;
-        if running.is_empty() {
-            break;
-        }
-        tokio::select! {
-            joined = tasks.join_next() => {
-                let Some(joined) = joined else { break };
-                let f = match joined {
-                    Ok(f) => f,
-                    Err(e) => return Err(EngineError::Other(format!("executor task failed: {e}"))),
-                };
-                let idx = f.idx;
-                let node = &plan.nodes[idx];
-                running.remove(&idx);
-                for (r, want) in &node.resources {
-                    *in_use.entry(r.clone()).or_default() -= want;
-                }
-                let key = keys[idx].clone();
-                reporter.event(Event::StageFinished {
-                    stage: &node.id,
-                    outcome: f.outcome,
-                    duration: f.duration,
-                    error: f.error.as_deref(),
-                    log: f.log.as_ref().map(|l| store.root().join(l)).as_deref(),
-                    device: f.device.as_deref(),
-                });
-                match f.outputs {
-                    Some(outs) => {
-                        outputs[idx] = Some(outs);
-                        if let Some(k) = &key {
-                            state_updates.insert(node.id.clone(), k.clone());
-                        }
-                        release_dependents(idx, &dependents, &mut remaining, &mut ready);
-                    }
-                    None => {
-                        environment_failure |= f.env;
-                        stop_launching |= opts.fail_fast;
-                        skip_dependents(idx, &plan, &dependents, &mut results);
-                    }
-                }
-                results.insert(idx, RunStage {
-                    stage: node.id.clone(),
-                    outcome: f.outcome,
-                    key,
-                    duration_ms: f.duration.as_millis() as u64,
-                    error: f.error,
-                    log: f.log,
-                    device: f.device,
-                    attempts: f.attempts,
-                });
-            }
-            _ = &mut ctrl_c => {
-                interrupted = true;
-                tasks.abort_all();
-                for &idx in &running {
-                    results.insert(idx, RunStage { stage: plan.nodes[idx].id.clone(), outcome: StageOutcome::Interrupted, key: keys[idx].clone(), duration_ms: 0, error: Some("interrupted".into()), log: None, device: None, attempts: 1 });
-                }
-                break;
-            }
-        }
-    }
-    while tasks.join_next().await.is_some() {}
-
-    // Stages never reached (fail-fast or interrupt) are recorded as such.
-    for &idx in plan.order.iter().filter(|i| selected.contains(i)) {
-        results.entry(idx).or_insert_with(|| RunStage {
-            stage: plan.nodes[idx].id.clone(),
-            outcome: if interrupted { StageOutcome::Interrupted } else { StageOutcome::Skipped },
-            key: None,
-            duration_ms: 0,
-            error: None,
+impl Finished {
+    /// An end with no outputs, log or device (yet): a failure before the op ran, or a stage the
+    /// scheduler settles itself.
+    pub fn new(idx: usize, outcome: StageOutcome, error: Option<String>, attempts: u32) -> Finished {
+        Finished {
+            idx,
+            outcome,
+            outputs: None,
+            error,
+            env: false,
+            attempts,
+            duration: Duration::ZERO,
             log: None,
             device: None,
-            attempts: 0,
-        });
-    }
-    store.update_state(&plan.pipeline, &state_updates)?;
-    store.flush();
-    let failed = results.values().any(|r| matches!(r.outcome, StageOutcome::Failed | StageOutcome::Skipped));
-    let stages: Vec<RunStage> = plan.order.iter().filter_map(|i| results.remove(i)).collect();
-    let record = RunRecord {
-        id: run_id,
-        pipeline: plan.pipeline.clone(),
-        file: plan.file.display().to_string(),
-        started: started.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        duration_ms: t0.elapsed().as_millis() as u64,
-        status: if interrupted {
-            "interrupted"
-        } else if failed {
-            "failed"
-        } else {
-            "ok"
-        }
-        .into(),
-        stages,
-    };
-    store.put_run(&record)?;
-    Ok(RunSummary { record, environment_failure, interrupted, repairs: store.take_repairs() })
-}
-
-fn release_dependents(idx: usize, dependents: &[Vec<usize>], remaining: &mut [usize], ready: &mut VecDeque<usize>) {
-    for &d in &dependents[idx] {
-        remaining[d] -= 1;
-        if remaining[d] == 0 {
-            ready.push_back(d);
         }
     }
-}
 
-fn skip_dependents(idx: usize, plan: &Plan, dependents: &[Vec<usize>], results: &mut BTreeMap<usize, RunStage>) {
-    let mut stack = dependents[idx].clone();
-    while let Some(d) = stack.pop() {
-        if results.contains_key(&d) {
-            continue;
+    /// Its entry in the run record (the one place one is made), under `key` if it has one.
+    pub fn into_run_stage(self, plan: &Plan, key: Option<CacheKey>) -> RunStage {
+        RunStage {
+            stage: plan.nodes[self.idx].id.clone(),
+            outcome: self.outcome,
+            key,
+            duration_ms: self.duration.as_millis() as u64,
+            error: self.error,
+            log: self.log,
+            device: self.device,
+            attempts: self.attempts,
         }
-        results.insert(
-            d,
-            RunStage {
-                stage: plan.nodes[d].id.clone(),
-                outcome: StageOutcome::Skipped,
-                key: None,
-                duration_ms: 0,
-                error: Some(format!("`{}` failed", plan.nodes[idx].id)),
-                log: None,
-                device: None,
-                attempts: 0,
-            },
-        );
-        stack.extend(dependents[d].iter().copied());
     }
 }
 
 /// An upstream artifact: its node, type and stored output.
-type Upstream = (usize, PortType, OutputRef);
+pub(super) type Upstream = (usize, PortType, OutputRef);
+
+/// Port -> (is a list, [(upstream node, type, artifact)]).
+pub(super) type JobInputs = BTreeMap<String, (bool, Vec<Upstream>)>;
 
 /// One stage's work, moved into its task.
-struct StageJob {
-    plan: Arc<Plan>,
-    store: Arc<Store>,
-    idx: usize,
-    key: CacheKey,
-    recipe: Recipe,
-    /// Port -> (is a list, [(upstream node, type, artifact)]).
-    inputs: BTreeMap<String, (bool, Vec<Upstream>)>,
-    run_id: String,
-    forced: bool,
-    reporter: Arc<dyn Reporter>,
-    device: String,
-    notes: StageNotes,
+pub(super) struct StageJob {
+    pub plan: Arc<Plan>,
+    pub store: Arc<Store>,
+    pub idx: usize,
+    pub key: CacheKey,
+    pub recipe: Recipe,
+    pub inputs: JobInputs,
+    pub run_id: String,
+    pub forced: bool,
+    pub reporter: Arc<dyn Reporter>,
+    pub device: String,
+    pub notes: StageNotes,
 }
 
 impl StageJob {
-    async fn run(self) -> Finished {
+    pub async fn run(self) -> Finished {
         let t0 = Instant::now();
         let idx = self.idx;
         let mut finished = match self.run_inner().await {
             Ok(f) => f,
-            Err(e) => Finished {
-                idx,
-                outcome: StageOutcome::Failed,
-                outputs: None,
-                error: Some(e.to_string()),
-                env: true,
-                attempts: 1,
-                duration: Duration::ZERO,
-                log: None,
-                device: None,
-            },
+            Err(e) => Finished { env: true, ..Finished::new(idx, StageOutcome::Failed, Some(e.to_string()), 1) },
         };
         finished.duration = t0.elapsed();
         finished
@@ -503,8 +172,7 @@ impl StageJob {
         attempts: u32,
         log: Option<String>,
     ) -> Finished {
-        let device = self.notes.device();
-        Finished { idx: self.idx, outcome, outputs, error, env, attempts, duration: Duration::ZERO, log, device }
+        Finished { outputs, env, log, device: self.notes.device(), ..Finished::new(self.idx, outcome, error, attempts) }
     }
 
     /// One try: materialise and verify inputs, run the op (panic- and timeout-safe), check that
@@ -638,7 +306,7 @@ struct InputGuard {
 fn prepare_inputs(
     store: &Store,
     plan: &Plan,
-    wanted: &BTreeMap<String, (bool, Vec<Upstream>)>,
+    wanted: &JobInputs,
     dir: &Path,
 ) -> Result<(BTreeMap<String, Input>, Vec<InputGuard>), AttemptFailure> {
     let mut inputs = BTreeMap::new();
@@ -788,10 +456,4 @@ fn is_parquet(path: &Path) -> bool {
         && f.read_exact(&mut tail).is_ok()
         && &head == b"PAR1"
         && &tail == b"PAR1"
-}
-
-/// `1.5s`, `2m 03s`.
-pub fn humanize(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s < 60.0 { format!("{s:.1}s") } else { format!("{}m {:02}s", d.as_secs() / 60, d.as_secs() % 60) }
 }
