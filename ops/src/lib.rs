@@ -30,7 +30,7 @@ pub fn registry() -> OpRegistry {
     ops.register(data::read_table::ReadTable);
     ops.register(data::rouge_dedup::RougeDedup);
     ops.register(data::sample::Sample);
-    ops.register(scaling::ScalingLawFit);
+    ops.register(scaling::scaling_law_fit::ScalingLawFit);
     ops.register(data::select::Select);
     ops.register(text::self_instruct::SelfInstruct);
     ops.register(text::tgrt::TgrtQuestions);
