@@ -15,6 +15,7 @@
 pub mod config;
 pub mod device;
 pub mod methods;
+pub mod par;
 pub mod plan;
 pub mod weights;
 
@@ -387,7 +388,7 @@ fn run(cx: &RunCx) -> Result<(), OpError> {
     let device = if device_tensors > 0 {
         format!("{} for {device_tensors} of the tensors, the CPU for the rest", compute.describe())
     } else {
-        format!("cpu ({} threads)", methods::threads())
+        format!("cpu ({} threads)", par::threads())
     };
     cx.notes.set_device(if device_tensors > 0 { compute.describe() } else { "cpu".to_string() });
 
