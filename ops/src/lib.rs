@@ -24,7 +24,7 @@ pub fn registry() -> OpRegistry {
     ops.register(data::concat::Concat);
     ops.register(data::dedup::Dedup);
     ops.register(text::llm_generate::LlmGenerate);
-    ops.register(models::merge::MergeModels);
+    ops.register(models::merge_models::MergeModels);
     ops.register(text::principle_generate_responses::PrincipleGenerateResponses);
     ops.register(models::read_model::ReadModel);
     ops.register(data::read_table::ReadTable);
