@@ -24,13 +24,13 @@ pub fn registry() -> OpRegistry {
     ops.register(data::concat::Concat);
     ops.register(data::dedup::Dedup);
     ops.register(text::llm_generate::LlmGenerate);
-    ops.register(models::merge::MergeModels);
+    ops.register(models::merge_models::MergeModels);
     ops.register(text::principle_generate_responses::PrincipleGenerateResponses);
     ops.register(models::read_model::ReadModel);
     ops.register(data::read_table::ReadTable);
     ops.register(data::rouge_dedup::RougeDedup);
     ops.register(data::sample::Sample);
-    ops.register(scaling::ScalingLawFit);
+    ops.register(scaling::scaling_law_fit::ScalingLawFit);
     ops.register(data::select::Select);
     ops.register(text::self_instruct::SelfInstruct);
     ops.register(text::tgrt::TgrtQuestions);

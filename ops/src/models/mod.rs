@@ -1,4 +1,5 @@
 //! Model ops: importing model directories and merging models.
 
 pub mod merge;
+pub mod merge_models;
 pub mod read_model;

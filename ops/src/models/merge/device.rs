@@ -68,8 +68,16 @@ pub fn combine(device: &Device, base: &[f32], deltas: &[&[f32]], spec: &CombineS
 }
 
 /// Spherical interpolation of two tensors (each as one vector) on the device: the norms and
-/// the cosine are reduced there, the angle is computed in f64 on the host.
-pub fn slerp(device: &Device, t: f64, v0: &[f32], v1: &[f32]) -> Result<Vec<f32>, String> {
+/// the dot product are reduced there, and `coefficients(n0, n1, dot)` turns them, in f64 on the
+/// host, into the weights of v0 and v1. The caller passes mergekit's formula
+/// (`methods::slerp_coefficients`), which the CPU path uses too: this module imports nothing
+/// from the rest of the merge.
+pub fn slerp(
+    device: &Device,
+    v0: &[f32],
+    v1: &[f32],
+    coefficients: impl FnOnce(f64, f64, f64) -> (f32, f32),
+) -> Result<Vec<f32>, String> {
     let (a, b) = (upload(device, v0), upload(device, v1));
     let scalar = |x: Tensor<1>| -> Result<f64, String> {
         let v = x.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
@@ -78,6 +86,6 @@ pub fn slerp(device: &Device, t: f64, v0: &[f32], v1: &[f32]) -> Result<Vec<f32>
     let n0 = scalar(a.clone().powi_scalar(2).sum())?.sqrt();
     let n1 = scalar(b.clone().powi_scalar(2).sum())?.sqrt();
     let dot = scalar(a.clone().mul(b.clone()).sum())?;
-    let (c0, c1) = super::methods::slerp_coefficients(t, n0, n1, dot);
+    let (c0, c1) = coefficients(n0, n1, dot);
     download(a.mul_scalar(c0).add(b.mul_scalar(c1)))
 }

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
-
-use super::methods::{par_chunks, par_runs};
 use safetensors::{Dtype, SafeTensors};
+
+use super::par::{par_chunks, par_runs};
 
 /// The element types drover reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
