@@ -10,14 +10,19 @@ use drover_engine::exec::{self, RunOptions, humanize};
 use drover_engine::plan::{self, Plan};
 use drover_engine::spec::{self, ParamOverrides, PipelineSpec};
 use drover_engine::status::{Action, plan_status};
-use drover_engine::{OpRegistry, diag};
+use drover_engine::{OpRegistry, SectionDecl, diag};
 
 use crate::Failure;
 use crate::cli::{CacheCommand, Cli, Command, DagFormat, PipelineArgs, SelectArgs};
 use crate::report::{TermReporter, summary};
 
 pub fn dispatch(cli: Cli) -> Result<(), Failure> {
-    let ops = drover_ops::registry();
+    // Only `run` computes; other commands never resolve the device (no adapter probing).
+    let device = match &cli.command {
+        Command::Run(args) => args.device,
+        _ => Default::default(),
+    };
+    let ops = drover_ops::registry(device);
     let store_override = cli.store.clone();
     match cli.command {
         Command::Run(args) => run(&ops, store_override, args),
@@ -63,21 +68,25 @@ fn pipeline_file(args: &PipelineArgs) -> PathBuf {
 /// Parses and plans a pipeline; every problem in the file is a user error (exit 2).
 fn load(ops: &OpRegistry, args: &PipelineArgs) -> Result<(PipelineSpec, Plan), Failure> {
     let file = pipeline_file(args);
-    let overrides = ParamOverrides { files: args.params.clone(), sets: with_llm_env(&args.set) };
-    let mut spec = spec::load(&file, &overrides)?;
+    let sections: Vec<SectionDecl> = ops.sections().cloned().collect();
+    let overrides = ParamOverrides { files: args.params.clone(), sets: with_section_env(&sections, &args.set) };
+    let mut spec = spec::load(&file, &overrides, &sections)?;
     spec.dir = std::fs::canonicalize(&spec.dir)
         .map_err(|e| Failure::Environment(format!("cannot resolve {}: {e}", spec.dir.display())))?;
     let plan = plan::build(&spec, ops)?;
     Ok((spec, plan))
 }
 
-/// `DROVER_LLM_<NAME>=MAPPING` in the environment, as `--set llms.<name>=MAPPING` before the
-/// command line's own `--set`s (which therefore win).
-fn with_llm_env(sets: &[String]) -> Vec<String> {
+/// `DROVER_<ENV>_<ENTRY>=MAPPING` in the environment (`DROVER_LLM_DEFAULT`), for each section
+/// that takes entries from it, as `--set SECTION.<entry>=MAPPING` before the command line's own
+/// `--set`s (which therefore win).
+fn with_section_env(sections: &[SectionDecl], sets: &[String]) -> Vec<String> {
     let mut all: Vec<String> = std::env::vars()
         .filter_map(|(k, v)| {
-            let name = k.strip_prefix("DROVER_LLM_")?;
-            (!name.is_empty()).then(|| format!("llms.{}={v}", name.to_lowercase()))
+            sections.iter().find_map(|sec| {
+                let entry = k.strip_prefix("DROVER_")?.strip_prefix(sec.env?)?.strip_prefix('_')?;
+                (!entry.is_empty()).then(|| format!("{}.{}={v}", sec.name, entry.to_lowercase()))
+            })
         })
         .collect();
     all.sort();
@@ -179,7 +188,6 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
         selected,
         forced,
         resources: parse_resources(&args.resources)?,
-        device: args.device.to_string(),
     };
     let reporter = Arc::new(TermReporter::new(args.verbose));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
@@ -504,7 +512,7 @@ fn runs(
         );
         for s in &run.stages {
             let err = s.error.as_deref().map(|e| format!("  {}", e.lines().next().unwrap_or(""))).unwrap_or_default();
-            let device = s.device.as_deref().map(|d| format!("  on {d}")).unwrap_or_default();
+            let device = s.note("device").map(|d| format!("  on {d}")).unwrap_or_default();
             println!(
                 "  {:<11} {:<30} {:>8}{device}{err}",
                 format!("{:?}", s.outcome).to_lowercase(),

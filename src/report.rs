@@ -100,9 +100,9 @@ impl Reporter for TermReporter {
                 error.lines().next().unwrap_or(error),
                 humanize(delay)
             )),
-            Event::StageFinished { stage, outcome, duration, error, log, device } => {
+            Event::StageFinished { stage, outcome, duration, error, log, notes } => {
                 self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(stage);
-                if let Some(device) = device {
+                if let Some(device) = notes.get("device") {
                     let mut said = self.device.lock().unwrap_or_else(|p| p.into_inner());
                     if said.as_deref() != Some(device) {
                         self.line(format!("  device  {device}"));

@@ -137,23 +137,25 @@ pub fn pipeline_schema(ops: &OpRegistry) -> Value {
         "seed": {"type": "integer", "minimum": 0}
     });
     debug_assert_eq!(stage_props.as_object().map(|o| o.len()), Some(STAGE_KEYS.len()));
-    let mut llm_endpoint = drover_ops::kit::llm::endpoint::schema();
-    if let Some(obj) = llm_endpoint.as_object_mut() {
-        obj.remove("$schema");
-        if let Some(d) = obj.remove("$defs").and_then(|d| d.as_object().cloned()) {
-            defs.extend(d);
-        }
-    }
-    let top_props = json!({
+    let mut top_props = json!({
         "pipeline": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
         "description": {"type": "string"},
         "params": {"type": "object", "description": "defaults; override with -p FILE and --set a.b=v"},
-        "llms": {"type": "object", "additionalProperties": llm_endpoint, "description": "language-model endpoints by name; override with --set llms.NAME.FIELD=v"},
         "seed": {"type": "integer", "minimum": 0},
         "resources": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}, "description": "capacity of each resource"},
         "stages": {"type": "object", "propertyNames": {"pattern": "^[A-Za-z0-9_-]+$"}, "additionalProperties": {"$ref": "#/$defs/stage"}}
     });
     debug_assert_eq!(top_props.as_object().map(|o| o.len()), Some(TOP_KEYS.len()));
+    // The sections other parts own (`llms:`), each with its own schema; their `$defs` join ours.
+    for section in ops.sections() {
+        let mut schema = section.schema.clone();
+        if let Some(obj) = schema.as_object_mut()
+            && let Some(d) = obj.remove("$defs").and_then(|d| d.as_object().cloned())
+        {
+            defs.extend(d);
+        }
+        top_props[section.name] = schema;
+    }
     defs.insert("stage".into(), json!({"type": "object", "additionalProperties": false, "required": ["op"], "properties": stage_props, "allOf": per_op}));
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",

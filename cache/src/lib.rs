@@ -24,6 +24,6 @@ pub use gc::{GcReport, VerifyReport};
 pub use integrity::{Corruption, Invalidated, Snapshot};
 pub use memo::Memo;
 pub use object::{DirEntry, DirManifest, ObjectHash};
-pub use record::{CacheKey, OutputKind, OutputRef, StageRecord};
+pub use record::{CacheKey, OutputKind, OutputRef, Provenance, StageRecord};
 pub use runs::{RunRecord, RunStage, StageOutcome};
 pub use store::{KeyLock, Store};

@@ -56,6 +56,21 @@ pub struct OutputRef {
     pub size: u64,
 }
 
+/// What explains a record's recipe without entering its key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The pipeline params the stage used (`${params.x}`) and their values, so that a later plan
+    /// can say "param `x` changed from 22 to 23" rather than "`with.run` changed". `None` in a
+    /// record older than this field.
+    #[serde(default)]
+    pub params: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// `null` (as very old records hold) reads as the default.
+fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Written after every output object is durable; its presence means "this key is done".
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
@@ -64,10 +79,9 @@ pub struct StageRecord {
     pub stage: String,
     /// The canonical recipe, kept so that a later plan can say what changed.
     pub recipe: serde_json::Value,
-    /// Context that explains the recipe without entering the key (e.g. which pipeline
-    /// params a stage used and their values).
-    #[serde(default)]
-    pub provenance: serde_json::Value,
+    /// What explains the recipe without entering the key.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub provenance: Provenance,
     pub outputs: BTreeMap<String, OutputRef>,
     /// Unix seconds.
     pub created: u64,

@@ -1,5 +1,7 @@
 //! Run records: one per `drover run`, for `drover runs` and for gc roots.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::record::CacheKey;
@@ -31,10 +33,25 @@ pub struct RunStage {
     /// Path of the stage's log, relative to the store root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    /// What the op noted about how it ran, by name (`device`: the compute device it used). Never
+    /// in a key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, String>,
+    /// `device` as records before `notes` wrote it; read, never written (see [`RunStage::note`]).
+    #[serde(default, rename = "device", skip_serializing)]
+    pub legacy_device: Option<String>,
     #[serde(default)]
     pub attempts: u32,
+}
+
+impl RunStage {
+    /// A note of the stage's op (`device`), also from records written before notes were a map.
+    pub fn note(&self, name: &str) -> Option<&str> {
+        self.notes
+            .get(name)
+            .map(String::as_str)
+            .or_else(|| (name == "device").then_some(self.legacy_device.as_deref()).flatten())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -163,8 +163,9 @@ pub enum CheckLocation {
     Input(String),
     /// An output port (points at its `out:` entry).
     Output(String),
-    /// A language-model endpoint of the pipeline's `llms:` block: its name, then a path inside it.
-    Llm(Vec<String>),
+    /// A top-level section of the pipeline (one a part outside the engine declared, such as
+    /// `llms:`): its name, then a path inside it.
+    Section(String, Vec<String>),
 }
 
 /// What a [`CheckError`] is about, as distinct from where it points: a param can name a column
@@ -193,8 +194,9 @@ impl CheckError {
     pub fn input(port: &str, message: impl Into<String>) -> CheckError {
         CheckError::new(CheckLocation::Input(port.into()), message)
     }
-    pub fn llm(path: &[&str], message: impl Into<String>) -> CheckError {
-        CheckError::new(CheckLocation::Llm(path.iter().map(|s| s.to_string()).collect()), message)
+    /// A problem inside a top-level section (`section("llms", &["default", "model"], ..)`).
+    pub fn section(name: &str, path: &[&str], message: impl Into<String>) -> CheckError {
+        CheckError::new(CheckLocation::Section(name.to_string(), path.iter().map(|s| s.to_string()).collect()), message)
     }
     pub fn help(mut self, help: impl Into<String>) -> CheckError {
         self.help = Some(help.into());
@@ -228,9 +230,9 @@ pub struct CheckCx<'a> {
     /// The stage's `out:` block (used by ops with declared ports).
     pub declared_outputs: &'a BTreeMap<String, PortType>,
     pub pipeline_dir: &'a Path,
-    /// The pipeline's `llms:` block (a mapping of endpoint name to its settings, overrides
-    /// applied; `{}` when there is none).
-    pub llms: &'a serde_json::Value,
+    /// The pipeline's top-level sections declared by parts outside the engine (`llms:`), by
+    /// name, overrides applied; see [`CheckCx::section`].
+    pub sections: &'a BTreeMap<String, serde_json::Value>,
 }
 
 impl CheckCx<'_> {
@@ -371,15 +373,30 @@ pub struct StageCx {
     pub inputs: BTreeMap<String, Input>,
     pub pipeline_dir: PathBuf,
     pub seed: u64,
-    /// The pipeline's `llms:` block, as [`CheckCx::llms`]. Endpoints and key variable names
-    /// live here, never in `params`, so they stay out of keys.
-    pub llms: Arc<serde_json::Value>,
+    /// The pipeline's declared top-level sections, as [`CheckCx::sections`]. Endpoints and key
+    /// variable names live in `llms:`, never in `params`, so they stay out of keys.
+    pub sections: Arc<BTreeMap<String, serde_json::Value>>,
     /// Values the op keeps by key across attempts (responses already received), so a stage that
     /// dies resumes its work. Not part of the stage's output.
     pub memo: drover_cache::Memo,
 }
 
+/// `null` for a section the pipeline does not have.
+static NO_SECTION: serde_json::Value = serde_json::Value::Null;
+
+impl CheckCx<'_> {
+    /// A declared top-level section of the pipeline (`llms`), `null` when the file has none.
+    pub fn section(&self, name: &str) -> &serde_json::Value {
+        self.sections.get(name).unwrap_or(&NO_SECTION)
+    }
+}
+
 impl StageCx {
+    /// A declared top-level section of the pipeline (`llms`), `null` when the file has none.
+    pub fn section(&self, name: &str) -> &serde_json::Value {
+        self.sections.get(name).unwrap_or(&NO_SECTION)
+    }
+
     /// The single input of this port.
     pub fn input(&self, port: &str) -> Result<&InputItem, OpError> {
         match self.inputs.get(port) {
@@ -400,10 +417,7 @@ pub struct RunCx {
     /// Where the op's own log (e.g. a child's stdout and stderr) goes.
     pub log_path: PathBuf,
     pub progress: Arc<dyn Progress>,
-    /// The compute device the user chose (`auto`, `cpu` or `wgpu`), for numeric ops. Not part
-    /// of the key: the same recipe must give the same result on any device.
-    pub device: String,
-    /// What the op reports about how it ran, for the run record.
+    /// What the op reports about how it ran (the device it computed on), for the run record.
     pub notes: StageNotes,
 }
 
@@ -414,18 +428,19 @@ impl std::ops::Deref for RunCx {
     }
 }
 
-/// Facts about how a stage ran that belong in its run record but not in its key.
+/// Facts about how a stage ran that belong in its run record but not in its key, by name
+/// (`device`: the compute device a numeric op used, e.g. `cpu (flex)`).
 #[derive(Clone, Debug, Default)]
-pub struct StageNotes(Arc<std::sync::Mutex<Option<String>>>);
+pub struct StageNotes(Arc<std::sync::Mutex<BTreeMap<String, String>>>);
 
 impl StageNotes {
-    /// Records the device the op computed on, e.g. `cpu (flex)`.
-    pub fn set_device(&self, device: impl Into<String>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(device.into());
+    /// Sets a note, replacing an earlier one of the same name.
+    pub fn set(&self, name: &str, value: impl Into<String>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), value.into());
     }
 
-    /// The device recorded, if the op used one.
-    pub fn device(&self) -> Option<String> {
+    /// Every note set so far.
+    pub fn all(&self) -> BTreeMap<String, String> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -489,11 +504,31 @@ pub trait Op: Send + Sync + 'static {
     }
 }
 
-/// The ops a pipeline may name.
+/// A top-level section of pipeline files that a part outside the engine owns (the ops own
+/// `llms:`; an executor, a remote store or nightly runs may own theirs). The engine parses it as
+/// YAML with spans, applies `--set NAME.a.b=V` and `DROVER_<ENV>_<ENTRY>` overrides to it, hands
+/// it to ops as JSON ([`CheckCx::section`]) and points errors into it
+/// ([`CheckLocation::Section`]); what it means is its owner's business.
+#[derive(Clone, Debug)]
+pub struct SectionDecl {
+    pub name: &'static str,
+    /// What the section holds, for messages: "a mapping of endpoint name to its settings".
+    pub holds: &'static str,
+    /// An example of the section, for the help of a malformed one.
+    pub example: &'static str,
+    /// JSON Schema of the section, for `drover schema`.
+    pub schema: serde_json::Value,
+    /// `DROVER_<env>_<ENTRY>=MAPPING` in the environment replaces the section's entry `<entry>`
+    /// (lower-cased), before `--set`: `Some("LLM")` gives `DROVER_LLM_DEFAULT`.
+    pub env: Option<&'static str>,
+}
+
+/// The ops a pipeline may name, and the top-level sections their owners declared.
 #[derive(Default, Clone)]
 pub struct OpRegistry {
     /// Each op with its info, computed once (an info holds a generated JSON Schema).
     ops: BTreeMap<&'static str, (Arc<dyn Op>, Arc<OpInfo>)>,
+    sections: BTreeMap<&'static str, SectionDecl>,
 }
 
 impl OpRegistry {
@@ -525,6 +560,16 @@ impl OpRegistry {
 
     pub fn infos(&self) -> impl Iterator<Item = &Arc<OpInfo>> + '_ {
         self.ops.values().map(|(_, info)| info)
+    }
+
+    /// Declares a top-level section of pipeline files.
+    pub fn register_section(&mut self, section: SectionDecl) {
+        self.sections.insert(section.name, section);
+    }
+
+    /// The declared sections, by name.
+    pub fn sections(&self) -> impl Iterator<Item = &SectionDecl> + '_ {
+        self.sections.values()
     }
 }
 

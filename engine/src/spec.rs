@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::diag::{Diags, PipelineErrors, SourceFile, did_you_mean, line_col, list_names};
-use crate::op::{Column, PortType, TableSchema};
+use crate::op::{Column, PortType, SectionDecl, TableSchema};
 use crate::yaml::{self, MAX_DEPTH, Node, NodeKind, Span};
 
 /// Pipeline and params files are read up to this size (64 MiB). The largest pipeline the
@@ -17,7 +17,7 @@ use crate::yaml::{self, MAX_DEPTH, Node, NodeKind, Span};
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// Keys allowed at the top of a pipeline file.
-pub const TOP_KEYS: &[&str] = &["pipeline", "description", "params", "llms", "seed", "resources", "stages"];
+pub const TOP_KEYS: &[&str] = &["pipeline", "description", "params", "seed", "resources", "stages"];
 /// Keys allowed in a stage.
 pub const STAGE_KEYS: &[&str] =
     &["op", "description", "in", "with", "out", "deps", "matrix", "retries", "timeout", "resources", "seed"];
@@ -32,9 +32,9 @@ pub struct PipelineSpec {
     pub source: SourceFile,
     /// The `params:` mapping (a `Null` node when absent), after overrides.
     pub params: Node,
-    /// The `llms:` mapping of language-model endpoints (a `Null` node when absent), after
-    /// overrides.
-    pub llms: Node,
+    /// The top-level sections declared by parts outside the engine (`llms:`), by name, after
+    /// overrides; a declared section the file leaves out is absent, unless an override made it.
+    pub sections: BTreeMap<String, Node>,
     pub seed: u64,
     /// Capacity of each named resource (`gpu: 1`).
     pub resources: BTreeMap<String, u64>,
@@ -96,7 +96,7 @@ pub struct ParamOverrides {
 }
 
 /// Reads and parses a pipeline file. Every problem in the file is reported at once.
-pub fn load(path: &Path, overrides: &ParamOverrides) -> Result<PipelineSpec, PipelineErrors> {
+pub fn load(path: &Path, overrides: &ParamOverrides, sections: &[SectionDecl]) -> Result<PipelineSpec, PipelineErrors> {
     // The store and relative paths are beside the pipeline file: it must be a file, not a pipe.
     let text = match read_text(path, false) {
         Ok(t) => t,
@@ -114,7 +114,7 @@ pub fn load(path: &Path, overrides: &ParamOverrides) -> Result<PipelineSpec, Pip
             return Err(d.finish().unwrap_err());
         }
     };
-    parse_str(path, text, overrides)
+    parse_str(path, text, overrides, sections)
 }
 
 /// Why a pipeline or params file could not be read, and what to do about it.
@@ -184,7 +184,12 @@ fn read_text(path: &Path, pipe_ok: bool) -> Result<String, Unreadable> {
 }
 
 /// Parses pipeline text as if read from `path`.
-pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Result<PipelineSpec, PipelineErrors> {
+pub fn parse_str(
+    path: &Path,
+    text: String,
+    overrides: &ParamOverrides,
+    sections: &[SectionDecl],
+) -> Result<PipelineSpec, PipelineErrors> {
     let source = SourceFile { name: path.display().to_string(), text: Arc::new(text) };
     let mut d = Diags::new(source.clone());
     let (root, yaml_errors) = yaml::parse_lenient(&source.text);
@@ -217,7 +222,7 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
         dir,
         source,
         params: Node { span: Span::default(), kind: NodeKind::Null },
-        llms: Node { span: Span::default(), kind: NodeKind::Null },
+        sections: BTreeMap::new(),
         seed: 0,
         resources: BTreeMap::new(),
         stages: Vec::new(),
@@ -259,38 +264,52 @@ pub fn parse_str(path: &Path, text: String, overrides: &ParamOverrides) -> Resul
                     spec.params = v.clone();
                 }
             }
-            "llms" => {
-                if !matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) {
-                    d.error(
-                        None,
-                        v.span,
-                        format!("`llms` must be a mapping of endpoint name to its settings; found {}", v.type_name()),
-                        "expected a mapping",
-                        Some("e.g. `llms: { default: { base_url: http://127.0.0.1:8080/v1, model: NAME } }`".into()),
-                    );
-                } else {
-                    spec.llms = v.clone();
-                }
-            }
             "seed" => spec.seed = expect_u64(&mut d, None, v, "seed").unwrap_or(0),
             "resources" => spec.resources = parse_resources(&mut d, None, v),
             "stages" => {}
-            other => d.error(
-                None,
-                k.span,
-                format!("unknown top-level key `{other}`"),
-                "unknown key",
-                Some(
-                    did_you_mean(other, TOP_KEYS.iter().copied())
-                        .unwrap_or_else(|| format!("valid keys: {}", list_names(TOP_KEYS.iter().copied()))),
+            other => match sections.iter().find(|sec| sec.name == other) {
+                Some(sec) if !matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) => d.error(
+                    None,
+                    v.span,
+                    format!("`{other}` must be {}; found {}", sec.holds, v.type_name()),
+                    "expected a mapping",
+                    Some(format!("e.g. `{}`", sec.example)),
                 ),
-            ),
+                Some(_) => {
+                    spec.sections.insert(other.to_string(), v.clone());
+                }
+                None => {
+                    let keys = TOP_KEYS.iter().copied().chain(sections.iter().map(|s| s.name));
+                    d.error(
+                        None,
+                        k.span,
+                        format!("unknown top-level key `{other}`"),
+                        "unknown key",
+                        Some(
+                            did_you_mean(other, keys.clone())
+                                .unwrap_or_else(|| format!("valid keys: {}", list_names(keys))),
+                        ),
+                    )
+                }
+            },
         }
     }
-    let (llm_sets, param_sets): (Vec<&String>, Vec<&String>) =
-        overrides.sets.iter().partition(|s| s.trim_start().starts_with("llms."));
+    // `--set NAME.…` where NAME is a declared section goes to that section; the rest are params.
+    let section_of = |set: &str| {
+        let head = set.trim_start().split(['.', '=']).next().unwrap_or("");
+        sections.iter().find(|sec| sec.name == head && set.trim_start()[head.len()..].starts_with('.'))
+    };
+    let param_sets: Vec<&String> = overrides.sets.iter().filter(|s| section_of(s).is_none()).collect();
     apply_overrides(&mut d, &mut spec.params, &overrides.files, &param_sets);
-    apply_llm_overrides(&mut d, &mut spec.llms, &llm_sets);
+    for set in overrides.sets.iter() {
+        if let Some(sec) = section_of(set) {
+            let node = spec
+                .sections
+                .entry(sec.name.to_string())
+                .or_insert(Node { span: Span::default(), kind: NodeKind::Null });
+            apply_section_override(&mut d, sec.name, node, set);
+        }
+    }
     match root.get_mut("stages") {
         None => d.error(
             None,
@@ -784,49 +803,54 @@ fn shorten(set: &str) -> String {
     }
 }
 
-/// `--set llms.NAME=MAPPING` replaces an endpoint (or adds one); `--set llms.NAME.FIELD=VALUE`
-/// sets one of its settings. Settings are checked by the ops that use the endpoint.
-fn apply_llm_overrides(d: &mut Diags, llms: &mut Node, sets: &[&String]) {
-    for set in sets {
-        let (path, value) = set.split_once('=').unwrap_or((set.as_str(), ""));
-        let segs: Vec<&str> = path.trim().split('.').skip(1).collect();
-        if segs.is_empty() || segs.iter().any(|s| s.is_empty()) || !set.contains('=') {
+/// `--set NAME.ENTRY=MAPPING` replaces an entry of a section (or adds one), as `--set
+/// llms.default={...}` replaces an endpoint; `--set NAME.ENTRY.FIELD=VALUE` sets one field. What
+/// the fields mean is checked by the section's owner.
+fn apply_section_override(d: &mut Diags, name: &str, section: &mut Node, set: &str) {
+    let (path, value) = set.split_once('=').unwrap_or((set, ""));
+    let segs: Vec<&str> = path.trim().split('.').skip(1).collect();
+    if segs.is_empty() || segs.iter().any(|s| s.is_empty()) || !set.contains('=') {
+        d.error(
+            None,
+            section.span,
+            format!("--set `{set}`: expected `{name}.ENTRY=MAPPING` or `{name}.ENTRY.FIELD=VALUE`"),
+            format!("{name} defined here"),
+            Some(format!("e.g. `--set {name}.default.FIELD=VALUE`")),
+        );
+        return;
+    }
+    let mut value = match set_value(value, segs.len()) {
+        Ok(value) => value,
+        Err((message, help)) => {
             d.error(
                 None,
-                llms.span,
-                format!("--set `{set}`: expected `llms.NAME=MAPPING` or `llms.NAME.FIELD=VALUE`"),
-                "llms defined here",
-                Some("e.g. `--set llms.default.base_url=http://127.0.0.1:8000/v1`".into()),
+                section.span,
+                format!("--set `{}`: {message}", shorten(set)),
+                format!("{name} defined here"),
+                help,
             );
-            continue;
+            return;
         }
-        let mut value = match set_value(value, segs.len()) {
-            Ok(value) => value,
-            Err((message, help)) => {
-                d.error(None, llms.span, format!("--set `{}`: {message}", shorten(set)), "llms defined here", help);
-                continue;
+    };
+    let span = section.span;
+    set_spans(&mut value, span);
+    let mut node = &mut *section;
+    for seg in &segs {
+        if !matches!(node.kind, NodeKind::Map(_)) {
+            node.kind = NodeKind::Map(Vec::new());
+        }
+        let NodeKind::Map(entries) = &mut node.kind else { unreachable!("made a map above") };
+        let at = match entries.iter().position(|(k, _)| k.key_text() == *seg) {
+            Some(i) => i,
+            None => {
+                let key = Node { span, kind: NodeKind::Str(seg.to_string()) };
+                entries.push((key, Node { span, kind: NodeKind::Null }));
+                entries.len() - 1
             }
         };
-        let span = llms.span;
-        set_spans(&mut value, span);
-        let mut node = &mut *llms;
-        for seg in &segs {
-            if !matches!(node.kind, NodeKind::Map(_)) {
-                node.kind = NodeKind::Map(Vec::new());
-            }
-            let NodeKind::Map(entries) = &mut node.kind else { unreachable!("made a map above") };
-            let at = match entries.iter().position(|(k, _)| k.key_text() == *seg) {
-                Some(i) => i,
-                None => {
-                    let key = Node { span, kind: NodeKind::Str(seg.to_string()) };
-                    entries.push((key, Node { span, kind: NodeKind::Null }));
-                    entries.len() - 1
-                }
-            };
-            node = &mut entries[at].1;
-        }
-        *node = value;
+        node = &mut entries[at].1;
     }
+    *node = value;
 }
 
 fn set_spans(node: &mut Node, span: Span) {
@@ -906,6 +930,48 @@ fn merge(d: &mut Diags, base: &mut Node, over: Node, origin: &str, path: &str) {
 mod tests {
     use super::*;
 
+    fn team_section() -> SectionDecl {
+        SectionDecl {
+            name: "team",
+            holds: "a mapping of member name to settings",
+            example: "team: { ann: { role: lead } }",
+            schema: serde_json::json!({"type": "object"}),
+            env: Some("TEAM"),
+        }
+    }
+
+    #[test]
+    fn a_declared_section_is_carried_and_overridden_generically() {
+        let text = "team: { ann: { role: lead } }\nstages: { a: { op: x } }\n".to_string();
+        let o = ParamOverrides { files: vec![], sets: vec!["team.ann.level=3".into(), "team.bob={role: dev}".into()] };
+        let spec = parse_str(Path::new("p.yaml"), text, &o, &[team_section()]).unwrap();
+        assert_eq!(
+            spec.sections["team"].to_json(),
+            serde_json::json!({"ann": {"role": "lead", "level": 3}, "bob": {"role": "dev"}})
+        );
+    }
+
+    #[test]
+    fn an_undeclared_section_is_an_unknown_key_and_a_malformed_one_says_what_it_holds() {
+        // Problems of the file are kept on the spec, for the planner to report with its own.
+        let errors = |text: &str| -> Vec<(String, Option<String>)> {
+            let spec = parse_str(Path::new("p.yaml"), text.into(), &ParamOverrides::default(), &[team_section()])
+                .expect("a tree");
+            spec.errors.iter().map(|e| (e.message.clone(), e.help.clone())).collect()
+        };
+        assert_eq!(
+            errors("teams: {}\nstages: {}\n"),
+            [("unknown top-level key `teams`".to_string(), Some("did you mean `team`?".to_string()))]
+        );
+        assert_eq!(
+            errors("team: 3\nstages: {}\n"),
+            [(
+                "`team` must be a mapping of member name to settings; found an integer".to_string(),
+                Some("e.g. `team: { ann: { role: lead } }`".to_string())
+            )]
+        );
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration_str("90"), Some(Duration::from_secs(90)));
@@ -919,10 +985,10 @@ mod tests {
     fn set_overrides_nested_params_and_rejects_unknown_ones() {
         let text = "params: { fit: { delta: 1 } }\nstages: { a: { op: command } }\n".to_string();
         let o = ParamOverrides { files: vec![], sets: vec!["fit.delta=0.5".into()] };
-        let spec = parse_str(Path::new("p.yaml"), text.clone(), &o).unwrap();
+        let spec = parse_str(Path::new("p.yaml"), text.clone(), &o, &[]).unwrap();
         assert_eq!(spec.params.get("fit").unwrap().get("delta").unwrap().kind, NodeKind::Float(0.5));
         let o = ParamOverrides { files: vec![], sets: vec!["fit.delat=0.5".into()] };
-        let spec = parse_str(Path::new("p.yaml"), text, &o).unwrap();
+        let spec = parse_str(Path::new("p.yaml"), text, &o, &[]).unwrap();
         assert!(spec.errors[0].message.contains("no param `delat`"), "{:?}", spec.errors);
         assert_eq!(spec.errors[0].help.as_deref(), Some("did you mean `delta`?"));
     }

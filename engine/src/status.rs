@@ -125,7 +125,7 @@ fn work_left(
         inputs,
         pipeline_dir: plan.dir.clone(),
         seed: node.seed,
-        llms: plan.llms.clone(),
+        sections: plan.sections.clone(),
         memo: store.memo(),
     };
     node.op.work_left(&cx)
@@ -168,7 +168,7 @@ fn diff(node: &PlanNode, prev: &StageRecord, old: &Recipe, new: &Recipe) -> Vec<
         reasons.push(format!("op `{}` version changed from {} to {}", new.op, old.op_version, new.op_version));
     }
     if old.params != new.params {
-        let old_used = prev.provenance.get("params").and_then(Value::as_object);
+        let old_used = prev.provenance.params.as_ref();
         let mut explained = false;
         for (name, value) in &node.used_params {
             match old_used.and_then(|m| m.get(name)) {

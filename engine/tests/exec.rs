@@ -94,7 +94,7 @@ impl Harness {
     fn plan(&self, yaml: &str, sets: &[&str], version: u32) -> plan::Plan {
         let path = self.dir.path().join("p.yaml");
         let overrides = ParamOverrides { files: vec![], sets: sets.iter().map(|s| s.to_string()).collect() };
-        let spec = spec::parse_str(&path, yaml.to_string(), &overrides).unwrap();
+        let spec = spec::parse_str(&path, yaml.to_string(), &overrides, &[]).unwrap();
         plan::build(&spec, &self.ops(version)).unwrap_or_else(|e| panic!("{e:?}"))
     }
 

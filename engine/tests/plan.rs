@@ -161,7 +161,7 @@ fn ops() -> OpRegistry {
 /// The plan of `yaml` as `drover plan --explain` prints it, or every error as
 /// `LINE:COL message [label]` with its help on the next line.
 fn printout(yaml: &str) -> String {
-    let built = spec::parse_str(Path::new("p.yaml"), yaml.to_string(), &ParamOverrides::default())
+    let built = spec::parse_str(Path::new("p.yaml"), yaml.to_string(), &ParamOverrides::default(), &[])
         .and_then(|spec| plan::build(&spec, &ops()));
     match built {
         Ok(plan) => {
@@ -258,6 +258,7 @@ fn explain_json_has_structured_types_and_every_key() {
         "stages:\n  raw: { op: rows, with: { columns: [a] } }\n  p: { op: pick, in: { table: raw }, with: { field: a } }\n"
             .into(),
         &ParamOverrides::default(),
+        &[],
     )
     .unwrap();
     let plan = plan::build(&built, &ops()).unwrap_or_else(|e| panic!("{e:?}"));

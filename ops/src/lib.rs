@@ -17,20 +17,21 @@ pub mod text;
 
 use drover_engine::OpRegistry;
 
-/// Every built-in op.
-pub fn registry() -> OpRegistry {
+/// Every built-in op, with numeric ops on `device`, and the pipeline sections the ops own.
+pub fn registry(device: kit::compute::DeviceChoice) -> OpRegistry {
     let mut ops = OpRegistry::new();
+    ops.register_section(kit::llm::section());
     ops.register(programs::command::Command);
     ops.register(data::concat::Concat);
     ops.register(data::dedup::Dedup);
     ops.register(text::llm_generate::LlmGenerate);
-    ops.register(models::merge_models::MergeModels);
+    ops.register(models::merge_models::MergeModels { device });
     ops.register(text::principle_generate_responses::PrincipleGenerateResponses);
     ops.register(models::read_model::ReadModel);
     ops.register(data::read_table::ReadTable);
     ops.register(data::rouge_dedup::RougeDedup);
     ops.register(data::sample::Sample);
-    ops.register(scaling::scaling_law_fit::ScalingLawFit);
+    ops.register(scaling::scaling_law_fit::ScalingLawFit { device });
     ops.register(data::select::Select);
     ops.register(text::self_instruct::SelfInstruct);
     ops.register(text::tgrt::TgrtQuestions);

@@ -35,9 +35,6 @@ pub struct RunOptions {
     pub forced: BTreeSet<usize>,
     /// Resource capacities, overriding the pipeline's `resources:`.
     pub resources: BTreeMap<String, u64>,
-    /// The compute device chosen by the CLI (`auto`, `cpu`, `wgpu`), handed to ops; the device
-    /// an op actually used is recorded in the run record, never in a key.
-    pub device: String,
 }
 
 impl Default for RunOptions {
@@ -48,7 +45,6 @@ impl Default for RunOptions {
             selected: BTreeSet::new(),
             forced: BTreeSet::new(),
             resources: BTreeMap::new(),
-            device: "auto".into(),
         }
     }
 }
@@ -76,8 +72,8 @@ pub enum Event<'a> {
         duration: Duration,
         error: Option<&'a str>,
         log: Option<&'a Path>,
-        /// The compute device the op used, if any.
-        device: Option<&'a str>,
+        /// What the op noted about how it ran (`device`: the compute device it used).
+        notes: &'a BTreeMap<String, String>,
     },
 }
 
@@ -139,7 +135,6 @@ pub async fn run(
                 run_id: run_id.clone(),
                 forced: opts.forced.contains(&launch.idx),
                 reporter: reporter.clone(),
-                device: opts.device.clone(),
                 notes: StageNotes::default(),
             };
             tasks.spawn(job.run());

@@ -201,7 +201,7 @@ impl<'a> Scheduler<'a> {
             duration: f.duration,
             error: f.error.as_deref(),
             log: log.as_deref(),
-            device: f.device.as_deref(),
+            notes: &f.notes,
         });
         match f.outputs.take() {
             Some(outs) => {
@@ -321,7 +321,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ops = OpRegistry::new();
         ops.register(Step);
-        let spec = spec::parse_str(&dir.path().join("p.yaml"), yaml.into(), &ParamOverrides::default()).unwrap();
+        let spec = spec::parse_str(&dir.path().join("p.yaml"), yaml.into(), &ParamOverrides::default(), &[]).unwrap();
         let plan = crate::plan::build(&spec, &ops).unwrap_or_else(|e| panic!("{e:?}"));
         let store = Store::open(&dir.path().join(".drover")).unwrap();
         let all = (0..plan.nodes.len()).collect();

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drover_cache::{
-    CacheError, CacheKey, Corruption, OutputKind, OutputRef, RunStage, Snapshot, StageOutcome, StageRecord, Store,
+    CacheError, CacheKey, Corruption, OutputKind, OutputRef, Provenance, RunStage, Snapshot, StageOutcome, StageRecord,
+    Store,
 };
-use serde_json::json;
 
 use super::{Event, Reporter, humanize};
 use crate::error::EngineError;
@@ -32,12 +32,12 @@ pub(super) struct Finished {
     pub duration: Duration,
     /// The stage's log, relative to the store root.
     pub log: Option<String>,
-    /// The device the op computed on, if it used one.
-    pub device: Option<String>,
+    /// What the op noted about how it ran (the device it computed on), for the run record.
+    pub notes: BTreeMap<String, String>,
 }
 
 impl Finished {
-    /// An end with no outputs, log or device (yet): a failure before the op ran, or a stage the
+    /// An end with no outputs, log or notes (yet): a failure before the op ran, or a stage the
     /// scheduler settles itself.
     pub fn new(idx: usize, outcome: StageOutcome, error: Option<String>, attempts: u32) -> Finished {
         Finished {
@@ -49,7 +49,7 @@ impl Finished {
             attempts,
             duration: Duration::ZERO,
             log: None,
-            device: None,
+            notes: BTreeMap::new(),
         }
     }
 
@@ -62,8 +62,9 @@ impl Finished {
             duration_ms: self.duration.as_millis() as u64,
             error: self.error,
             log: self.log,
-            device: self.device,
+            notes: self.notes,
             attempts: self.attempts,
+            legacy_device: None,
         }
     }
 }
@@ -85,7 +86,6 @@ pub(super) struct StageJob {
     pub run_id: String,
     pub forced: bool,
     pub reporter: Arc<dyn Reporter>,
-    pub device: String,
     pub notes: StageNotes,
 }
 
@@ -134,7 +134,7 @@ impl StageJob {
                         key: self.key.clone(),
                         stage: node.id.clone(),
                         recipe: serde_json::to_value(&self.recipe).expect("recipes serialise"),
-                        provenance: json!({ "params": node.used_params }),
+                        provenance: Provenance { params: Some(node.used_params.clone()) },
                         outputs: outputs.clone(),
                         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                         duration_ms: t0.elapsed().as_millis() as u64,
@@ -172,7 +172,7 @@ impl StageJob {
         attempts: u32,
         log: Option<String>,
     ) -> Finished {
-        Finished { outputs, env, log, device: self.notes.device(), ..Finished::new(self.idx, outcome, error, attempts) }
+        Finished { outputs, env, log, notes: self.notes.all(), ..Finished::new(self.idx, outcome, error, attempts) }
     }
 
     /// One try: materialise and verify inputs, run the op (panic- and timeout-safe), check that
@@ -211,14 +211,13 @@ impl StageJob {
                 inputs,
                 pipeline_dir: self.plan.dir.clone(),
                 seed: node.seed,
-                llms: self.plan.llms.clone(),
+                sections: self.plan.sections.clone(),
                 memo: self.store.memo(),
             },
             outputs: slots.clone(),
             work_dir: scratch,
             log_path: log.to_path_buf(),
             progress: self.reporter.progress(&node.id),
-            device: self.device.clone(),
             notes: self.notes.clone(),
         };
         let op = node.op.clone();

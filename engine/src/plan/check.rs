@@ -14,7 +14,13 @@ use crate::op::{CheckCx, Checked, OpInfo, PortDecl, PortType, Ports};
 use crate::spec::PipelineSpec;
 
 /// Checks every draft in `order`; each one's outputs are known before its dependents'.
-pub(super) fn check(spec: &PipelineSpec, llms: &Value, drafts: &mut [Draft<'_>], order: &[usize], d: &mut Diags) {
+pub(super) fn check(
+    spec: &PipelineSpec,
+    sections: &BTreeMap<String, Value>,
+    drafts: &mut [Draft<'_>],
+    order: &[usize],
+    d: &mut Diags,
+) {
     for &idx in order {
         if !drafts[idx].broken {
             name_unnamed_ports(drafts, idx);
@@ -62,7 +68,7 @@ pub(super) fn check(spec: &PipelineSpec, llms: &Value, drafts: &mut [Draft<'_>],
             inputs: &check_inputs,
             declared_outputs: &declared,
             pipeline_dir: &spec.dir,
-            llms,
+            sections,
         };
         let checked = match op.check(&cx) {
             Ok(checked) => Some(checked),

@@ -42,8 +42,8 @@ pub struct Plan {
     pub file: PathBuf,
     pub dir: PathBuf,
     pub resources: BTreeMap<String, u64>,
-    /// The `llms:` block as JSON (`{}` when absent), handed to ops at run time.
-    pub llms: Arc<Value>,
+    /// The declared top-level sections as JSON (`llms:`, each `{}` when absent), handed to ops.
+    pub sections: Arc<BTreeMap<String, Value>>,
     pub nodes: Vec<PlanNode>,
     /// Node indices in an order where every node comes after its inputs.
     pub order: Vec<usize>,
@@ -240,9 +240,12 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
     let mut d = Diags::new(spec.source.clone());
     d.extend(spec.errors.iter().cloned());
     report_non_finite(&mut d, None, &spec.params, |key| format!("param `{}`", key.unwrap_or("")));
-    report_non_finite(&mut d, None, &spec.llms, |key| format!("`llms` setting `{}`", key.unwrap_or("")));
+    for (name, node) in &spec.sections {
+        report_non_finite(&mut d, None, node, |key| format!("`{name}` setting `{}`", key.unwrap_or("")));
+    }
     let params = object_or_empty(spec.params.to_json());
-    let llms = object_or_empty(spec.llms.to_json());
+    let sections: BTreeMap<String, Value> =
+        spec.sections.iter().map(|(name, node)| (name.clone(), object_or_empty(node.to_json()))).collect();
 
     // References into a stage that was not expanded would each be another error.
     let Some(mut drafts) = expand::expand(spec, ops, &params, &mut d) else {
@@ -252,7 +255,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
     let Some(order) = resolve::order(&drafts, &mut d) else {
         return Err(d.finish().unwrap_err());
     };
-    check::check(spec, &llms, &mut drafts, &order, &mut d);
+    check::check(spec, &sections, &mut drafts, &order, &mut d);
     d.finish()?;
 
     let nodes: Vec<PlanNode> = drafts.into_iter().map(|draft| draft.into_node(spec.seed)).collect();
@@ -262,14 +265,14 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         file: spec.file.clone(),
         dir: spec.dir.clone(),
         resources: spec.resources.clone(),
-        llms: Arc::new(llms),
+        sections: Arc::new(sections),
         nodes,
         order,
         by_id,
     })
 }
 
-/// An absent block (`params:`, `llms:`) reads as an empty mapping.
+/// An absent block (`params:`, a section) reads as an empty mapping.
 fn object_or_empty(v: Value) -> Value {
     match v {
         Value::Null => Value::Object(Default::default()),

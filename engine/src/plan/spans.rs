@@ -16,7 +16,9 @@ pub(super) fn locate(spec: &PipelineSpec, stage: &StageSpec, at: &CheckLocation)
         CheckLocation::Input(port) => stage.inputs.iter().find(|i| &i.port == port).map(|i| i.ref_span),
         CheckLocation::Output(port) => stage.outputs.iter().find(|o| &o.port == port).map(|o| o.port_span),
         // An endpoint that came from the command line or the environment has no place in the file.
-        CheckLocation::Llm(path) => deepest(&spec.llms, path).map(|n| n.span).filter(|s| *s != Span::default()),
+        CheckLocation::Section(name, path) => {
+            spec.sections.get(name).and_then(|s| deepest(s, path)).map(|n| n.span).filter(|s| *s != Span::default())
+        }
     };
     found.unwrap_or(stage.name_span)
 }

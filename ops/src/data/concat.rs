@@ -323,7 +323,7 @@ mod tests {
             inputs: &inputs,
             declared_outputs: &declared,
             pipeline_dir: dir.path(),
-            llms: &serde_json::Value::Null,
+            sections: &Default::default(),
         };
         let errors = Op::check(&Concat, &cx).unwrap_err();
         assert_eq!(errors[0].message, "expected a list of tables, got blob");

@@ -1,8 +1,8 @@
 //! The compute device of numeric ops: `--device auto|cpu|wgpu`, resolved once per process.
 //!
-//! Ops are written once against burn's tensors and never name a backend; the CLI passes the
-//! user's choice through [`RunCx::device`](drover_engine::RunCx), and an op calls [`resolve`]
-//! when it first needs a device. `auto` takes wgpu when a hardware adapter exists and otherwise
+//! Ops are written once against burn's tensors and never name a backend; the CLI hands the
+//! user's choice to the ops registry (`drover_ops::registry(choice)`), the numeric ops keep it,
+//! and an op calls [`resolve`] when it first needs a device (so `plan` never probes adapters). `auto` takes wgpu when a hardware adapter exists and otherwise
 //! the CPU backend (burn's `flex`), and says which it took and why. A software rasteriser such as
 //! Mesa's lavapipe counts as no GPU for `auto` (it is slower than the CPU backend), but
 //! `--device wgpu` uses it: that is how CI runs the GPU code path without a GPU.
@@ -83,11 +83,13 @@ impl Compute {
     }
 }
 
-/// Resolves a choice (as passed on the command line) to a device. The first resolution of each
-/// choice is remembered for the life of the process: probing adapters is slow.
-pub fn resolve(choice: &str) -> Result<Arc<Compute>, OpError> {
+/// The name of the run-record note that says which device a stage computed on.
+pub const NOTE: &str = "device";
+
+/// Resolves the user's choice to a device. The first resolution of each choice is remembered for
+/// the life of the process: probing adapters is slow.
+pub fn resolve(choice: DeviceChoice) -> Result<Arc<Compute>, OpError> {
     static RESOLVED: Mutex<BTreeMap<DeviceChoice, Arc<Compute>>> = Mutex::new(BTreeMap::new());
-    let choice: DeviceChoice = choice.parse().map_err(OpError::environment)?;
     let mut resolved = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = resolved.get(&choice) {
         return Ok(c.clone());
@@ -221,9 +223,8 @@ mod tests {
 
     #[test]
     fn cpu_is_the_flex_backend_and_says_why() {
-        let c = resolve("cpu").unwrap();
+        let c = resolve(DeviceChoice::Cpu).unwrap();
         assert_eq!(c.backend, Backend::Cpu);
         assert_eq!(c.describe(), "cpu (flex) (--device cpu)");
-        assert!(resolve("nonsense").is_err());
     }
 }

@@ -60,6 +60,11 @@ impl OpTest {
         self
     }
 
+    /// The pipeline's sections as the engine hands them over.
+    fn sections(&self) -> BTreeMap<String, serde_json::Value> {
+        BTreeMap::from([(crate::kit::llm::SECTION.to_string(), self.llms.clone())])
+    }
+
     pub(crate) fn seed(mut self, seed: u64) -> OpTest {
         self.seed = seed;
         self
@@ -118,7 +123,7 @@ impl OpTest {
             inputs: &inputs,
             declared_outputs: &declared,
             pipeline_dir: self.dir.path(),
-            llms: &self.llms,
+            sections: &self.sections(),
         };
         op.check(&cx)
     }
@@ -157,14 +162,13 @@ impl OpTest {
                 inputs,
                 pipeline_dir: self.dir.path().to_path_buf(),
                 seed: self.seed,
-                llms: Arc::new(self.llms.clone()),
+                sections: Arc::new(self.sections()),
                 memo: drover_engine::Memo::new(&self.dir.path().join(".drover")),
             },
             outputs: BTreeMap::from([("out".to_string(), OutputSlot { path: out.clone(), ty: PortType::any_table() })]),
             work_dir,
             log_path: self.dir.path().join("log.txt"),
             progress: Arc::new(NoProgress),
-            device: "cpu".into(),
             notes: Default::default(),
         };
         tokio::runtime::Builder::new_current_thread()

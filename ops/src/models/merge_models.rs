@@ -72,8 +72,10 @@ pub struct MergeModelsParams {
     pub chat_template: Option<Value>,
 }
 
-/// Merges models.
-pub struct MergeModels;
+/// Merges models, with sign election and slerp on the device the user chose.
+pub struct MergeModels {
+    pub device: compute::DeviceChoice,
+}
 
 impl OpKit for MergeModels {
     type Params = MergeModelsParams;
@@ -118,7 +120,8 @@ impl OpKit for MergeModels {
     }
 
     fn run(&self, params: MergeModelsParams, cx: RunCx) -> Work {
-        Work::blocking(move || run(&params, &cx))
+        let device = self.device;
+        Work::blocking(move || run(&params, &cx, device))
     }
 }
 
@@ -244,7 +247,7 @@ fn resolve(
     Ok(Resolved { config, json, file, ports, shard_bytes })
 }
 
-fn run(params: &MergeModelsParams, cx: &RunCx) -> Result<(), OpError> {
+fn run(params: &MergeModelsParams, cx: &RunCx, device: compute::DeviceChoice) -> Result<(), OpError> {
     let started = Instant::now();
     let inputs: Vec<String> = cx.inputs.keys().cloned().collect();
     let resolved = resolve(params, &cx.params, &cx.pipeline_dir, &inputs).map_err(|e| OpError::failed(e.message))?;
@@ -267,7 +270,7 @@ fn run(params: &MergeModelsParams, cx: &RunCx) -> Result<(), OpError> {
     }
     let plan = plan::plan(config, &models).map_err(OpError::failed)?;
     // A GPU takes the arithmetic-heavy steps (see `device`); the CPU is the fallback.
-    let compute = compute::resolve(&cx.device)?;
+    let compute = compute::resolve(device)?;
     let on_device = (compute.backend == compute::Backend::Wgpu).then_some(&compute.device);
 
     let out_dir = cx.output("model")?.path.clone();
@@ -367,7 +370,7 @@ fn run(params: &MergeModelsParams, cx: &RunCx) -> Result<(), OpError> {
     } else {
         format!("cpu ({} threads)", par::threads())
     };
-    cx.notes.set_device(if device_tensors > 0 { compute.describe() } else { "cpu".to_string() });
+    cx.notes.set(compute::NOTE, if device_tensors > 0 { compute.describe() } else { "cpu".to_string() });
 
     write_config(&models[plan.config_model], &plan, &out_dir)?;
     copy_tokenizer(cx, &resolved, &models[plan.tokenizer_model], &out_dir)?;

@@ -188,7 +188,8 @@ mod tests {
             obj.eval(&[2, 0, 1], &x, &mut f, &mut g).unwrap();
             (f, g)
         };
-        let gpu = crate::kit::compute::resolve("wgpu").expect("a wgpu adapter (CI installs lavapipe)");
+        let gpu = crate::kit::compute::resolve(crate::kit::compute::DeviceChoice::Wgpu)
+            .expect("a wgpu adapter (CI installs lavapipe)");
         let (f32_f, f32_g) = run(&gpu, DType::F32);
         let (f64_f, f64_g) = run(&Compute::cpu(""), DType::F64);
         for k in 0..3 {

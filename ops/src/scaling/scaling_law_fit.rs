@@ -252,8 +252,10 @@ impl Source {
     }
 }
 
-/// Fits scaling laws.
-pub struct ScalingLawFit;
+/// Fits scaling laws, on the device the user chose.
+pub struct ScalingLawFit {
+    pub device: compute::DeviceChoice,
+}
 
 impl OpKit for ScalingLawFit {
     type Params = ScalingLawFitParams;
@@ -316,11 +318,12 @@ impl OpKit for ScalingLawFit {
     }
 
     fn run(&self, params: ScalingLawFitParams, cx: RunCx) -> Work {
+        let device = self.device;
         Work::blocking(move || {
             let (law, sources) = params.plan().map_err(CheckErrors::into_op_error)?;
             let points = read_points(&cx, &params, &sources)?;
-            let compute = compute::resolve(&cx.device)?;
-            cx.notes.set_device(compute.describe());
+            let compute = compute::resolve(device)?;
+            cx.notes.set(compute::NOTE, compute.describe());
 
             let mut log = Log::open(&cx.log_path)?;
             log.line(format!("device: {}", compute.describe()));

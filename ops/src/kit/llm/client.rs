@@ -182,7 +182,7 @@ enum Attempt {
 impl Client {
     /// A client for endpoint `name` of the pipeline's `llms:` block.
     pub fn new(cx: &StageCx, name: &str) -> Result<Client, OpError> {
-        let endpoint = Endpoint::resolve(&cx.llms, name, &cx.pipeline_dir)
+        let endpoint = Endpoint::resolve(cx.section(super::SECTION), name, &cx.pipeline_dir)
             .map_err(|e| OpError::environment(e.into_iter().map(|e| e.message).collect::<Vec<_>>().join("; ")))?;
         let identity = match &endpoint.target {
             Target::Remote { .. } => format!("model {}", endpoint.model),

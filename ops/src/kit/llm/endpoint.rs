@@ -107,13 +107,13 @@ impl Endpoint {
                 _ => Vec::new(),
             });
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
-            let mut err = CheckError::llm(&path, format!("llms.{name}: {}", e.message));
+            let mut err = super::section_error(&path, format!("llms.{name}: {}", e.message));
             err.help = e
                 .help
                 .map(|h| h.replace("`drover ops` lists every param and its type", "see the README's `llms:` section"));
             vec![err]
         })?;
-        let at = |field: &str, message: String| CheckError::llm(&[name, field], format!("llms.{name}: {message}"));
+        let at = |field: &str, message: String| super::section_error(&[name, field], format!("llms.{name}: {message}"));
         let mut errors = Vec::new();
         let target = match (&spec.base_url, &spec.serve) {
             (Some(_), Some(_)) => {
@@ -125,7 +125,7 @@ impl Endpoint {
             }
             (None, None) => {
                 errors.push(
-                    CheckError::llm(&[name], format!("llms.{name} has neither `base_url` nor `serve`"))
+                    super::section_error(&[name], format!("llms.{name} has neither `base_url` nor `serve`"))
                         .help("add `base_url: http://HOST:PORT/v1` and `model: ID`, or `serve: { pulled: smollm2 }`"),
                 );
                 None
@@ -139,7 +139,7 @@ impl Endpoint {
                 }
                 if spec.model.is_none() {
                     errors.push(
-                        CheckError::llm(&[name], format!("llms.{name} has a `base_url` but no `model`"))
+                        super::section_error(&[name], format!("llms.{name} has a `base_url` but no `model`"))
                             .help("name the model id the server serves (its `/v1/models` lists them)"),
                     );
                 }
@@ -219,14 +219,14 @@ impl Endpoint {
 
 fn serve_target(name: &str, serve: &ServeSpec, pipeline_dir: &std::path::Path) -> Result<Target, CheckError> {
     let at = |field: &str, message: String| {
-        CheckError::llm(&[name, "serve", field], format!("llms.{name}.serve: {message}"))
+        super::section_error(&[name, "serve", field], format!("llms.{name}.serve: {message}"))
     };
     let gguf = match (&serve.gguf, &serve.pulled) {
         (Some(_), Some(_)) => {
             return Err(at("pulled", "both `gguf` and `pulled` are set".into()).help("name one model"));
         }
         (None, None) => {
-            return Err(CheckError::llm(&[name, "serve"], format!("llms.{name}.serve names no model"))
+            return Err(super::section_error(&[name, "serve"], format!("llms.{name}.serve names no model"))
                 .help("add `pulled: smollm2` (after `drover models pull smollm2`) or `gguf: PATH`"));
         }
         (Some(path), None) => {
@@ -251,7 +251,7 @@ fn serve_target(name: &str, serve: &ServeSpec, pipeline_dir: &std::path::Path) -
 
 /// The stage param every language-model op takes: which endpoint of `llms:` to use.
 pub fn check_endpoint(cx: &CheckCx<'_>, name: &str, checked: &mut Checked) -> Result<Endpoint, Vec<CheckError>> {
-    let endpoint = Endpoint::resolve(cx.llms, name, cx.pipeline_dir)?;
+    let endpoint = Endpoint::resolve(cx.section(super::SECTION), name, cx.pipeline_dir)?;
     endpoint.add_to_key(checked);
     Ok(endpoint)
 }
@@ -276,7 +276,9 @@ mod tests {
         let llms = json!({"default": {"base_url": "localhost:8000", "modle": "x"}});
         let errs = Endpoint::resolve(&llms, "default", dir).unwrap_err();
         assert!(errs[0].message.contains("unknown param `modle`"), "{}", errs[0].message);
-        assert!(matches!(&errs[0].at, drover_engine::CheckLocation::Llm(p) if p == &["default", "modle"]));
+        assert!(
+            matches!(&errs[0].at, drover_engine::CheckLocation::Section(s, p) if s == "llms" && p == &["default", "modle"])
+        );
 
         let llms = json!({"default": {"base_url": "localhost:8000", "model": "x"}});
         let errs = Endpoint::resolve(&llms, "default", dir).unwrap_err();

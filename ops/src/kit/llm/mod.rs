@@ -16,6 +16,39 @@ use drover_engine::{CheckCx, CheckError, Checked, OpError, Progress, RunCx};
 pub use client::{Client, Completion, Message, Prompt, Request, Sampling};
 pub use endpoint::{Endpoint, check_endpoint, default_llm};
 
+/// The pipeline's top-level section of language-model endpoints, which this backend owns.
+pub const SECTION: &str = "llms";
+
+/// `llms:` as the engine carries it: a mapping of endpoint name to its settings, overridden
+/// with `--set llms.NAME.FIELD=V` or `DROVER_LLM_<NAME>=MAPPING`.
+pub fn section() -> drover_engine::SectionDecl {
+    let mut endpoint = endpoint::schema();
+    let mut defs = serde_json::Map::new();
+    if let Some(obj) = endpoint.as_object_mut() {
+        obj.remove("$schema");
+        if let Some(serde_json::Value::Object(d)) = obj.remove("$defs") {
+            defs = d;
+        }
+    }
+    drover_engine::SectionDecl {
+        name: SECTION,
+        holds: "a mapping of endpoint name to its settings",
+        example: "llms: { default: { base_url: http://127.0.0.1:8080/v1, model: NAME } }",
+        schema: serde_json::json!({
+            "type": "object",
+            "additionalProperties": endpoint,
+            "description": "language-model endpoints by name; override with --set llms.NAME.FIELD=v or DROVER_LLM_<NAME>",
+            "$defs": defs,
+        }),
+        env: Some("LLM"),
+    }
+}
+
+/// A problem in one endpoint of `llms:`, at `path` inside the section.
+pub fn section_error(path: &[&str], message: impl Into<String>) -> CheckError {
+    CheckError::section(SECTION, path, message)
+}
+
 /// Checks the sampling params every text op takes.
 pub fn check_sampling(s: &Sampling) -> Vec<CheckError> {
     let mut errors = Vec::new();
