@@ -33,7 +33,7 @@ pub fn registry() -> OpRegistry {
     ops.register(scaling::ScalingLawFit);
     ops.register(data::select::Select);
     ops.register(text::self_instruct::SelfInstruct);
-    ops.register(text::tgrt::TgrtQuestions);
-    ops.register(text::tgrt::TgrtTopics);
+    ops.register(text::tgrt_questions::TgrtQuestions);
+    ops.register(text::tgrt_topics::TgrtTopics);
     ops
 }

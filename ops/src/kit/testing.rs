@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::compute::concat_batches;
 use drover_engine::{
     CheckCx, CheckError, Checked, Input, InputItem, NoProgress, Op, OpError, OutputSlot, PortType, RunCx, StageCx,
@@ -180,6 +180,11 @@ impl OpTest {
 /// A batch from named columns.
 pub(crate) fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
     RecordBatch::try_from_iter(columns).expect("test batch")
+}
+
+/// A batch of text columns.
+pub(crate) fn texts(columns: &[(&str, &[&str])]) -> RecordBatch {
+    batch(columns.iter().map(|(n, v)| (*n, Arc::new(StringArray::from(v.to_vec())) as ArrayRef)).collect())
 }
 
 /// A column's values as display strings (nulls as `null`), for comparisons.
