@@ -60,6 +60,12 @@ impl OpTest {
         self
     }
 
+    /// Other params for the same stage (same directory and memo), as a changed pipeline file.
+    pub(crate) fn params(mut self, params: serde_json::Value) -> OpTest {
+        self.params = params;
+        self
+    }
+
     pub(crate) fn seed(mut self, seed: u64) -> OpTest {
         self.seed = seed;
         self
@@ -135,8 +141,9 @@ impl OpTest {
         }
     }
 
-    /// Runs the op and reads its `out` table back as one batch.
-    pub(crate) fn run(&self, op: &dyn Op) -> Result<RecordBatch, OpError> {
+    /// The stage as the op sees it: inputs written to Parquet files, the memo in the pipeline
+    /// directory (the same one every call, as a store's is).
+    fn stage_cx(&self) -> StageCx {
         let mut inputs = BTreeMap::new();
         for (port, input) in &self.inputs {
             let input = match input {
@@ -147,19 +154,29 @@ impl OpTest {
             };
             inputs.insert(port.clone(), input);
         }
+        StageCx {
+            stage: "under_test".into(),
+            params: self.params.clone(),
+            inputs,
+            pipeline_dir: self.dir.path().to_path_buf(),
+            seed: self.seed,
+            llms: Arc::new(self.llms.clone()),
+            memo: drover_engine::Memo::new(&self.dir.path().join(".drover")),
+        }
+    }
+
+    /// What `drover plan` says of the work left (see [`Op::work_left`]).
+    pub(crate) fn work_left(&self, op: &dyn Op) -> Option<String> {
+        op.work_left(&self.stage_cx())
+    }
+
+    /// Runs the op and reads its `out` table back as one batch.
+    pub(crate) fn run(&self, op: &dyn Op) -> Result<RecordBatch, OpError> {
         let out: PathBuf = self.dir.path().join("out.parquet");
         let work_dir = self.dir.path().join("work");
         std::fs::create_dir_all(&work_dir).expect("work dir");
         let cx = RunCx {
-            stage_cx: StageCx {
-                stage: "under_test".into(),
-                params: self.params.clone(),
-                inputs,
-                pipeline_dir: self.dir.path().to_path_buf(),
-                seed: self.seed,
-                llms: Arc::new(self.llms.clone()),
-                memo: drover_engine::Memo::new(&self.dir.path().join(".drover")),
-            },
+            stage_cx: self.stage_cx(),
             outputs: BTreeMap::from([("out".to_string(), OutputSlot { path: out.clone(), ty: PortType::any_table() })]),
             work_dir,
             log_path: self.dir.path().join("log.txt"),

@@ -690,6 +690,24 @@ mod tests {
     }
 
     #[test]
+    fn plan_replays_the_rounds_the_memo_answers() {
+        let server = MockLlm::start(answer);
+        let t = OpTest::new(json!({"target": 7, "max_requests": 5}))
+            .llms(server.llms())
+            .input("seeds", texts(&[("instruction", &SEEDS)]));
+        let left = |t: &OpTest| t.work_left(&SelfInstruct).unwrap();
+        assert_eq!(left(&t), "requests to send");
+        t.run(&SelfInstruct).unwrap();
+        assert_eq!(left(&t), "all 5 requests already answered");
+        // The first round asks the same whatever max_requests; the second depends on its answers.
+        let t = t.params(json!({"target": 7, "max_requests": 100}));
+        assert_eq!(left(&t), "5 requests already answered, more to send");
+        t.run(&SelfInstruct).unwrap();
+        assert_eq!(left(&t), "all 10 requests already answered");
+        assert_eq!(server.sent(), 10);
+    }
+
+    #[test]
     fn max_requests_is_a_hard_cap() {
         let server = MockLlm::start(answer);
         let t = OpTest::new(json!({"target": 100, "max_requests": 3}))
