@@ -340,7 +340,7 @@ impl Progress for NoProgress {
 
 /// What an op may read about a stage: its params, inputs, seed and the pipeline's context. The
 /// part of [`RunCx`] that exists before the stage runs, so that `drover plan` can hand it to
-/// [`OpKit::work_left`] with inputs read in place in the store (read only).
+/// [`OpKit::work_left`](crate::OpKit::work_left) with inputs read in place in the store (read only).
 pub struct StageCx {
     pub stage: String,
     pub params: serde_json::Value,
