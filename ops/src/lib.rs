@@ -34,7 +34,7 @@ pub fn registry(device: kit::compute::DeviceChoice) -> OpRegistry {
     ops.register(scaling::scaling_law_fit::ScalingLawFit { device });
     ops.register(data::select::Select);
     ops.register(text::self_instruct::SelfInstruct);
-    ops.register(text::tgrt::TgrtQuestions);
-    ops.register(text::tgrt::TgrtTopics);
+    ops.register(text::tgrt_questions::TgrtQuestions);
+    ops.register(text::tgrt_topics::TgrtTopics);
     ops
 }

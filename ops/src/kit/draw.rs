@@ -50,3 +50,20 @@ impl Draw {
         chosen.into_iter()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_are_seeded_and_distinct() {
+        let picks = |seed| Draw::new(seed, 3).pick(10, 4).collect::<Vec<_>>();
+        assert_eq!(picks(7), picks(7));
+        assert_ne!(picks(7), picks(8));
+        let mut p = picks(7);
+        p.sort();
+        p.dedup();
+        assert_eq!(p.len(), 4);
+        assert!(p.iter().all(|i| *i < 10));
+    }
+}

@@ -1,10 +1,13 @@
 //! What several ops share and no op owns: table I/O, ROUGE-L, the language-model backend, the
-//! compute device, seeded draws, and (in tests) the op test harness.
+//! compute device, seeded draws, Python-compatible string handling, the rounds of the
+//! prompt-synthesis ops, and (in tests) the op test harness.
 
 pub mod compute;
 pub mod draw;
 pub mod llm;
+pub mod pystr;
 pub mod rouge;
+pub mod synth;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testing;

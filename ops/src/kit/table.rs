@@ -16,7 +16,6 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
-use serde::de::DeserializeOwned;
 
 /// Records read to infer a csv or jsonl schema at plan time ([`read_schema`]).
 pub const SCHEMA_SAMPLE_RECORDS: usize = 1000;
@@ -381,53 +380,6 @@ pub fn check_text_column(
         None => CheckError::input(port, message),
     };
     Some(err.about_column(port, name).help("this op reads text: choose or cast a text column"))
-}
-
-/// A run-time form of plan-time errors (for when the schema was unknown at plan time).
-pub fn check_errors_to_op_error(errors: Vec<CheckError>) -> OpError {
-    let lines: Vec<String> = errors
-        .into_iter()
-        .map(|e| match e.help {
-            Some(help) => format!("{} ({help})", e.message),
-            None => e.message,
-        })
-        .collect();
-    OpError::failed(lines.join("; "))
-}
-
-/// Parses a stage's params at plan time; a missing `with:` block counts as `{}`.
-pub fn check_params<P: DeserializeOwned>(cx: &CheckCx<'_>) -> Result<P, Vec<CheckError>> {
-    parse_params(cx.params).map_err(|e| vec![e])
-}
-
-/// Parses a stage's params at run time; a missing `with:` block counts as `{}`.
-pub fn run_params<P: DeserializeOwned>(cx: &drover_engine::StageCx) -> Result<P, OpError> {
-    parse_params(&cx.params).map_err(|e| OpError::failed(e.message))
-}
-
-fn parse_params<P: DeserializeOwned>(value: &serde_json::Value) -> Result<P, CheckError> {
-    if value.is_null() {
-        drover_engine::op::parse_params(&serde_json::Value::Object(Default::default()))
-    } else {
-        drover_engine::op::parse_params(value)
-    }
-}
-
-/// Runs an op's CPU work on tokio's blocking pool; a panic fails the stage, not the process.
-pub async fn run_blocking(work: impl FnOnce() -> Result<(), OpError> + Send + 'static) -> Result<(), OpError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => {
-            let payload = e.into_panic();
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(OpError::failed(format!("op panicked: {message}")))
-        }
-        Err(e) => Err(OpError::environment(format!("op task did not finish: {e}"))),
-    }
 }
 
 /// Reads a table input that the engine materialised as parquet.

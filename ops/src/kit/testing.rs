@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::compute::concat_batches;
 use drover_engine::{
     CheckCx, CheckError, Checked, Input, InputItem, NoProgress, Op, OpError, OutputSlot, PortType, RunCx, StageCx,
@@ -63,6 +63,12 @@ impl OpTest {
     /// The pipeline's sections as the engine hands them over.
     fn sections(&self) -> BTreeMap<String, serde_json::Value> {
         BTreeMap::from([(crate::kit::llm::SECTION.to_string(), self.llms.clone())])
+    }
+
+    /// Other params for the same stage (same directory and memo), as a changed pipeline file.
+    pub(crate) fn params(mut self, params: serde_json::Value) -> OpTest {
+        self.params = params;
+        self
     }
 
     pub(crate) fn seed(mut self, seed: u64) -> OpTest {
@@ -140,8 +146,9 @@ impl OpTest {
         }
     }
 
-    /// Runs the op and reads its `out` table back as one batch.
-    pub(crate) fn run(&self, op: &dyn Op) -> Result<RecordBatch, OpError> {
+    /// The stage as the op sees it: inputs written to Parquet files, the memo in the pipeline
+    /// directory (the same one every call, as a store's is).
+    fn stage_cx(&self) -> StageCx {
         let mut inputs = BTreeMap::new();
         for (port, input) in &self.inputs {
             let input = match input {
@@ -152,19 +159,29 @@ impl OpTest {
             };
             inputs.insert(port.clone(), input);
         }
+        StageCx {
+            stage: "under_test".into(),
+            params: self.params.clone(),
+            inputs,
+            pipeline_dir: self.dir.path().to_path_buf(),
+            seed: self.seed,
+            sections: Arc::new(self.sections()),
+            memo: drover_engine::Memo::new(&self.dir.path().join(".drover")),
+        }
+    }
+
+    /// What `drover plan` says of the work left (see [`Op::work_left`]).
+    pub(crate) fn work_left(&self, op: &dyn Op) -> Option<String> {
+        op.work_left(&self.stage_cx())
+    }
+
+    /// Runs the op and reads its `out` table back as one batch.
+    pub(crate) fn run(&self, op: &dyn Op) -> Result<RecordBatch, OpError> {
         let out: PathBuf = self.dir.path().join("out.parquet");
         let work_dir = self.dir.path().join("work");
         std::fs::create_dir_all(&work_dir).expect("work dir");
         let cx = RunCx {
-            stage_cx: StageCx {
-                stage: "under_test".into(),
-                params: self.params.clone(),
-                inputs,
-                pipeline_dir: self.dir.path().to_path_buf(),
-                seed: self.seed,
-                sections: Arc::new(self.sections()),
-                memo: drover_engine::Memo::new(&self.dir.path().join(".drover")),
-            },
+            stage_cx: self.stage_cx(),
             outputs: BTreeMap::from([("out".to_string(), OutputSlot { path: out.clone(), ty: PortType::any_table() })]),
             work_dir,
             log_path: self.dir.path().join("log.txt"),
@@ -184,6 +201,11 @@ impl OpTest {
 /// A batch from named columns.
 pub(crate) fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
     RecordBatch::try_from_iter(columns).expect("test batch")
+}
+
+/// A batch of text columns.
+pub(crate) fn texts(columns: &[(&str, &[&str])]) -> RecordBatch {
+    batch(columns.iter().map(|(n, v)| (*n, Arc::new(StringArray::from(v.to_vec())) as ArrayRef)).collect())
 }
 
 /// A column's values as display strings (nulls as `null`), for comparisons.

@@ -9,14 +9,12 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field};
-use drover_engine::StageCx;
 use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
-    TableSchema, params_schema,
+    CheckCx, CheckError, CheckErrors, Checked, Column, OpError, OpKit, PortType, Ports, RunCx, StageCx, Work,
 };
 use serde::Deserialize;
 
-use crate::kit::llm::template::{Rows, Template, check_no_clash, extend};
+use crate::kit::llm::template::{Rows, Template, check_no_clash, extend, extended_type};
 use crate::kit::llm::{self, Client, Message, Prompt, Request, Sampling};
 use crate::kit::table;
 
@@ -71,42 +69,27 @@ fn added(name: &str, sampling: &Sampling) -> bool {
     }
 }
 
-impl LlmGenerate {
-    pub const NAME: &str = "llm_generate";
-    pub const VERSION: u32 = 1;
-}
+impl OpKit for LlmGenerate {
+    type Params = LlmGenerateParams;
+    const NAME: &str = "llm_generate";
+    const VERSION: u32 = 1;
+    const DOC: &str = "Sends one language-model request per row from a prompt template; adds response, \
+                       finish_reason, model, prompt_tokens, completion_tokens (and choice, one row per completion, \
+                       when n > 1; logprobs, the server's JSON, when sampling.logprobs is set).";
+    const DETERMINISTIC: bool = false;
 
-impl Op for LlmGenerate {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: Self::NAME,
-            version: Self::VERSION,
-            doc: "Sends one language-model request per row from a prompt template; adds response, finish_reason, \
-                  model, prompt_tokens, completion_tokens (and choice, one row per completion, when n > 1; logprobs, \
-                  the server's JSON, when sampling.logprobs is set).",
-            inputs: Ports::Fixed(vec![PortDecl {
-                name: "table",
-                ty: PortType::any_table(),
-                doc: "One request per row; the template reads its columns.",
-                optional: false,
-            }]),
-            outputs: Ports::Fixed(vec![PortDecl {
-                name: "out",
-                ty: PortType::any_table(),
-                doc: "The input rows with the responses.",
-                optional: false,
-            }]),
-            params: params_schema::<LlmGenerateParams>(),
-            deterministic: false,
-            templated_params: false,
-        }
+    fn inputs() -> Ports {
+        Ports::one("table", PortType::any_table(), "One request per row; the template reads its columns.")
     }
 
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let params: LlmGenerateParams = table::check_params(cx)?;
-        let columns = table::input_columns(cx, "table").map_err(|e| vec![e])?;
+    fn outputs() -> Ports {
+        Ports::one("out", PortType::any_table(), "The input rows with the responses.")
+    }
+
+    fn check(&self, params: &LlmGenerateParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
+        let columns = table::input_columns(cx, "table")?;
         let mut checked = Checked::default();
-        let mut errors = llm::check(cx, &params.llm, &params.sampling, &mut checked);
+        let mut errors = CheckErrors::from(llm::check(cx, &params.llm, &params.sampling, &mut checked));
         errors.extend(Template::check(&params.template, "template", columns).err());
         if let Some(system) = &params.system {
             errors.extend(Template::check(system, "system", columns).err());
@@ -118,23 +101,13 @@ impl Op for LlmGenerate {
             }
         }
         errors.extend(check_no_clash(columns, &ADDED).err());
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let schema = columns.map_or_else(TableSchema::default, |c| {
-            let mut cols = c.to_vec();
-            cols.extend(
-                ADDED.iter().filter(|(name, _)| added(name, &params.sampling)).map(|(n, t)| Column::new(*n, *t)),
-            );
-            TableSchema::with_columns(cols)
-        });
-        checked.outputs.insert("out".into(), PortType::Table(schema));
-        Ok(checked)
+        let added = ADDED.iter().filter(|(name, _)| added(name, &params.sampling));
+        errors.or(checked.output("out", extended_type(columns, added)))
     }
 
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            let (params, input, client, requests) = requests(&cx)?;
+    fn run(&self, params: LlmGenerateParams, cx: RunCx) -> Work {
+        Work::future(async move {
+            let (input, client, requests) = requests(&params, &cx)?;
             cx.progress.set_total(requests.len() as u64);
             let responses = llm::run_all(&client, requests, &cx.progress).await?;
             llm::append_log(&cx, &llm::summary(&client));
@@ -143,15 +116,14 @@ impl Op for LlmGenerate {
         })
     }
 
-    fn work_left(&self, cx: &StageCx) -> Option<String> {
-        let (_, _, client, requests) = requests(cx).ok()?;
+    fn work_left(&self, params: &LlmGenerateParams, cx: &StageCx) -> Option<String> {
+        let (_, client, requests) = requests(params, cx).ok()?;
         Some(llm::work_left(&client, &requests))
     }
 }
 
 /// The stage's requests, one per row, as `run` sends them.
-fn requests(cx: &StageCx) -> Result<(LlmGenerateParams, Rows, Client, Vec<Request>), OpError> {
-    let params: LlmGenerateParams = table::run_params(cx)?;
+fn requests(params: &LlmGenerateParams, cx: &StageCx) -> Result<(Rows, Client, Vec<Request>), OpError> {
     let input = Rows::read(&cx.input("table")?.path)?;
     let columns: Vec<Column> = input.batch.schema().fields().iter().map(|f| Column::new(f.name(), "")).collect();
     let template = Template::check(&params.template, "template", Some(&columns)).map_err(check_error)?;
@@ -179,7 +151,7 @@ fn requests(cx: &StageCx) -> Result<(LlmGenerateParams, Rows, Client, Vec<Reques
         requests.push(Request { prompt, sampling: params.sampling.clone() });
     }
     client.seed_by_prompt(&mut requests);
-    Ok((params, input, client, requests))
+    Ok((input, client, requests))
 }
 
 /// The input rows with the responses (one row per completion when `n` > 1).
@@ -219,5 +191,5 @@ fn output(params: &LlmGenerateParams, input: &Rows, responses: &[llm::Completion
 }
 
 fn check_error(e: CheckError) -> OpError {
-    table::check_errors_to_op_error(vec![e])
+    CheckErrors::from(e).into_op_error()
 }

@@ -3,4 +3,5 @@
 pub mod llm_generate;
 pub mod principle_generate_responses;
 pub mod self_instruct;
-pub mod tgrt;
+pub mod tgrt_questions;
+pub mod tgrt_topics;

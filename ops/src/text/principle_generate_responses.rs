@@ -18,22 +18,24 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray};
 use arrow::datatypes::{DataType, Field};
-use drover_engine::StageCx;
-use drover_engine::paths;
 use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
-    TableSchema, params_schema,
+    CheckCx, CheckErrors, Checked, OpError, OpKit, PortDecl, PortType, Ports, RunCx, StageCx, Work, paths,
 };
 use serde::Deserialize;
 
-use crate::kit::llm::template::{Rows, check_no_clash, extend, table as out_table, text_column};
+use crate::kit::llm::template::{
+    Rows, check_no_clash, extend, extended_type, table as out_table, table_type, text_column,
+};
 use crate::kit::llm::{self, Client, Prompt, Request, Sampling};
+use crate::kit::synth::check_prompt_file;
 use crate::kit::table;
 
 /// The `with:` block of a `principle_generate_responses` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PrincipleParams {
+// The schema keeps the name it was published under (`drover schema` prints it as the title).
+#[schemars(rename = "PrincipleParams")]
+pub struct PrincipleGenerateResponsesParams {
     #[serde(default = "llm::default_llm")]
     pub llm: String,
     /// The principles and exemplars, ending where the user's turn begins (Dromedary's prompt
@@ -83,85 +85,50 @@ pub struct PrincipleGenerateResponses;
 
 const ADDED: [(&str, &str); 4] = [("raw", "Utf8"), ("response", "Utf8"), ("kept", "Boolean"), ("reason", "Utf8")];
 
-impl PrincipleGenerateResponses {
-    pub const NAME: &str = "principle_generate_responses";
-    pub const VERSION: u32 = 1;
-}
+impl OpKit for PrincipleGenerateResponses {
+    type Params = PrincipleGenerateResponsesParams;
+    const NAME: &str = "principle_generate_responses";
+    const VERSION: u32 = 1;
+    const DOC: &str = "SELF-ALIGN stage 2: answers instructions under a prompt of principles and exemplars, with \
+                       Dromedary's filters; `out` has the kept (instruction, input, output), `all` every row with \
+                       raw, response, kept and reason.";
+    const DETERMINISTIC: bool = false;
 
-impl Op for PrincipleGenerateResponses {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: Self::NAME,
-            version: Self::VERSION,
-            doc: "SELF-ALIGN stage 2: answers instructions under a prompt of principles and exemplars, with \
-                  Dromedary's filters; `out` has the kept (instruction, input, output), `all` every row with \
-                  raw, response, kept and reason.",
-            inputs: Ports::Fixed(vec![PortDecl {
-                name: "table",
-                ty: PortType::any_table(),
-                doc: "The instructions (and optional inputs).",
-                optional: false,
-            }]),
-            outputs: Ports::Fixed(vec![
-                PortDecl {
-                    name: "out",
-                    ty: PortType::any_table(),
-                    doc: "Kept rows: instruction, input, output.",
-                    optional: false,
-                },
-                PortDecl {
-                    name: "all",
-                    ty: PortType::any_table(),
-                    doc: "Every row with raw, response, kept, reason.",
-                    optional: false,
-                },
-            ]),
-            params: params_schema::<PrincipleParams>(),
-            deterministic: false,
-            templated_params: false,
-        }
+    fn inputs() -> Ports {
+        Ports::one("table", PortType::any_table(), "The instructions (and optional inputs).")
     }
 
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let params: PrincipleParams = table::check_params(cx)?;
-        let columns = table::input_columns(cx, "table").map_err(|e| vec![e])?;
+    fn outputs() -> Ports {
+        Ports::Fixed(vec![
+            PortDecl::new("out", PortType::any_table(), "Kept rows: instruction, input, output."),
+            PortDecl::new("all", PortType::any_table(), "Every row with raw, response, kept, reason."),
+        ])
+    }
+
+    fn check(&self, params: &PrincipleGenerateResponsesParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
+        let columns = table::input_columns(cx, "table")?;
         let mut checked = Checked::default();
-        let mut errors = llm::check_one_choice(cx, &params.llm, &params.sampling, &mut checked);
-        let prompt = paths::resolve(cx.pipeline_dir, &params.prompt_file);
-        match std::fs::metadata(&prompt) {
-            Ok(m) if m.is_file() => checked.file_deps.push(params.prompt_file.clone().into()),
-            _ => errors.push(
-                CheckError::param(&["prompt_file"], format!("no prompt file at {}", prompt.display()))
-                    .help("give the principles-and-exemplars prompt, relative to the pipeline (Dromedary's is in pipelines/data/dromedary)"),
-            ),
-        }
+        let mut errors = CheckErrors::from(llm::check_one_choice(cx, &params.llm, &params.sampling, &mut checked));
+        let help = "give the principles-and-exemplars prompt, relative to the pipeline (Dromedary's is in \
+                    pipelines/data/dromedary)";
+        errors.extend(check_prompt_file(cx, &params.prompt_file, help, &mut checked).err());
         errors.extend(table::check_text_column("table", Some("column"), &params.column, columns));
         if let Some(input) = &params.input_column {
             errors.extend(table::check_text_column("table", Some("input_column"), input, columns));
         }
         errors.extend(check_no_clash(columns, &ADDED).err());
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let out = ["instruction", "input", "output"].map(|n| Column::new(n, "Utf8")).to_vec();
-        let all = columns.map_or_else(TableSchema::default, |c| {
-            let mut cols = c.to_vec();
-            cols.extend(ADDED.iter().map(|(n, t)| Column::new(*n, *t)));
-            TableSchema::with_columns(cols)
-        });
-        checked.outputs.insert("out".into(), PortType::Table(TableSchema::with_columns(out)));
-        checked.outputs.insert("all".into(), PortType::Table(all));
-        Ok(checked)
+        let out = table_type(&[("instruction", "Utf8"), ("input", "Utf8"), ("output", "Utf8")]);
+        errors.or(checked.output("out", out).output("all", extended_type(columns, &ADDED)))
     }
 
-    fn work_left(&self, cx: &StageCx) -> Option<String> {
-        let (.., client, requests) = requests(cx).ok()?;
+    fn work_left(&self, params: &PrincipleGenerateResponsesParams, cx: &StageCx) -> Option<String> {
+        let (.., client, requests) = requests(params, cx).ok()?;
         Some(llm::work_left(&client, &requests))
     }
 
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            let (params, input, instructions, inputs, client, requests) = requests(&cx)?;
+    fn run(&self, params: PrincipleGenerateResponsesParams, cx: RunCx) -> Work {
+        Work::future(async move {
+            let (input, instructions, inputs, client, requests) = requests(&params, &cx)?;
             cx.progress.set_total(requests.len() as u64);
             let responses = llm::run_all(&client, requests, &cx.progress).await?;
             let filter = Filter { assistant: &params.assistant, rename_to: &params.rename_to };
@@ -209,11 +176,10 @@ impl Op for PrincipleGenerateResponses {
     }
 }
 
-type Prepared = (PrincipleParams, Rows, Vec<String>, Vec<String>, Client, Vec<Request>);
+type Prepared = (Rows, Vec<String>, Vec<String>, Client, Vec<Request>);
 
 /// The stage's requests, one per instruction, as `run` sends them.
-fn requests(cx: &StageCx) -> Result<Prepared, OpError> {
-    let params: PrincipleParams = table::run_params(cx)?;
+fn requests(params: &PrincipleGenerateResponsesParams, cx: &StageCx) -> Result<Prepared, OpError> {
     let path = paths::resolve(&cx.pipeline_dir, &params.prompt_file);
     let meta = std::fs::read_to_string(&path).map_err(|e| OpError::io(format!("read {}", path.display()), e))?;
     // As the original: the file's lines joined, then stripped.
@@ -235,7 +201,7 @@ fn requests(cx: &StageCx) -> Result<Prepared, OpError> {
         })
         .collect();
     client.seed_by_prompt(&mut requests);
-    Ok((params, input, instructions, inputs, client, requests))
+    Ok((input, instructions, inputs, client, requests))
 }
 
 /// The prompt of `generate_self_align_response.py`.

@@ -19,33 +19,28 @@
 //! so a rerun or a resume asks the same questions and is answered from the memo.
 //!
 //! Deviations, each marked where it is made: the split's `\d` is ASCII; the first letter is
-//! upper-cased where Python title-cases it; `most_similar` orders ties one fixed way (NumPy's is
-//! unspecified) and is compact JSON without ASCII escapes; the original's
-//! `--use_clf_seed_tasks_only` is a filter upstream plus `prompt_header`.
-//!
-//! Also home to what the prompt-synthesis ops share (sampling defaults, seeded draws, column
-//! checks, sending a round of prompts).
+//! upper-cased where Python title-cases it (`kit::pystr::capitalize`); `most_similar` orders ties
+//! one fixed way (NumPy's is unspecified) and is compact JSON without ASCII escapes; the
+//! original's `--use_clf_seed_tasks_only` is a filter upstream plus `prompt_header`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Float64Array, UInt64Array};
 use arrow::datatypes::{DataType, Field};
-use drover_engine::StageCx;
-use drover_engine::{
-    BoxFuture, CheckCx, CheckError, Checked, Column, Op, OpError, OpInfo, PortDecl, PortType, Ports, RunCx,
-    TableSchema, params_schema,
-};
+use drover_engine::{CheckCx, CheckError, CheckErrors, Checked, OpError, OpKit, PortType, Ports, RunCx, StageCx, Work};
 use serde::Deserialize;
 
 use crate::kit::draw::Draw;
-use crate::kit::llm::template::{Rows, table as out_table, text_column};
-use crate::kit::llm::{self, Client, Completion, Prompt, Request, Sampling};
+use crate::kit::llm::template::{Rows, table as out_table, table_type, text_column};
+use crate::kit::llm::{self, Client, Completion, Sampling};
+use crate::kit::pystr::{capitalize, collapse, has_word, py_space};
 use crate::kit::rouge::{Filter, LcsScan, fmeasure, tokenize};
+use crate::kit::synth::{Rounds, at_least_one, column_texts, rounds_left, run_rounds};
 use crate::kit::table;
 
 /// The `with:` block of a `self_instruct` stage.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SelfInstructParams {
     /// The endpoint under the pipeline's `llms:`. Default: `default`.
@@ -117,52 +112,36 @@ pub struct SelfInstruct;
 const OUT: [(&str, &str); 4] =
     [("instruction", "Utf8"), ("most_similar", "Utf8"), ("avg_similarity_score", "Float64"), ("request_idx", "UInt64")];
 
-impl SelfInstruct {
-    pub const NAME: &str = "self_instruct";
-    pub const VERSION: u32 = 1;
-}
+impl OpKit for SelfInstruct {
+    type Params = SelfInstructParams;
+    const NAME: &str = "self_instruct";
+    const VERSION: u32 = 1;
+    const DOC: &str = "Self-Instruct: bootstraps new instructions from seed tasks with a base model, keeping those \
+                       whose ROUGE-L with every earlier one is at most a threshold; outputs instruction, \
+                       most_similar, avg_similarity_score, request_idx.";
+    const DETERMINISTIC: bool = false;
 
-impl Op for SelfInstruct {
-    fn info(&self) -> OpInfo {
-        OpInfo {
-            name: Self::NAME,
-            version: Self::VERSION,
-            doc: "Self-Instruct: bootstraps new instructions from seed tasks with a base model, keeping those whose \
-                  ROUGE-L with every earlier one is at most a threshold; outputs instruction, most_similar, \
-                  avg_similarity_score, request_idx.",
-            inputs: Ports::Fixed(vec![PortDecl {
-                name: "seeds",
-                ty: PortType::any_table(),
-                doc: "The human-written seed tasks.",
-                optional: false,
-            }]),
-            outputs: Ports::Fixed(vec![PortDecl {
-                name: "out",
-                ty: PortType::any_table(),
-                doc: "The kept instructions, in the order kept.",
-                optional: false,
-            }]),
-            params: params_schema::<SelfInstructParams>(),
-            deterministic: false,
-            templated_params: false,
-        }
+    fn inputs() -> Ports {
+        Ports::one("seeds", PortType::any_table(), "The human-written seed tasks.")
     }
 
-    fn check(&self, cx: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
-        let p: SelfInstructParams = table::check_params(cx)?;
+    fn outputs() -> Ports {
+        Ports::one("out", PortType::any_table(), "The kept instructions, in the order kept.")
+    }
+
+    fn check(&self, p: &SelfInstructParams, cx: &CheckCx<'_>) -> Result<Checked, CheckErrors> {
+        let columns = table::input_columns(cx, "seeds")?;
         let mut checked = Checked::default();
-        let mut errors = llm::check_one_choice(cx, &p.llm, &p.sampling, &mut checked);
-        let columns = table::input_columns(cx, "seeds").map_err(|e| vec![e])?;
+        let mut errors = CheckErrors::from(llm::check_one_choice(cx, &p.llm, &p.sampling, &mut checked));
         errors.extend(table::check_text_column("seeds", Some("column"), &p.column, columns));
-        let mut at_least_one = |param: &str, value: u64, help: &str| {
-            if value == 0 {
-                errors.push(CheckError::param(&[param], format!("{param} is 0")).help(help.to_string()));
-            }
-        };
-        at_least_one("target", p.target, "ask for at least one instruction (Self-Instruct kept 50,000)");
-        at_least_one("max_requests", p.max_requests, "allow at least one request; it bounds the cost of the stage");
-        at_least_one("request_batch_size", p.request_batch_size, "send at least one prompt per round (default 5)");
-        at_least_one("num_prompt_instructions", p.num_prompt_instructions as u64, "list at least one task (default 8)");
+        for (param, value, help) in [
+            ("target", p.target, "ask for at least one instruction (Self-Instruct kept 50,000)"),
+            ("max_requests", p.max_requests, "allow at least one request; it bounds the cost of the stage"),
+            ("request_batch_size", p.request_batch_size, "send at least one prompt per round (default 5)"),
+            ("num_prompt_instructions", p.num_prompt_instructions as u64, "list at least one task (default 8)"),
+        ] {
+            errors.extend(at_least_one(param, value, help));
+        }
         if p.num_machine_instructions > p.num_prompt_instructions {
             errors.push(
                 CheckError::param(
@@ -181,40 +160,24 @@ impl Op for SelfInstruct {
                     .help("ROUGE-L lies in [0, 1]; Self-Instruct drops above 0.7"),
             );
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let schema = TableSchema::with_columns(OUT.iter().map(|(n, t)| Column::new(*n, *t)).collect());
-        checked.outputs.insert("out".into(), PortType::Table(schema));
-        Ok(checked)
+        errors.or(checked.output("out", table_type(&OUT)))
     }
 
-    fn run(&self, cx: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            let (p, client, sampling, mut run) = Bootstrap::start(&cx)?;
-            let p = Arc::new(p);
-            while let Some(prompts) = run.prompts(&p) {
-                let responses = complete(&cx, &client, &sampling, prompts, &mut run.sent).await?;
-                // The filters and the ROUGE-L scans are CPU work: off the async workers.
-                let params = p.clone();
-                run = tokio::task::spawn_blocking(move || {
-                    run.fold(&params, &responses);
-                    run
-                })
-                .await
-                .map_err(|e| OpError::failed(format!("self_instruct: a round's filtering ended: {e}")))?;
-            }
+    fn run(&self, p: SelfInstructParams, cx: RunCx) -> Work {
+        Work::future(async move {
+            let (client, sampling, run) = Bootstrap::start(p, &cx)?;
+            let batch = run.p.request_batch_size as usize;
+            let (run, sent) = run_rounds(&cx, &client, &sampling, run, batch).await?;
             llm::append_log(&cx, &llm::summary(&client));
             let reasons: Vec<String> =
                 Reject::ALL.iter().map(|d| format!("{} {}", run.rejected[*d as usize], d.says())).collect();
             llm::append_log(
                 &cx,
                 &format!(
-                    "self_instruct: {} rounds, {} requests, {} of {} instructions kept; dropped: {}",
+                    "self_instruct: {} rounds, {sent} requests, {} of {} instructions kept; dropped: {}",
                     run.rounds,
-                    run.sent,
                     run.kept.len(),
-                    p.target,
+                    run.p.target,
                     reasons.join(", ")
                 ),
             );
@@ -235,36 +198,24 @@ impl Op for SelfInstruct {
         })
     }
 
-    /// Replays the rounds the memo answers (the next round's prompts depend on the responses),
-    /// which costs the ROUGE-L work of those rounds again.
-    fn work_left(&self, cx: &StageCx) -> Option<String> {
-        let (p, client, sampling, mut run) = Bootstrap::start(cx).ok()?;
-        while let Some(prompts) = run.prompts(&p) {
-            match answered(&client, requests(&client, &sampling, prompts, run.sent)) {
-                Ok(responses) => {
-                    run.sent += responses.len() as u64;
-                    run.fold(&p, &responses);
-                }
-                Err(cached) => return Some(left(run.sent + cached)),
-            }
-        }
-        Some(format!("all {} requests already answered", run.sent))
+    fn work_left(&self, p: &SelfInstructParams, cx: &StageCx) -> Option<String> {
+        let (client, sampling, run) = Bootstrap::start(p.clone(), cx).ok()?;
+        Some(rounds_left(&client, &sampling, run))
     }
 }
 
 /// The bootstrapping loop without its I/O: each round's prompts, then its responses folded in.
 struct Bootstrap {
+    p: SelfInstructParams,
     seed: u64,
     pool: Pool,
     kept: Vec<Kept>,
     rejected: [u64; Reject::ALL.len()],
-    sent: u64,
     rounds: u64,
 }
 
 impl Bootstrap {
-    fn start(cx: &StageCx) -> Result<(SelfInstructParams, Client, Sampling, Bootstrap), OpError> {
-        let p: SelfInstructParams = table::run_params(cx)?;
+    fn start(p: SelfInstructParams, cx: &StageCx) -> Result<(Client, Sampling, Bootstrap), OpError> {
         let seeds = column_texts(&Rows::read(&cx.input("seeds")?.path)?, "seeds", &p.column)?;
         if seeds.len() < p.num_prompt_instructions {
             return Err(OpError::failed(format!(
@@ -275,29 +226,31 @@ impl Bootstrap {
             )));
         }
         let client = Client::new(cx, &p.llm)?;
-        let sampling = p.sampling.or(default_sampling());
+        let sampling = p.sampling.clone().or(default_sampling());
         let pool = Pool::new(&seeds, p.threshold);
-        let run = Bootstrap { seed: cx.seed, pool, kept: Vec::new(), rejected: [0; 7], sent: 0, rounds: 0 };
-        Ok((p, client, sampling, run))
+        Ok((client, sampling, Bootstrap { p, seed: cx.seed, pool, kept: Vec::new(), rejected: [0; 7], rounds: 0 }))
     }
+}
 
+impl Rounds for Bootstrap {
     /// The next round's prompts; `None` once `target` instructions are kept or `max_requests`
     /// were sent.
-    fn prompts(&self, p: &SelfInstructParams) -> Option<Vec<String>> {
-        if self.kept.len() as u64 >= p.target || self.sent >= p.max_requests {
+    fn next(&mut self, sent: u64) -> Option<Vec<String>> {
+        let p = &self.p;
+        if self.kept.len() as u64 >= p.target || sent >= p.max_requests {
             return None;
         }
         let mut draw = Draw::new(self.seed, self.rounds);
-        let n = p.request_batch_size.min(p.max_requests - self.sent);
+        let n = p.request_batch_size.min(p.max_requests - sent);
         Some((0..n).map(|_| self.pool.prompt(&mut draw, p)).collect())
     }
 
     /// Takes the round's instructions in order until `target` are kept.
-    fn fold(&mut self, p: &SelfInstructParams, responses: &[Completion]) {
+    fn fold(&mut self, responses: &[Completion]) {
         let round = self.rounds;
         self.rounds += 1;
         for candidate in responses.iter().flat_map(post_process) {
-            if self.kept.len() as u64 == p.target {
+            if self.kept.len() as u64 == self.p.target {
                 return;
             }
             match candidate.and_then(|inst| self.pool.admit(inst)) {
@@ -362,29 +315,6 @@ fn encode_prompt(header: &str, instructions: &[&str]) -> String {
     prompt + &format!("{}.", instructions.len() + 1)
 }
 
-/// Python's `str.isspace` (and `\s` in its regexes): Unicode whitespace and \x1c-\x1f.
-pub(crate) fn py_space(c: char) -> bool {
-    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
-}
-
-/// Python's `s.strip()`.
-pub(crate) fn py_strip(s: &str) -> &str {
-    s.trim_matches(py_space)
-}
-
-/// `re.sub(r"\s+", " ", s).strip()`.
-fn collapse(s: &str) -> String {
-    s.split(py_space).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
-}
-
-/// Python's `str.capitalize()`: the first character upper-cased, the rest lower-cased (in the
-/// context of the whole string, for a final sigma, as CPython does). Python 3.8+ title-cases the
-/// first character; the two differ only for a few non-ASCII letters (ǅ, ß, ligatures).
-fn capitalize(s: &str) -> String {
-    let Some(first) = s.chars().next() else { return String::new() };
-    first.to_uppercase().chain(s.to_lowercase().chars().skip(first.to_lowercase().count())).collect()
-}
-
 /// `re.split(r"\n\d+\s?\. ", text)`. Deviation: `\d` is ASCII digits here, every decimal digit
 /// in Python.
 fn split_numbered(text: &str) -> Vec<&str> {
@@ -413,20 +343,6 @@ const BLACKLIST: [&str; 13] = [
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw", "plot",
     "go to",
 ];
-
-/// `re.search(r"\b(word)\b", text, re.IGNORECASE)` for a lower-case ASCII `word`.
-fn has_word(text: &str, word: &str) -> bool {
-    let is_word = |c: char| c.is_alphanumeric() || c == '_';
-    // Python's IGNORECASE also matches these to i and s.
-    let same = |c: char, w: char| c.to_ascii_lowercase() == w || matches!((c, w), ('ı' | 'İ', 'i') | ('ſ', 's'));
-    let chars: Vec<char> = text.chars().collect();
-    let w: Vec<char> = word.chars().collect();
-    (0..(chars.len() + 1).saturating_sub(w.len())).any(|i| {
-        chars[i..i + w.len()].iter().zip(&w).all(|(c, w)| same(*c, *w))
-            && (i == 0 || !is_word(chars[i - 1]))
-            && chars.get(i + w.len()).is_none_or(|c| !is_word(*c))
-    })
-}
 
 /// `post_process_gpt3_response`: the instructions of one response (or why each was dropped),
 /// empty pieces left out.
@@ -596,142 +512,15 @@ fn pairwise_sum(a: &[f64]) -> f64 {
     }
 }
 
-// What the prompt-synthesis ops share.
-
-/// The texts of `column`, which must exist (when the schema was unknown at plan time).
-pub(crate) fn column_texts(rows: &Rows, port: &str, column: &str) -> Result<Vec<String>, OpError> {
-    if rows.batch.schema().index_of(column).is_err() {
-        return Err(OpError::failed(format!("input `{port}` has no column `{column}`")));
-    }
-    rows.texts(column)
-}
-
-/// Completion requests for `prompts`, each with its own seed (from the prompt and its index
-/// among the stage's requests, the first being `first`) unless the stage fixes one.
-pub(crate) fn requests(client: &Client, sampling: &Sampling, prompts: Vec<String>, first: u64) -> Vec<Request> {
-    let request = |(i, text): (usize, String)| {
-        let mut sampling = sampling.clone();
-        sampling.seed = sampling.seed.or_else(|| Some(client.row_seed(&text, first + i as u64)));
-        Request { prompt: Prompt::Text(text), sampling }
-    };
-    prompts.into_iter().enumerate().map(request).collect()
-}
-
-/// Sends `prompts` (see [`requests`]); `sent` counts the stage's requests. Responses in order.
-pub(crate) async fn complete(
-    cx: &RunCx,
-    client: &Client,
-    sampling: &Sampling,
-    prompts: Vec<String>,
-    sent: &mut u64,
-) -> Result<Vec<Completion>, OpError> {
-    let requests = requests(client, sampling, prompts, *sent);
-    *sent += requests.len() as u64;
-    cx.progress.set_total(*sent);
-    llm::run_all(client, requests, &cx.progress).await
-}
-
-/// Every response from the memo, or how many of them it has.
-pub(crate) fn answered(client: &Client, requests: Vec<Request>) -> Result<Vec<Completion>, u64> {
-    let responses: Vec<Option<Completion>> = requests.iter().map(|r| client.cached(r)).collect();
-    match responses.iter().all(Option::is_some) {
-        true => Ok(responses.into_iter().flatten().collect()),
-        false => Err(responses.iter().flatten().count() as u64),
-    }
-}
-
-/// What `drover plan` says of an op whose later requests depend on earlier responses.
-pub(crate) fn left(answered: u64) -> String {
-    match answered {
-        0 => "requests to send".into(),
-        n => format!("{n} requests already answered, more to send"),
-    }
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::sync::Mutex;
-
-    use arrow::array::{ArrayRef, RecordBatch, StringArray};
-    use drover_engine::CheckLocation;
+mod tests {
+    use drover_engine::{CheckLocation, Column, TableSchema};
     use serde_json::{Value, json};
 
     use super::*;
     use crate::kit::llm::client::Choice;
-    use crate::kit::testing::{OpTest, batch, column, first_error};
-
-    /// A mock language model: an OpenAI-style completion server on a local port that answers
-    /// each request with the scripted `answer(body)`, and keeps the bodies it was sent. It exists
-    /// to check the round logic (parsing, filters, stopping at `target` or `max_requests`)
-    /// against known responses, which a real model cannot be made to give; the ops run against
-    /// a real llama.cpp server in tests/llm.rs.
-    pub(crate) struct MockLlm {
-        url: String,
-        pub(crate) bodies: Arc<Mutex<Vec<Value>>>,
-    }
-
-    impl MockLlm {
-        pub(crate) fn start(answer: impl Fn(&Value) -> String + Send + 'static) -> MockLlm {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
-            let url = format!("http://{}/v1", listener.local_addr().expect("an address"));
-            let bodies = Arc::new(Mutex::new(Vec::new()));
-            let kept = bodies.clone();
-            std::thread::spawn(move || {
-                for mut stream in listener.incoming().flatten() {
-                    let mut reader = BufReader::new(stream.try_clone().expect("a stream"));
-                    let (mut first, mut length) = (String::new(), 0);
-                    reader.read_line(&mut first).expect("a request line");
-                    loop {
-                        let mut header = String::new();
-                        reader.read_line(&mut header).expect("a header");
-                        if header.trim().is_empty() {
-                            break;
-                        }
-                        if let Some(n) = header.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = n.trim().parse().expect("a length");
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).expect("a body");
-                    let reply = if first.contains("/models") {
-                        json!({"data": [{"id": "m"}]})
-                    } else {
-                        let body: Value = serde_json::from_slice(&body).expect("a JSON body");
-                        let text = answer(&body);
-                        kept.lock().unwrap().push(body);
-                        json!({"model": "m", "choices": [{"text": text, "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
-                    }
-                    .to_string();
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-                         Connection: close\r\n\r\n{reply}",
-                        reply.len()
-                    );
-                }
-            });
-            MockLlm { url, bodies }
-        }
-
-        pub(crate) fn llms(&self) -> Value {
-            json!({"default": {"base_url": self.url, "model": "m", "max_concurrency": 2}})
-        }
-
-        pub(crate) fn sent(&self) -> usize {
-            self.bodies.lock().unwrap().len()
-        }
-    }
-
-    /// An endpoint for plan-time checks (nothing is sent).
-    pub(crate) fn nowhere() -> Value {
-        json!({"default": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}})
-    }
-
-    pub(crate) fn texts(columns: &[(&str, &[&str])]) -> RecordBatch {
-        batch(columns.iter().map(|(n, v)| (*n, Arc::new(StringArray::from(v.to_vec())) as ArrayRef)).collect())
-    }
+    use crate::kit::llm::mock::{MockLlm, nowhere};
+    use crate::kit::testing::{OpTest, column, first_error, texts};
 
     const SEEDS: [&str; 10] = [
         "Give me three tips for staying healthy today.",
@@ -820,9 +609,6 @@ pub(crate) mod tests {
         ] {
             assert_eq!(BLACKLIST.iter().any(|w| has_word(text, w)), hit, "{text}");
         }
-        assert_eq!(capitalize("hELLO wORLD"), "Hello world");
-        assert_eq!(capitalize("ΑΣ ΣΑ"), "Ας σα");
-        assert_eq!(collapse("\x1cab\x1c cd"), "ab cd");
     }
 
     #[test]
@@ -904,6 +690,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn plan_replays_the_rounds_the_memo_answers() {
+        let server = MockLlm::start(answer);
+        let t = OpTest::new(json!({"target": 7, "max_requests": 5}))
+            .llms(server.llms())
+            .input("seeds", texts(&[("instruction", &SEEDS)]));
+        let left = |t: &OpTest| t.work_left(&SelfInstruct).unwrap();
+        assert_eq!(left(&t), "requests to send");
+        t.run(&SelfInstruct).unwrap();
+        assert_eq!(left(&t), "all 5 requests already answered");
+        // The first round asks the same whatever max_requests; the second depends on its answers.
+        let t = t.params(json!({"target": 7, "max_requests": 100}));
+        assert_eq!(left(&t), "5 requests already answered, more to send");
+        t.run(&SelfInstruct).unwrap();
+        assert_eq!(left(&t), "all 10 requests already answered");
+        assert_eq!(server.sent(), 10);
+    }
+
+    #[test]
     fn max_requests_is_a_hard_cap() {
         let server = MockLlm::start(answer);
         let t = OpTest::new(json!({"target": 100, "max_requests": 3}))
@@ -942,17 +746,5 @@ pub(crate) mod tests {
         let cycle: Vec<f64> = (1..=1000).map(|i| (i % 13) as f64 / 7.0).collect();
         assert_eq!(mean(&cycle), 0.858);
         assert_eq!(mean(&cycle[..300]), 0.8547619047619046);
-    }
-
-    #[test]
-    fn draws_are_seeded_and_distinct() {
-        let picks = |seed| Draw::new(seed, 3).pick(10, 4).collect::<Vec<_>>();
-        assert_eq!(picks(7), picks(7));
-        assert_ne!(picks(7), picks(8));
-        let mut p = picks(7);
-        p.sort();
-        p.dedup();
-        assert_eq!(p.len(), 4);
-        assert!(p.iter().all(|i| *i < 10));
     }
 }

@@ -1,9 +1,11 @@
 //! The language-model backend shared by every text op: endpoints (`endpoint`), the client
 //! with its response memo (`client`), the embedded local server (`serve`), and [`run_all`],
-//! which sends a stage's requests with progress.
+//! which sends a stage's requests with progress. In tests, `mock` stands in for a server.
 
 pub mod client;
 pub mod endpoint;
+#[cfg(test)]
+pub(crate) mod mock;
 pub mod serve;
 pub mod template;
 

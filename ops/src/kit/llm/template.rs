@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use drover_engine::{CheckError, Column, OpError};
+use drover_engine::{CheckError, Column, OpError, PortType, TableSchema};
 use minijinja::{Environment, UndefinedBehavior};
 
 /// A checked template. Undefined variables are errors when rendering, as they are at plan time.
@@ -123,6 +123,24 @@ pub fn table(columns: Vec<(Field, ArrayRef)>) -> Result<(SchemaRef, RecordBatch)
     let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, c)| c).collect())
         .map_err(|e| OpError::failed(format!("cannot build the output: {e}")))?;
     Ok((schema, batch))
+}
+
+/// At plan time, the type of a [`table`] with these (name, Arrow type) columns.
+pub fn table_type(columns: &[(&str, &str)]) -> PortType {
+    PortType::Table(TableSchema::with_columns(columns.iter().map(|(n, t)| Column::new(*n, *t)).collect()))
+}
+
+/// At plan time, the type of an [`extend`]ed input: its columns (unknown when the input's are)
+/// and the (name, Arrow type) columns `added`.
+pub fn extended_type<'a>(
+    input: Option<&[Column]>,
+    added: impl IntoIterator<Item = &'a (&'a str, &'a str)>,
+) -> PortType {
+    PortType::Table(input.map_or_else(TableSchema::default, |c| {
+        let mut columns = c.to_vec();
+        columns.extend(added.into_iter().map(|(n, t)| Column::new(*n, *t)));
+        TableSchema::with_columns(columns)
+    }))
 }
 
 /// Errors when an input already has one of the columns an op adds.
