@@ -570,6 +570,59 @@ fn gguf_hash(path: &std::path::Path) -> Result<String, OpError> {
 mod tests {
     use super::*;
 
+    /// A client whose model identity is `identity`, for computing keys (it sends nothing).
+    fn client(identity: &str, memo_dir: &std::path::Path) -> Client {
+        let llms = json!({"default": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}});
+        let endpoint = Endpoint::resolve(&llms, "default", memo_dir).unwrap();
+        Client {
+            endpoint: Arc::new(endpoint),
+            identity: Arc::new(identity.to_string()),
+            http: reqwest::Client::new(),
+            memo: Memo::new(memo_dir),
+            base_url: Default::default(),
+            stats: Default::default(),
+            seed: 0,
+        }
+    }
+
+    /// Memo keys are a promise: a memo filled by an earlier drover answers the same requests.
+    /// The expected keys were computed independently: the bytes written out by hand below,
+    /// `b"drover llm response v1\0" + identity + b"\0" + body`, hashed with PyPI's `blake3`
+    /// package. Every sampling param is set in the chat request, so a field that moves, is
+    /// renamed or changes its encoding fails here.
+    #[test]
+    fn memo_keys_are_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        let chat = Request {
+            prompt: Prompt::Chat(vec![
+                Message::new("system", "Be brief."),
+                Message::new("user", "Name a \"colour\".\nOne word, \u{e9}."),
+            ]),
+            sampling: Sampling {
+                temperature: Some(0.7),
+                top_p: Some(1.0),
+                max_tokens: Some(16),
+                stop: Some(vec!["\n\n".into()]),
+                seed: Some(42),
+                logit_bias: Some(BTreeMap::from([("hello".into(), 2.5), ("15339".into(), -100.0)])),
+                n: Some(2),
+                logprobs: Some(3),
+                presence_penalty: Some(0.0),
+                frequency_penalty: Some(-0.5),
+            },
+        };
+        let text = Request {
+            prompt: Prompt::Text("Once upon".into()),
+            sampling: Sampling { max_tokens: Some(8), logprobs: Some(2), ..Default::default() },
+        };
+        let bare = Request { prompt: Prompt::Chat(vec![Message::new("user", "hi")]), sampling: Sampling::default() };
+        let remote = client("model m", d.path());
+        let served = client(&format!("gguf {} context 2048", "ab".repeat(32)), d.path());
+        assert_eq!(remote.key(&chat), "3f3e56047280763a57fbfbb239d8d7513103223752913225bf9b0d6b4803f9cd");
+        assert_eq!(remote.key(&text), "96549e22fc0ea9a2009dbefc95b949b0f1c170318a073d67d6e5fab0167aad7f");
+        assert_eq!(served.key(&bare), "fb2da51a1feb0df5a10fc03540279127675f6acaed7fa54e9af2ee5e01021512");
+    }
+
     #[test]
     fn backoff_grows_and_honours_retry_after() {
         let key = "k";
