@@ -16,6 +16,8 @@ pub mod status;
 pub mod yaml;
 
 pub use drover_cache::Memo;
+/// Every content hash and key (ops key their memo entries with [`hash::memo_key`]).
+pub use drover_cache::hash;
 pub use op::{
     BoxFuture, CheckCx, CheckError, CheckLocation, Checked, Column, Input, InputItem, NoProgress, Op, OpError,
     OpErrorKind, OpInfo, OpRegistry, OutputSlot, PortDecl, PortType, Ports, Progress, RunCx, StageNotes, TableSchema,
