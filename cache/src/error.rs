@@ -16,6 +16,9 @@ pub enum CacheError {
     /// socket): the stage's fault, not the environment's.
     #[error("{path}: {detail}")]
     Unstorable { path: PathBuf, detail: String },
+    /// A directory a pipeline reads leads, through a symlink, back into itself.
+    #[error("symlink loop: {path} leads back to {ancestor}, a directory that contains it")]
+    SymlinkLoop { path: PathBuf, ancestor: PathBuf },
 }
 
 impl CacheError {

@@ -40,36 +40,3 @@ pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
-
-/// Hashes a file with blake3. Large files are read in big blocks and hashed on every core
-/// (a 2 GB input is verified before each stage that reads it). Reads, never maps: a file that
-/// is truncated while it is hashed gives a wrong hash, where a map would crash the process.
-pub(crate) fn hash_file(path: &Path) -> Result<blake3::Hash> {
-    use std::io::Read;
-    /// Below this a block is hashed on one thread (blake3's own advice: rayon pays from ~128 KiB).
-    const PARALLEL_FROM: usize = 1 << 20;
-    let mut hasher = blake3::Hasher::new();
-    let mut file = File::open(path).ctx("open", path)?;
-    // Sized to the file (plus one byte, to see its end in one read), at most 8 MiB.
-    let len = file.metadata().map_or(0, |m| m.len());
-    let mut buf = vec![0u8; (len.saturating_add(1)).clamp(4096, 8 << 20) as usize];
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(crate::CacheError::Io { action: "read", path: path.to_path_buf(), source: e }),
-            }
-        }
-        if filled >= PARALLEL_FROM {
-            hasher.update_rayon(&buf[..filled]);
-        } else {
-            hasher.update(&buf[..filled]);
-        }
-        if filled < buf.len() {
-            return Ok(hasher.finalize());
-        }
-    }
-}

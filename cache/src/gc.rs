@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{IoContext, Result};
-use crate::fsutil::{self, unique_name};
+use crate::fsutil::unique_name;
+use crate::hash;
 use crate::object::ObjectHash;
 use crate::record::{CacheKey, OutputKind, OutputRef, StageRecord};
 use crate::store::{Store, list_files};
@@ -69,7 +70,7 @@ impl Store {
                 corrupt.insert(name);
                 continue;
             }
-            let actual = ObjectHash::from_hash(fsutil::hash_file(&path)?);
+            let actual = hash::file(&path)?;
             if actual != name {
                 self.quarantine(&path)?;
                 report.corrupt_objects.push(name.clone());

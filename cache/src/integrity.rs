@@ -15,7 +15,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use crate::error::{CacheError, Result};
-use crate::fsutil;
 use crate::object::ObjectHash;
 use crate::record::{CacheKey, OutputKind, OutputRef};
 use crate::store::Store;
@@ -85,7 +84,7 @@ impl Store {
         if !self.has_object(hash) {
             return Err(CacheError::MissingObject(hash.to_string()));
         }
-        Ok(ObjectHash::from_hash(fsutil::hash_file(&self.object_path(hash))?) == *hash)
+        Ok(crate::hash::file(&self.object_path(hash))? == *hash)
     }
 
     /// Notes the identity of an artifact's files, to tell later whether anything wrote to them.
@@ -118,7 +117,7 @@ impl Store {
         for hash in corrupt {
             let path = self.object_path(hash);
             let wrong = match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_file() => ObjectHash::from_hash(fsutil::hash_file(&path)?) != *hash,
+                Ok(m) if m.is_file() => crate::hash::file(&path)? != *hash,
                 Ok(_) => true,
                 Err(_) => false,
             };

@@ -11,6 +11,7 @@
 mod error;
 mod fsutil;
 mod gc;
+pub mod hash;
 mod integrity;
 mod memo;
 mod object;
@@ -18,6 +19,7 @@ mod record;
 mod runs;
 mod statcache;
 mod store;
+pub mod walk;
 
 pub use error::{CacheError, Result};
 pub use gc::{GcReport, VerifyReport};

@@ -14,12 +14,17 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
 use crate::fsutil::unique_name;
+use crate::hash;
+use crate::object::ObjectHash;
+use crate::statcache::StatCache;
 
 /// A handle on the memo of one store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Memo {
     root: PathBuf,
     tmp: PathBuf,
+    /// The store's stat cache, for the files whose content enters the keys of entries.
+    stat_cache: StatCache,
 }
 
 /// Bytes before the value: 64 hex digits of its blake3, then a newline.
@@ -28,7 +33,20 @@ const HEADER: usize = 65;
 impl Memo {
     /// The memo of the store rooted at `store_root` (see `Store::memo`).
     pub fn new(store_root: &Path) -> Memo {
-        Memo { root: store_root.join("memo"), tmp: store_root.join("tmp") }
+        Memo::with_stat_cache(store_root, StatCache::load(&store_root.join("statcache.json")))
+    }
+
+    pub(crate) fn with_stat_cache(store_root: &Path, stat_cache: StatCache) -> Memo {
+        Memo { root: store_root.join("memo"), tmp: store_root.join("tmp"), stat_cache }
+    }
+
+    /// The content hash of a file whose content enters the keys of entries (the model file a
+    /// local server loads), through the store's stat cache, as `Store::hash_source_file`: a
+    /// file already hashed by this process, for a stage's key or another entry's, is not read
+    /// again, and one whose size, mtime and inode are unchanged since an earlier run is not
+    /// read at all.
+    pub fn hash_source_file(&self, path: &Path) -> Result<ObjectHash> {
+        self.stat_cache.hash(path)
     }
 
     /// The path of `key`'s entry (keys are hex digests).
@@ -44,7 +62,7 @@ impl Memo {
             return None;
         }
         let (head, value) = bytes.split_at(HEADER);
-        (blake3::hash(value).to_hex().as_bytes() == &head[..HEADER - 1]).then(|| value.to_vec())
+        (hash::bytes(value).as_str().as_bytes() == &head[..HEADER - 1]).then(|| value.to_vec())
     }
 
     /// Stores `value` under `key`, replacing what was there.
@@ -56,7 +74,7 @@ impl Memo {
         let tmp = self.tmp.join(unique_name("memo"));
         let mut file = fs::File::create(&tmp).ctx("create", &tmp)?;
         let mut bytes = Vec::with_capacity(HEADER + value.len());
-        bytes.extend_from_slice(blake3::hash(value).to_hex().as_bytes());
+        bytes.extend_from_slice(hash::bytes(value).as_str().as_bytes());
         bytes.push(b'\n');
         bytes.extend_from_slice(value);
         file.write_all(&bytes).ctx("write", &tmp)?;
@@ -100,6 +118,21 @@ impl Memo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file hashed for a stage's key (`Store::hash_source_file`) is not read again for a memo
+    /// key in the same process: edited in between, it still gives the hash the key was made of.
+    #[test]
+    fn the_memo_shares_the_stores_stat_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(&dir.path().join(".drover")).unwrap();
+        let model = dir.path().join("m.gguf");
+        fs::write(&model, "GGUF v1").unwrap();
+        let keyed = store.hash_source_file(&model).unwrap();
+        // blake3(b"GGUF v1"), by PyPI's `blake3` package.
+        assert_eq!(keyed.as_str(), "b001951ba80abb8ccdef9d5738d4a8d84455d2a88eef6092d1ac2f007acf899e");
+        fs::write(&model, "GGUF v2").unwrap();
+        assert_eq!(store.memo().hash_source_file(&model).unwrap(), keyed);
+    }
 
     #[test]
     fn a_torn_or_empty_entry_reads_as_missing() {

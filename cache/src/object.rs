@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 pub struct ObjectHash(String);
 
 impl ObjectHash {
-    pub fn from_hash(hash: blake3::Hash) -> ObjectHash {
+    /// Only [`crate::hash`] names objects.
+    pub(crate) fn from_hash(hash: blake3::Hash) -> ObjectHash {
         ObjectHash(hash.to_hex().to_string())
     }
 
@@ -37,7 +38,8 @@ impl fmt::Display for ObjectHash {
 }
 
 /// A `dir` artifact: its files, each stored as an object. The manifest itself is an object
-/// (canonical JSON, entries sorted by path), and its hash is the artifact's hash.
+/// (canonical JSON, entries sorted by path: [`crate::hash::manifest_bytes`]), and its hash is
+/// the artifact's hash.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirManifest {
     pub files: Vec<DirEntry>,
@@ -54,13 +56,6 @@ pub struct DirEntry {
 }
 
 impl DirManifest {
-    /// Canonical bytes: entries sorted by path, compact JSON.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut sorted = self.clone();
-        sorted.files.sort_by(|a, b| a.path.cmp(&b.path));
-        serde_json::to_vec(&sorted).expect("a manifest always serialises")
-    }
-
     pub fn total_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }

@@ -13,7 +13,8 @@ use crate::object::ObjectHash;
 pub struct CacheKey(String);
 
 impl CacheKey {
-    pub fn from_hash(hash: blake3::Hash) -> CacheKey {
+    /// Only [`crate::hash`] makes keys.
+    pub(crate) fn from_hash(hash: blake3::Hash) -> CacheKey {
         CacheKey(hash.to_hex().to_string())
     }
 

@@ -1,16 +1,19 @@
-//! A stat cache for source files (deps, tables read by `read_table`): a file whose size,
-//! mtime and inode are unchanged is not re-read, as git's index does.
+//! A stat cache for source files (deps, tables read by `read_table`, the model file of a local
+//! language-model server): a file whose size, mtime and inode are unchanged is not re-read, as
+//! git's index does.
 
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IoContext, Result};
-use crate::fsutil::{self, write_atomic};
+use crate::fsutil::write_atomic;
+use crate::hash;
 use crate::object::ObjectHash;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,8 +24,19 @@ struct Entry {
     hash: ObjectHash,
 }
 
+/// A handle on one store's stat cache, shared by the store and the memo it hands out, so that
+/// a file hashed for a stage's key is not read again for its memo keys. Cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct StatCache(Arc<Mutex<Inner>>);
+
+impl std::fmt::Debug for StatCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatCache")
+    }
+}
+
 #[derive(Default)]
-pub(crate) struct StatCache {
+struct Inner {
     entries: HashMap<PathBuf, Entry>,
     dirty: bool,
     /// Hashes already taken by this process, by path as given: a file is hashed at most once
@@ -37,10 +51,22 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 impl StatCache {
     pub(crate) fn load(path: &Path) -> StatCache {
         let entries = fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        StatCache { entries, dirty: false, seen: HashMap::new() }
+        StatCache(Arc::new(Mutex::new(Inner { entries, dirty: false, seen: HashMap::new() })))
     }
 
-    pub(crate) fn hash(&mut self, path: &Path) -> Result<ObjectHash> {
+    /// The content hash of the file at `path` (symlinks followed).
+    pub(crate) fn hash(&self, path: &Path) -> Result<ObjectHash> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).hash(path)
+    }
+
+    /// Writes the entries out, if any changed (best effort: it is only a cache).
+    pub(crate) fn save(&self, tmp_dir: &Path, path: &Path) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).save(tmp_dir, path)
+    }
+}
+
+impl Inner {
+    fn hash(&mut self, path: &Path) -> Result<ObjectHash> {
         if let Some(hash) = self.seen.get(path) {
             return Ok(hash.clone());
         }
@@ -60,7 +86,7 @@ impl StatCache {
         {
             return Ok(e.hash.clone());
         }
-        let hash = ObjectHash::from_hash(fsutil::hash_file(&abs)?);
+        let hash = hash::file(&abs)?;
         let recent = meta
             .modified()
             .ok()
@@ -73,7 +99,7 @@ impl StatCache {
         Ok(hash)
     }
 
-    pub(crate) fn save(&self, tmp_dir: &Path, path: &Path) {
+    fn save(&self, tmp_dir: &Path, path: &Path) {
         if self.dirty
             && let Ok(bytes) = serde_json::to_vec(&self.entries)
         {

@@ -8,16 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::error::{CacheError, IoContext, Result};
-use crate::fsutil::{self, rename_durable, unique_name, write_atomic};
+use crate::fsutil::{rename_durable, unique_name, write_atomic};
+use crate::hash;
 use crate::object::{DirEntry, DirManifest, ObjectHash};
 use crate::record::{CacheKey, OutputRef, StageRecord};
 use crate::runs::RunRecord;
 use crate::statcache::StatCache;
+use crate::walk::{self, Symlinks};
 
 /// A store rooted at a directory (by default `.drover/` beside the pipeline).
 pub struct Store {
     root: PathBuf,
-    stat_cache: Mutex<StatCache>,
+    stat_cache: StatCache,
     /// What the store found wrong and repaired on its own, for the run's summary.
     repairs: Mutex<Vec<String>>,
 }
@@ -71,7 +73,7 @@ impl Store {
             }
         }
         let stat_cache = StatCache::load(&root.join("statcache.json"));
-        Ok(Store { root: root.to_path_buf(), stat_cache: Mutex::new(stat_cache), repairs: Mutex::new(Vec::new()) })
+        Ok(Store { root: root.to_path_buf(), stat_cache, repairs: Mutex::new(Vec::new()) })
     }
 
     pub fn root(&self) -> &Path {
@@ -79,8 +81,9 @@ impl Store {
     }
 
     /// The memo of this store: values kept by key inside a stage's work (see [`crate::Memo`]).
+    /// It shares the store's stat cache ([`crate::Memo::hash_source_file`]).
     pub fn memo(&self) -> crate::Memo {
-        crate::Memo::new(&self.root)
+        crate::Memo::with_stat_cache(&self.root, self.stat_cache.clone())
     }
 
     /// A fresh directory for a stage's scratch files, inside the store's filesystem so that
@@ -117,9 +120,9 @@ impl Store {
     pub fn put_file(&self, src: &Path) -> Result<(ObjectHash, u64)> {
         let meta = fs::symlink_metadata(src).ctx("stat", src)?;
         if !meta.is_file() {
-            return Err(unstorable(src, &meta));
+            return Err(walk::unstorable(src, &meta));
         }
-        let hash = ObjectHash::from_hash(fsutil::hash_file(src)?);
+        let hash = hash::file(src)?;
         let size = meta.len();
         let dest = self.object_path(&hash);
         if self.object_in_place(&hash, &dest, size)? {
@@ -141,7 +144,7 @@ impl Store {
 
     /// Stores bytes as an object.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<ObjectHash> {
-        let hash = ObjectHash::from_hash(blake3::hash(bytes));
+        let hash = hash::bytes(bytes);
         let dest = self.object_path(&hash);
         if !self.object_in_place(&hash, &dest, bytes.len() as u64)? {
             let tmp = self.tmp_dir().join(unique_name("bytes"));
@@ -186,34 +189,17 @@ impl Store {
     /// Stores every file under `dir` and a manifest of them; returns the manifest's hash and
     /// the total size of the files. `dir` itself, and everything in it, must be a real
     /// directory or a regular file: a symbolic link is refused ([`CacheError::Unstorable`]),
-    /// never followed.
+    /// never followed ([`Symlinks::Refuse`]). The whole tree is walked before anything is
+    /// stored, so a refused output stores none of its files.
     pub fn put_dir(&self, dir: &Path) -> Result<(ObjectHash, u64)> {
-        let top = fs::symlink_metadata(dir).ctx("stat", dir)?;
-        if !top.is_dir() {
-            return Err(unstorable(dir, &top));
-        }
         let mut manifest = DirManifest::default();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for entry in fs::read_dir(&d).ctx("read directory", &d)? {
-                let entry = entry.ctx("read directory", &d)?;
-                let path = entry.path();
-                let meta = fs::symlink_metadata(&path).ctx("stat", &path)?;
-                if meta.is_dir() {
-                    stack.push(path);
-                } else if meta.is_file() {
-                    let executable = meta.permissions().mode() & 0o111 != 0;
-                    let rel = path.strip_prefix(dir).expect("walked under dir");
-                    let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-                    let (hash, size) = self.put_file(&path)?;
-                    manifest.files.push(DirEntry { path: rel, hash, size, executable });
-                } else {
-                    return Err(unstorable(&path, &meta));
-                }
-            }
+        for file in walk::files_below(dir, Symlinks::Refuse)? {
+            let executable = file.meta.permissions().mode() & 0o111 != 0;
+            let (hash, size) = self.put_file(&file.path)?;
+            manifest.files.push(DirEntry { path: file.rel, hash, size, executable });
         }
         let total = manifest.total_size();
-        Ok((self.put_bytes(&manifest.to_bytes())?, total))
+        Ok((self.put_bytes(&hash::manifest_bytes(&manifest))?, total))
     }
 
     pub fn read_manifest(&self, hash: &ObjectHash) -> Result<DirManifest> {
@@ -391,33 +377,13 @@ impl Store {
     /// The content hash of a file outside the store, re-read only when its size, mtime or
     /// inode changed.
     pub fn hash_source_file(&self, path: &Path) -> Result<ObjectHash> {
-        let mut cache = self.stat_cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.hash(path)
+        self.stat_cache.hash(path)
     }
 
     /// Saves the stat cache (best effort: it is only a cache).
     pub fn flush(&self) {
-        let cache = self.stat_cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.save(&self.tmp_dir(), &self.root.join("statcache.json"));
+        self.stat_cache.save(&self.tmp_dir(), &self.root.join("statcache.json"));
     }
-}
-
-/// The error for an output that is not a regular file or directory.
-fn unstorable(path: &Path, meta: &fs::Metadata) -> CacheError {
-    let detail = if meta.is_symlink() {
-        let target = fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into());
-        format!(
-            "is a symbolic link (to {target}); drover stores what a stage writes, never what a link points at: \
-             write or copy the data itself (e.g. `cp -rL SOURCE OUTPUT`)"
-        )
-    } else if meta.is_dir() {
-        "is a directory where a file was expected".to_string()
-    } else if meta.is_file() {
-        "is a file where a directory was expected".to_string()
-    } else {
-        "is a special file (a pipe, socket or device); only regular files and directories can be stored".to_string()
-    };
-    CacheError::Unstorable { path: path.to_path_buf(), detail }
 }
 
 /// A file name for an arbitrary stage or pipeline name: `[A-Za-z0-9_.-]` kept, the rest `%XX`.
@@ -470,5 +436,26 @@ impl Store {
                 let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `dir` output's hash is its manifest's: entries sorted by path, the executable bit only
+    /// where set. Pinned: the manifest written by hand and hashed with PyPI's `blake3` package.
+    #[test]
+    fn a_dir_output_is_named_by_its_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join(".drover")).unwrap();
+        let out = d.path().join("out");
+        fs::create_dir_all(out.join("sub")).unwrap();
+        fs::write(out.join("sub/a.txt"), "a\n").unwrap();
+        fs::write(out.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+        fs::set_permissions(out.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        let (hash, size) = store.put_dir(&out).unwrap();
+        assert_eq!(hash.as_str(), "9d6a287478ef9789abee16962396a531650c58029f2ab4c400a3c1defbb05146");
+        assert_eq!(size, 20);
     }
 }

@@ -1,9 +1,11 @@
 //! The cache key: blake3 over the canonical JSON of one named struct, [`Recipe`], that lists
-//! every input of a stage. No other code feeds a hasher.
+//! every input of a stage. The hashing itself, and the encoding of arbitrary JSON inside the
+//! recipe, are `drover_cache::hash`'s, as every other content hash is.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use drover_cache::hash::{self, sorted_json, sorted_json_map};
 use drover_cache::{CacheKey, OutputRef, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,7 +25,7 @@ pub const KEY_FORMAT: u32 = 1;
 pub struct Recipe {
     /// What the op resolved beyond its params (an endpoint's model id). Absent when empty, so
     /// that keys of ops without context did not change when it was added.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", serialize_with = "sorted_map")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", serialize_with = "sorted_json_map")]
     pub context: BTreeMap<String, Value>,
     /// Content hashes of dep files, by path as written (or by an op's label).
     pub deps: BTreeMap<String, String>,
@@ -35,7 +37,7 @@ pub struct Recipe {
     /// Declared output ports and their types (`table`, `table:csv`, `blob`, `dir`).
     pub outputs: BTreeMap<String, String>,
     /// The interpolated `with:` block.
-    #[serde(serialize_with = "sorted")]
+    #[serde(serialize_with = "sorted_json")]
     pub params: Value,
     pub seed: u64,
 }
@@ -51,7 +53,7 @@ pub enum RecipeInput {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ListItem {
     pub hash: String,
-    #[serde(serialize_with = "sorted_map")]
+    #[serde(serialize_with = "sorted_json_map")]
     pub matrix: BTreeMap<String, Value>,
 }
 
@@ -62,48 +64,7 @@ impl Recipe {
     }
 
     pub fn key(&self) -> CacheKey {
-        CacheKey::from_hash(blake3::hash(&self.canonical_bytes()))
-    }
-}
-
-/// Serialises JSON with object keys sorted at every level.
-fn sorted<S: serde::Serializer>(value: &Value, serializer: S) -> Result<S::Ok, S::Error> {
-    Sorted(value).serialize(serializer)
-}
-
-fn sorted_map<S: serde::Serializer>(map: &BTreeMap<String, Value>, serializer: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut out = serializer.serialize_map(Some(map.len()))?;
-    for (k, v) in map {
-        out.serialize_entry(k, &Sorted(v))?;
-    }
-    out.end()
-}
-
-struct Sorted<'a>(&'a Value);
-
-impl Serialize for Sorted<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{SerializeMap, SerializeSeq};
-        match self.0 {
-            Value::Object(map) => {
-                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                let mut out = serializer.serialize_map(Some(entries.len()))?;
-                for (k, v) in entries {
-                    out.serialize_entry(k, &Sorted(v))?;
-                }
-                out.end()
-            }
-            Value::Array(items) => {
-                let mut out = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    out.serialize_element(&Sorted(item))?;
-                }
-                out.end()
-            }
-            scalar => scalar.serialize(serializer),
-        }
+        hash::key(&self.canonical_bytes())
     }
 }
 
@@ -173,20 +134,18 @@ pub fn recipe_for(
     }))
 }
 
-/// A file's content hash, or for a directory the hash of its sorted (path, hash) listing.
-/// Symlinks are followed (see [`crate::paths::files_below`]): a listing names files by where
-/// they appear below `path` and hashes what they lead to.
+/// A file's content hash, or for a directory the hash of its sorted (path, hash) listing
+/// ([`hash::dir_listing`]). Symlinks are followed (see [`crate::paths::files_below`]): a
+/// listing names files by where they appear below `path` and hashes what they lead to.
 fn hash_dep(store: &Store, path: &Path) -> Result<String, EngineError> {
     if !path.is_dir() {
         return Ok(store.hash_source_file(path)?.to_string());
     }
     let mut files = Vec::new();
     for (rel, file) in crate::paths::files_below(path)? {
-        files.push((rel, store.hash_source_file(&file)?.to_string()));
+        files.push((rel, store.hash_source_file(&file)?));
     }
-    files.sort();
-    let listing = serde_json::to_vec(&files).expect("listing serialises");
-    Ok(blake3::hash(&listing).to_hex().to_string())
+    Ok(hash::dir_listing(files).to_string())
 }
 
 #[cfg(test)]
@@ -256,6 +215,8 @@ mod tests {
         let (a, b) = (blake3::hash(b"a\n").to_hex(), blake3::hash(b"b\n").to_hex());
         let listing = format!(r#"[["b.txt","{b}"],["sub/a.txt","{a}"]]"#);
         assert_eq!(hash_dep(&store, &dep).unwrap(), blake3::hash(listing.as_bytes()).to_hex().as_str());
+        // Pinned: the same listing written by hand and hashed with PyPI's `blake3` package.
+        assert_eq!(hash_dep(&store, &dep).unwrap(), "126fc2ba0c25eb728a7d05d6784382555a8ec7ba67a05843b3c1a9f1b815aefb");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub mod status;
 pub mod yaml;
 
 pub use drover_cache::Memo;
+/// Every content hash and key (ops key their memo entries with [`hash::memo_key`]).
+pub use drover_cache::hash;
 pub use kit::{CheckErrors, OpKit, Work, run_blocking};
 pub use op::{
     BoxFuture, CheckCx, CheckError, CheckLocation, CheckSubject, Checked, Column, Input, InputItem, NoProgress, Op,

@@ -7,9 +7,9 @@
 //! symlinks are followed; what enters a key is the content read. Writes are the store's
 //! business, never a pipeline's.
 
-use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+
+use drover_cache::walk::{self, Symlinks};
 
 use crate::error::EngineError;
 
@@ -54,58 +54,18 @@ pub fn dep_name(written: &str) -> Option<String> {
 /// Every file below directory `root`, as (its path relative to `root`, the path to read it at),
 /// each directory's entries in name order. Symlinks are followed: a link to a directory is
 /// walked as a directory, a link to a file is read as that file. A link back to a directory
-/// that contains it (a loop) is an error naming both ends, found by device and inode, where a
-/// blind walk would go round until the kernel's limit of 40 links in one path stopped it. Two
-/// links to the same directory elsewhere are no loop, and both are listed.
+/// that contains it (a loop) is an error naming both ends. This is the store's one walk
+/// ([`drover_cache::walk`]) under [`Symlinks::Follow`]; outputs are walked by the same code
+/// under [`Symlinks::Refuse`], so a directory lists the same names as a dep and as an output.
 pub fn files_below(root: &Path) -> Result<Vec<(String, PathBuf)>, EngineError> {
-    let meta = fs::metadata(root).map_err(io("stat", root))?;
-    let mut files = Vec::new();
-    walk(root, &meta, Path::new(""), &mut Vec::new(), &mut files)?;
-    Ok(files)
-}
-
-/// Walks `dir` (whose metadata, symlinks followed, is `meta`); `open` holds the directories
-/// being walked above it, as (device, inode, path).
-fn walk(
-    dir: &Path,
-    meta: &fs::Metadata,
-    rel: &Path,
-    open: &mut Vec<(u64, u64, PathBuf)>,
-    files: &mut Vec<(String, PathBuf)>,
-) -> Result<(), EngineError> {
-    if let Some((_, _, ancestor)) = open.iter().find(|(dev, ino, _)| (*dev, *ino) == (meta.dev(), meta.ino())) {
-        return Err(EngineError::SymlinkLoop { path: dir.into(), ancestor: ancestor.clone() });
-    }
-    open.push((meta.dev(), meta.ino(), dir.into()));
-    let mut entries = fs::read_dir(dir)
-        .map_err(io("read directory", dir))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io("read directory", dir))?;
-    // In name order, so that the walk (and the first problem it meets) is the same every time.
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let child = rel.join(entry.file_name());
-        let is_link = entry.file_type().map_err(io("stat", &path))?.is_symlink();
-        let meta = fs::metadata(&path).map_err(io(if is_link { "follow symlink" } else { "stat" }, &path))?;
-        if meta.is_dir() {
-            walk(&path, &meta, &child, open, files)?;
-        } else {
-            files.push((child.to_string_lossy().into_owned(), path));
-        }
-    }
-    open.pop();
-    Ok(())
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EngineError {
-    let path = path.to_path_buf();
-    move |source| EngineError::Io { action, path, source }
+    let files = walk::files_below(root, Symlinks::Follow)?;
+    Ok(files.into_iter().map(|f| (f.rel, f.path)).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::symlink;
 
     #[test]
@@ -151,30 +111,5 @@ mod tests {
             ("sub/two/b.txt".to_string(), root.join("sub/two/b.txt")),
         ];
         assert_eq!(got, want);
-    }
-
-    #[test]
-    fn a_symlink_loop_is_an_error_naming_both_ends() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("root");
-        fs::create_dir_all(root.join("sub")).unwrap();
-        symlink("..", root.join("sub/up")).unwrap();
-        let err = files_below(&root).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "symlink loop: {} leads back to {}, a directory that contains it",
-                root.join("sub/up").display(),
-                root.display()
-            )
-        );
-    }
-
-    #[test]
-    fn a_dangling_symlink_is_an_error_that_says_so() {
-        let d = tempfile::tempdir().unwrap();
-        symlink("nowhere", d.path().join("gone")).unwrap();
-        let err = files_below(d.path()).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("follow symlink {}: ", d.path().join("gone").display())), "{err}");
     }
 }

@@ -186,8 +186,7 @@ impl StageJob {
         let on_pool = input_bytes > INLINE_CHECK_BYTES;
         let (store, plan, wanted, in_dir) =
             (self.store.clone(), self.plan.clone(), self.inputs.clone(), work.join("in"));
-        let (inputs, guards) =
-            blocking(on_pool, move || prepare_inputs(&store, &plan, &wanted, &in_dir)).await?;
+        let (inputs, guards) = blocking(on_pool, move || prepare_inputs(&store, &plan, &wanted, &in_dir)).await?;
         let out_dir = work.join("out");
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| AttemptFailure::env(format!("create {}: {e}", out_dir.display())))?;

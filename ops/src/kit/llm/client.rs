@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use drover_engine::StageCx;
-use drover_engine::{Memo, OpError};
+use drover_engine::{Memo, OpError, StageCx, hash};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::endpoint::{Endpoint, Target};
@@ -24,7 +23,7 @@ use super::serve;
 /// Bumped when the request key or the stored response changes shape.
 const MEMO_FORMAT: &str = "drover llm response v1";
 
-/// One message of a chat.
+/// One message of a chat. The order of its fields is part of every memo key (see `Body`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
@@ -91,6 +90,84 @@ pub struct Sampling {
 pub struct Request {
     pub prompt: Prompt,
     pub sampling: Sampling,
+}
+
+/// The JSON body sent for a request (the model is added beside it when sending), and what its
+/// memo key is computed over. A struct, so that its bytes are the same in every build: serde
+/// writes a struct's fields in declaration order, where a `serde_json::Value` object's key order
+/// depends on serde_json's `preserve_order` feature (insertion order with it, sorted without).
+/// The body used to be such a `Value`, built with the feature on; the fields below are in the
+/// order it was built in, so existing memos keep answering. Unset params are left out.
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<&'a [Message]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logit_bias: Option<&'a BTreeMap<String, f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<Logprobs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<u32>,
+}
+
+/// `logprobs` as each API takes it: a flag for a chat (the count goes in `top_logprobs`), the
+/// count for a plain completion.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Logprobs {
+    Chat(bool),
+    Text(u32),
+}
+
+impl<'a> Body<'a> {
+    fn of(request: &'a Request) -> Body<'a> {
+        let s = &request.sampling;
+        let (messages, prompt, logprobs, top_logprobs) = match &request.prompt {
+            Prompt::Chat(m) => (Some(m.as_slice()), None, s.logprobs.map(|_| Logprobs::Chat(true)), s.logprobs),
+            Prompt::Text(t) => (None, Some(t.as_str()), s.logprobs.map(Logprobs::Text), None),
+        };
+        Body {
+            messages,
+            prompt,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            max_tokens: s.max_tokens,
+            stop: s.stop.as_deref(),
+            seed: s.seed,
+            logit_bias: s.logit_bias.as_ref(),
+            n: s.n,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            logprobs,
+            top_logprobs,
+        }
+    }
+}
+
+/// What is sent: the body, then the model id.
+#[derive(Serialize)]
+struct Sent<'a> {
+    #[serde(flatten)]
+    body: Body<'a>,
+    model: &'a str,
 }
 
 /// One choice of a response.
@@ -184,10 +261,7 @@ impl Client {
     pub fn new(cx: &StageCx, name: &str) -> Result<Client, OpError> {
         let endpoint = Endpoint::resolve(cx.section(super::SECTION), name, &cx.pipeline_dir)
             .map_err(|e| OpError::environment(e.into_iter().map(|e| e.message).collect::<Vec<_>>().join("; ")))?;
-        let identity = match &endpoint.target {
-            Target::Remote { .. } => format!("model {}", endpoint.model),
-            Target::Serve { gguf, context, .. } => format!("gguf {} context {context}", gguf_hash(gguf)?),
-        };
+        let identity = identity(&endpoint, &cx.memo)?;
         let http = reqwest::Client::builder()
             .timeout(endpoint.timeout)
             .connect_timeout(Duration::from_secs(10))
@@ -238,51 +312,10 @@ impl Client {
         }
     }
 
-    /// The body sent for `request` (without the model, which is added when sending).
-    fn body(&self, request: &Request) -> Value {
-        let s = &request.sampling;
-        let mut body = serde_json::Map::new();
-        match &request.prompt {
-            Prompt::Chat(messages) => body.insert("messages".into(), json!(messages)),
-            Prompt::Text(text) => body.insert("prompt".into(), json!(text)),
-        };
-        let chat = matches!(request.prompt, Prompt::Chat(_));
-        let mut put = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                body.insert(k.to_string(), v);
-            }
-        };
-        put("temperature", s.temperature.map(|v| json!(v)));
-        put("top_p", s.top_p.map(|v| json!(v)));
-        put("max_tokens", s.max_tokens.map(|v| json!(v)));
-        put("stop", s.stop.as_ref().map(|v| json!(v)));
-        put("seed", s.seed.map(|v| json!(v)));
-        put("logit_bias", s.logit_bias.as_ref().map(|v| json!(v)));
-        put("n", s.n.map(|v| json!(v)));
-        put("presence_penalty", s.presence_penalty.map(|v| json!(v)));
-        put("frequency_penalty", s.frequency_penalty.map(|v| json!(v)));
-        if let Some(k) = s.logprobs {
-            match chat {
-                true => {
-                    put("logprobs", Some(json!(true)));
-                    put("top_logprobs", Some(json!(k)));
-                }
-                false => put("logprobs", Some(json!(k))),
-            }
-        }
-        Value::Object(body)
-    }
-
-    /// The memo key of `request`: blake3 over the model identity and the canonical body.
+    /// The memo key of `request`: the model identity and the request's `Body`
+    /// ([`hash::memo_key`]).
     pub fn key(&self, request: &Request) -> String {
-        let mut h = blake3::Hasher::new();
-        h.update(MEMO_FORMAT.as_bytes());
-        h.update(b"\0");
-        h.update(self.identity.as_bytes());
-        h.update(b"\0");
-        // serde_json's maps keep insertion order; `body` inserts in a fixed order.
-        h.update(&serde_json::to_vec(&self.body(request)).expect("a body serialises"));
-        h.finalize().to_hex().to_string()
+        hash::memo_key(MEMO_FORMAT, &self.identity, &Body::of(request))
     }
 
     /// The response already received for `request`, if any.
@@ -312,8 +345,8 @@ impl Client {
         let (base_url, shared) = self.connect().await?;
         let chat = matches!(request.prompt, Prompt::Chat(_));
         let url = format!("{base_url}/{}", if chat { "chat/completions" } else { "completions" });
-        let mut body = self.body(request);
-        body["model"] = json!(self.endpoint.model);
+        let body = serde_json::to_string(&Sent { body: Body::of(request), model: &self.endpoint.model })
+            .expect("a request serialises");
         let mut attempt = 0u32;
         let completion = loop {
             let permit = shared.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
@@ -384,7 +417,7 @@ impl Client {
         Ok(got.clone())
     }
 
-    async fn send(&self, url: &str, body: &Value, chat: bool) -> Result<Completion, Attempt> {
+    async fn send(&self, url: &str, body: &str, chat: bool) -> Result<Completion, Attempt> {
         let post = self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string());
         let request = authorize(&self.endpoint, post).map_err(Attempt::Fatal)?;
         let response = match request.send().await {
@@ -551,25 +584,96 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-/// blake3 of a model file, once per file per process.
-fn gguf_hash(path: &std::path::Path) -> Result<String, OpError> {
-    static HASHES: OnceLock<Mutex<HashMap<std::path::PathBuf, String>>> = OnceLock::new();
-    let mut hashes = HASHES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(h) = hashes.get(path) {
-        return Ok(h.clone());
-    }
-    let mut hasher = blake3::Hasher::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
-        .map_err(|e| OpError::io(format!("read {}", path.display()), e))?;
-    let h = hasher.finalize().to_hex().to_string();
-    hashes.insert(path.to_path_buf(), h.clone());
-    Ok(h)
+/// What decides a request's text besides the request: the model id, or the content of the GGUF
+/// file a local server loads and its context length. The GGUF is hashed through the store's
+/// stat cache, which the stage's key went through first: once per process, and not at all
+/// while the file is unchanged since an earlier run.
+fn identity(endpoint: &Endpoint, memo: &Memo) -> Result<String, OpError> {
+    Ok(match &endpoint.target {
+        Target::Remote { .. } => format!("model {}", endpoint.model),
+        Target::Serve { gguf, context, .. } => {
+            let hash = memo.hash_source_file(gguf).map_err(|e| OpError::environment(e.to_string()))?;
+            format!("gguf {hash} context {context}")
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// A client whose model identity is `identity`, for computing keys (it sends nothing).
+    fn client(identity: &str, memo_dir: &std::path::Path) -> Client {
+        let llms = json!({"default": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}});
+        let endpoint = Endpoint::resolve(&llms, "default", memo_dir).unwrap();
+        Client {
+            endpoint: Arc::new(endpoint),
+            identity: Arc::new(identity.to_string()),
+            http: reqwest::Client::new(),
+            memo: Memo::new(memo_dir),
+            base_url: Default::default(),
+            stats: Default::default(),
+            seed: 0,
+        }
+    }
+
+    /// Memo keys are a promise: a memo filled by an earlier drover answers the same requests.
+    /// The expected keys were computed independently: the bytes written out by hand below,
+    /// `b"drover llm response v1\0" + identity + b"\0" + body`, hashed with PyPI's `blake3`
+    /// package. Every sampling param is set in the chat request, so a field that moves, is
+    /// renamed or changes its encoding fails here.
+    #[test]
+    fn memo_keys_are_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        let chat = Request {
+            prompt: Prompt::Chat(vec![
+                Message::new("system", "Be brief."),
+                Message::new("user", "Name a \"colour\".\nOne word, \u{e9}."),
+            ]),
+            sampling: Sampling {
+                temperature: Some(0.7),
+                top_p: Some(1.0),
+                max_tokens: Some(16),
+                stop: Some(vec!["\n\n".into()]),
+                seed: Some(42),
+                logit_bias: Some(BTreeMap::from([("hello".into(), 2.5), ("15339".into(), -100.0)])),
+                n: Some(2),
+                logprobs: Some(3),
+                presence_penalty: Some(0.0),
+                frequency_penalty: Some(-0.5),
+            },
+        };
+        let text = Request {
+            prompt: Prompt::Text("Once upon".into()),
+            sampling: Sampling { max_tokens: Some(8), logprobs: Some(2), ..Default::default() },
+        };
+        let bare = Request { prompt: Prompt::Chat(vec![Message::new("user", "hi")]), sampling: Sampling::default() };
+        let remote = client("model m", d.path());
+        let served = client(&format!("gguf {} context 2048", "ab".repeat(32)), d.path());
+        assert_eq!(remote.key(&chat), "3f3e56047280763a57fbfbb239d8d7513103223752913225bf9b0d6b4803f9cd");
+        assert_eq!(remote.key(&text), "96549e22fc0ea9a2009dbefc95b949b0f1c170318a073d67d6e5fab0167aad7f");
+        assert_eq!(served.key(&bare), "fb2da51a1feb0df5a10fc03540279127675f6acaed7fa54e9af2ee5e01021512");
+    }
+
+    /// The stage's key hashes a `serve:` endpoint's GGUF through the store's stat cache (as a
+    /// named dep), which the memo shares (tested in drover-cache); the client's model identity
+    /// must reuse that hash, not read the file again. The file changes between the two: a
+    /// second read would see the new bytes.
+    #[test]
+    fn a_gguf_is_hashed_once_per_process_through_the_stores_stat_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let memo = Memo::new(&d.path().join(".drover"));
+        let gguf = d.path().join("m.gguf");
+        std::fs::write(&gguf, "GGUF v1").unwrap();
+        let keyed = memo.hash_source_file(&gguf).unwrap();
+        // blake3(b"GGUF v1"), by PyPI's `blake3` package.
+        assert_eq!(keyed.as_str(), "b001951ba80abb8ccdef9d5738d4a8d84455d2a88eef6092d1ac2f007acf899e");
+        std::fs::write(&gguf, "GGUF v2, edited while the run is under way").unwrap();
+        let llms = json!({"default": {"serve": {"gguf": "m.gguf", "context": 512}}});
+        let endpoint = Endpoint::resolve(&llms, "default", d.path()).unwrap();
+        assert_eq!(identity(&endpoint, &memo).unwrap(), format!("gguf {keyed} context 512"));
+    }
 
     #[test]
     fn backoff_grows_and_honours_retry_after() {
