@@ -33,24 +33,19 @@ pub struct RunStage {
     /// Path of the stage's log, relative to the store root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
-    /// What the op noted about how it ran, by name (`device`: the compute device it used). Never
-    /// in a key.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub notes: BTreeMap<String, String>,
-    /// `device` as records before `notes` wrote it; read, never written (see [`RunStage::note`]).
-    #[serde(default, rename = "device", skip_serializing)]
-    pub legacy_device: Option<String>,
+    /// What the op noted about how it ran, by name (`device`: the compute device it used), each a
+    /// field of the stage's entry (so `"device": ...` reads as it did before notes were a map).
+    /// Never in a key. A field a later drover adds reads as a note here rather than failing.
+    #[serde(flatten)]
+    pub notes: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub attempts: u32,
 }
 
 impl RunStage {
-    /// A note of the stage's op (`device`), also from records written before notes were a map.
+    /// A text note of the stage's op (`device`).
     pub fn note(&self, name: &str) -> Option<&str> {
-        self.notes
-            .get(name)
-            .map(String::as_str)
-            .or_else(|| (name == "device").then_some(self.legacy_device.as_deref()).flatten())
+        self.notes.get(name).and_then(serde_json::Value::as_str)
     }
 }
 

@@ -62,9 +62,8 @@ impl Finished {
             duration_ms: self.duration.as_millis() as u64,
             error: self.error,
             log: self.log,
-            notes: self.notes,
+            notes: self.notes.into_iter().map(|(k, v)| (k, v.into())).collect(),
             attempts: self.attempts,
-            legacy_device: None,
         }
     }
 }
