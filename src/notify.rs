@@ -227,12 +227,19 @@ pub fn notice(
                 .unwrap_or_default();
             match failed.is_empty() {
                 true => format!("the run ended `{}`", run.status),
-                false => format!("{} of {} stages failed: {}{first}", failed.len(), run.stages.len(), names.join(", ")),
+                false => format!(
+                    "{} of {} stage{} failed: {}{first}",
+                    failed.len(),
+                    run.stages.len(),
+                    if run.stages.len() == 1 { "" } else { "s" },
+                    names.join(", ")
+                ),
             }
         }
         Event::Recovery => format!(
-            "all {} stages ok after the failed run {}",
+            "all {} stage{} ok after the failed run {}",
             run.stages.len(),
+            if run.stages.len() == 1 { "" } else { "s" },
             previous.map_or("before it", |p| p.id.as_str())
         ),
         Event::Regression => regressions.iter().map(Regression::describe).collect::<Vec<_>>().join("; "),
