@@ -194,10 +194,26 @@ pub enum ScheduleCommand {
     List,
     /// Remove a schedule's entry (its crontab lines, units, or queued Slurm job).
     Remove { name: String },
-    /// When a schedule next fires (the Slurm entry asks this to resubmit itself).
+    /// When a schedule (or a calendar expression) next fires; the Slurm entry asks this to
+    /// resubmit itself.
     Next {
-        name: String,
-        /// `slurm` prints the time as `sbatch --begin` reads it.
+        /// An installed schedule; or give `--cron`.
+        #[arg(required_unless_present = "cron", conflicts_with = "cron")]
+        name: Option<String>,
+        /// A calendar expression, as `schedule add --cron` takes it.
+        #[arg(long)]
+        cron: Option<String>,
+        /// The zone to read it in (default: the system's).
+        #[arg(long, value_name = "ZONE")]
+        tz: Option<String>,
+        /// How many firings to list.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Start after this moment, `@UNIXSECONDS` (default: now).
+        #[arg(long, value_name = "@SECONDS")]
+        from: Option<String>,
+        /// `text`: `Mon 2026-11-30 02:00:00 CET`, as `systemd-analyze calendar` writes it;
+        /// `slurm`: `2026-11-30T02:00:00`, as `sbatch --begin` reads it.
         #[arg(long, value_parser = ["text", "slurm"], default_value = "text")]
         format: String,
     },

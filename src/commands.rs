@@ -68,7 +68,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             let (store, pipeline_name) = store_and_pipeline(&ops, &store_override, &pipeline)?;
             crate::html::report(&store, pipeline_name.as_deref(), run.as_deref(), &html)
         }
-        Command::Schedule { command } => crate::schedule::command(&ops, command),
+        Command::Schedule { command } => crate::schedule::command(&ops, &store_override, command),
         Command::Cache { command: CacheCommand::Verify { pipeline } } => verify(store_override, &pipeline.resolved()),
     }
 }
