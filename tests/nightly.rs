@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::mpsc;
 
-use common::{Project, wait_for};
+use common::{HELD, Project, wait_for};
 use serde_json::Value;
 
 /// A pipeline with one command stage whose table's last row holds two metrics.
@@ -128,16 +128,7 @@ fn a_nightly_run_records_its_trigger_host_git_revision_and_params_digest() {
 #[test]
 fn an_overlapping_nightly_run_is_skipped_with_exit_75() {
     let p = Project::new();
-    p.write(
-        "drover.yaml",
-        r#"
-stages:
-  slow:
-    op: command
-    with: { run: "touch started; while [ ! -f release ]; do sleep 0.05; done; echo done > ${out.out}" }
-    out: { out: blob }
-"#,
-    );
+    p.write("drover.yaml", HELD);
     let mut first = p.cmd(&["nightly", "n"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_for("the first run's stage to start", || p.read_opt("started"));
 

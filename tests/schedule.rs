@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Output, Project, wait_for};
+use common::{HELD, Output, Project, wait_for};
 
 const QUICK: &str = r#"
 pipeline: quick
@@ -434,17 +434,7 @@ fn cron_runs_the_entry_and_the_lease_skips_a_night_still_going() {
 
     let p = Project::new();
     p.write("quick.yaml", QUICK);
-    p.write(
-        "held.yaml",
-        r#"
-pipeline: held
-stages:
-  slow:
-    op: command
-    with: { run: "touch started; while [ ! -f release ]; do sleep 0.05; done; echo done > ${out.out}" }
-    out: { out: blob }
-"#,
-    );
+    p.write("held.yaml", HELD);
     // The night of `late` still going: this run holds its lease until the test lets it finish.
     let held = p.cmd(&["nightly", "late", "held.yaml"]).stderr(Stdio::null()).spawn().map(Stopped).unwrap();
     wait_for("the held run's stage to start", || p.read_opt("started"));

@@ -106,12 +106,10 @@ impl Cron {
     /// `TZ`; `None` if it never does in the next eight years (`0 0 30 2 *`).
     pub fn next_after(&self, after: i64) -> Option<i64> {
         let start = after.div_euclid(60) * 60 + 60;
-        let first = local(start)?;
-        let mut day = days_from_civil(first.year, first.month, first.day);
+        let mut day = local(start)?;
         for _ in 0..(366 * 8) {
-            let (y, m, d) = civil_from_days(day);
-            let weekday = (day + 4).rem_euclid(7) as u32; // 1970-01-01 was a Thursday
-            if self.day_matches(m, d, weekday) {
+            let (y, m, d) = (day.year, day.month, day.day);
+            if self.day_matches(m, d, day.weekday) {
                 for h in self.values(1) {
                     for mi in self.values(0) {
                         let Some(t) = from_local(y, m, d, h, mi) else { continue };
@@ -123,7 +121,9 @@ impl Cron {
                     }
                 }
             }
-            day += 1;
+            // The next day, at noon (never in a daylight-saving change); mktime carries the
+            // 32nd of a month into the next.
+            day = local(from_local(y, m, d + 1, 12, 0)?)?;
         }
         None
     }
@@ -323,30 +323,6 @@ fn from_local(year: i64, month: u32, day: u32, hour: u32, minute: u32) -> Option
     (t != -1).then_some(t as i64)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,15 +368,5 @@ mod tests {
         assert_eq!(one("0 0 1,15 * sun"), ["Sun *-*-* 00:00:00 UTC", "*-*-01,15 00:00:00 UTC"]);
         // `*/2` counts as a star: both must hold, as systemd's single line says.
         assert_eq!(one("0 0 */10 * 1"), ["Mon *-*-01,11,21,31 00:00:00 UTC"]);
-    }
-
-    #[test]
-    fn civil_dates_round_trip() {
-        for day in [-1_000_000, -1, 0, 59, 11_016, 20_000, 1_000_000] {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(days_from_civil(y, m, d), day);
-        }
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(days_from_civil(2000, 2, 29), 11_016);
     }
 }

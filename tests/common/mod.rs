@@ -122,6 +122,17 @@ impl Project {
     }
 }
 
+/// A pipeline whose one stage starts (touching `started`), then runs until the test writes
+/// `release`: a run still going, for as long as a test needs one.
+pub const HELD: &str = r#"
+pipeline: held
+stages:
+  slow:
+    op: command
+    with: { run: "touch started; while [ ! -f release ]; do sleep 0.05; done; echo done > ${out.out}" }
+    out: { out: blob }
+"#;
+
 /// How long a test waits for something a child process does (a pid file, a log line) before it
 /// fails instead of hanging.
 pub const DEADLINE: Duration = Duration::from_secs(60);
