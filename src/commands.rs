@@ -614,6 +614,24 @@ fn runs(
             run.status,
             humanize(Duration::from_millis(run.duration_ms))
         );
+        // Where it started, for records that say (written since triggers were recorded).
+        let mut facts = Vec::new();
+        if let Some(t) = &run.trigger {
+            facts.push(match &t.schedule {
+                Some(s) => format!("trigger {} (schedule {s})", t.kind),
+                None => format!("trigger {}", t.kind),
+            });
+        }
+        let short = |s: &str| s.chars().take(12).collect::<String>();
+        facts.extend(run.host.as_ref().map(|h| format!("host {h}")));
+        facts.extend(run.git_revision.as_ref().map(|g| format!("git {}", short(g))));
+        facts.extend(run.params_digest.as_ref().map(|d| format!("params {}", short(d))));
+        if !run.metrics.is_empty() {
+            facts.push(format!("{} metrics (drover metrics show {})", run.metrics.len(), run.id));
+        }
+        if !facts.is_empty() {
+            println!("  {}", facts.join(", "));
+        }
         for s in &run.stages {
             let err = s.error.as_deref().map(|e| format!("  {}", e.lines().next().unwrap_or(""))).unwrap_or_default();
             let device = s.note("device").map(|d| format!("  on {d}")).unwrap_or_default();

@@ -120,6 +120,17 @@ fn a_nightly_run_records_its_trigger_host_git_revision_and_params_digest() {
     assert_eq!(runs[0]["params_digest"], digest.as_str());
     assert_eq!(runs[1]["trigger"], serde_json::json!({"kind": "manual"}));
     assert_ne!(runs[1]["params_digest"], runs[0]["params_digest"]);
+    // `drover runs ID` says so.
+    let shown = p.drover(&["runs", runs[0]["id"].as_str().unwrap()]);
+    assert_eq!(
+        shown.stdout.lines().nth(1).unwrap(),
+        format!(
+            "  trigger nightly (schedule every-night), host {host}, git {}, params {}, 2 metrics (drover metrics show {})",
+            &revision[..12],
+            &digest[..12],
+            runs[0]["id"].as_str().unwrap()
+        )
+    );
     // Why each stage ran, in the record.
     assert_eq!(runs[0]["stages"][0]["reasons"], serde_json::json!(["never run"]));
     assert_eq!(runs[1]["stages"][0]["reasons"], serde_json::json!(["param `acc` changed from 0.8 to 0.9"]));
