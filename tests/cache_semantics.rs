@@ -403,6 +403,17 @@ fn copy_from_repo(p: &Project, paths: &[&str]) {
     }
 }
 
+/// Runs an example twice, as the README says to: the first run runs all `stages`, the second
+/// finds every one cached.
+fn runs_then_all_cached(p: &Project, file: &str, stages: usize) {
+    let first = p.drover(&["run", file]);
+    first.expect_code(0);
+    assert!(first.stderr.contains(&format!("{stages} stages: {stages} ran, 0 cached")), "{}", first.stderr);
+    let second = p.drover(&["run", file]);
+    second.expect_code(0);
+    assert!(second.stderr.contains(&format!("{stages} stages: 0 ran, {stages} cached")), "{}", second.stderr);
+}
+
 /// The README's quickstart, as the README runs it: a scaling-law fit and a model merge, offline;
 /// the second run reports everything cached, and the fit's parameters are the run's metrics.
 #[test]
@@ -413,13 +424,7 @@ fn quickstart_runs_and_its_second_run_is_all_cached() {
         .map(|m| ["config.json", "model.safetensors", "tokenizer.json"].map(|f| format!("examples/models/{m}/{f}")));
     files.extend(models.iter().flatten().map(String::as_str));
     copy_from_repo(&p, &files);
-
-    let first = p.drover(&["run", "examples/quickstart.yaml"]);
-    first.expect_code(0);
-    assert!(first.stderr.contains("7 stages: 7 ran, 0 cached"), "{}", first.stderr);
-    let second = p.drover(&["run", "examples/quickstart.yaml"]);
-    second.expect_code(0);
-    assert!(second.stderr.contains("7 stages: 0 ran, 7 cached"), "{}", second.stderr);
+    runs_then_all_cached(&p, "examples/quickstart.yaml", 7);
 
     // The fit's estimates, one metric each (`metrics: { table: params, key: param, ... }`):
     // Chinchilla's law refitted on 200 of Epoch's 245 points is close to Epoch's full fit
@@ -476,12 +481,7 @@ fn quickstart_runs_and_its_second_run_is_all_cached() {
 fn the_command_example_runs_and_its_second_run_is_all_cached() {
     let p = Project::new();
     copy_from_repo(&p, &["examples/commands.yaml", "examples/data/prompts.csv", "examples/scripts/count_long.sh"]);
-    let first = p.drover(&["run", "examples/commands.yaml"]);
-    first.expect_code(0);
-    assert!(first.stderr.contains("7 stages: 7 ran, 0 cached"), "{}", first.stderr);
-    let second = p.drover(&["run", "examples/commands.yaml"]);
-    second.expect_code(0);
-    assert!(second.stderr.contains("7 stages: 0 ran, 7 cached"), "{}", second.stderr);
+    runs_then_all_cached(&p, "examples/commands.yaml", 7);
     let shown = p.drover(&["show", "gather", "-f", "examples/commands.yaml"]);
     shown.expect_code(0);
     // 20 prompts, one duplicate: sampling 12 of the 19 unique ones.
