@@ -645,13 +645,13 @@ fn runs(
         return Ok(());
     }
     println!(
-        "{:<24} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+        "{:<27} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
         "run", "pipeline", "status", "ran", "cached", "failed", "time"
     );
     for run in all.iter().rev().take(limit) {
         let count = |o: StageOutcome| run.stages.iter().filter(|s| s.outcome == o).count();
         println!(
-            "{:<24} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+            "{:<27} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
             run.id,
             run.pipeline,
             run.status,
