@@ -164,6 +164,25 @@ pub struct NightlyArgs {
     pub run: RunArgs,
 }
 
+impl Command {
+    /// Whether the command only reads the store and prints (safe to end at any write to a closed
+    /// pipe); commands that run stages, write files or edit schedules are not.
+    pub fn only_prints(&self) -> bool {
+        match self {
+            Command::Plan { .. }
+            | Command::Dag { .. }
+            | Command::Show { .. }
+            | Command::Validate { .. }
+            | Command::Ops { .. }
+            | Command::Schema
+            | Command::Runs { .. }
+            | Command::Metrics { .. } => true,
+            Command::Schedule { command } => matches!(command, ScheduleCommand::List | ScheduleCommand::Next { .. }),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum MetricsCommand {
     /// A run's metrics (default: the last run).

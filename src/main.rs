@@ -62,6 +62,13 @@ impl<E: Into<miette::Report>> From<E> for Failure {
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if cli.command.only_prints() {
+        // `drover runs | head` closes the pipe early: a command that only prints ends there, as
+        // Unix tools do, instead of panicking in `println!`. Commands that write files or talk to
+        // servers keep Rust's ignored SIGPIPE (a write error they handle, not a silent death).
+        // SAFETY: no other thread exists yet; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     ExitCode::from(match commands::dispatch(cli) {
         Ok(()) => exit::OK,
         Err(Failure::User(report)) => {

@@ -188,3 +188,30 @@ fn plan_explain_prints_each_stage_with_its_op_params_and_typed_edges() {
     assert!(bad.stderr.contains("input `table`: there is no stage `rwa`"), "{}", bad.stderr);
     assert_eq!(bad.stdout, "");
 }
+
+/// `drover ops | head -1`: the reader goes away before drover has printed. A command that only
+/// prints ends quietly on the closed pipe (SIGPIPE, as `cat` would), never with Rust's
+/// "failed printing to stdout" panic.
+#[test]
+fn a_printing_command_ends_quietly_when_its_reader_goes_away() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let p = project();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe() writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just returned by pipe() and are owned by nothing else.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(reader); // every write to `writer` now fails with EPIPE
+    for args in [&["ops"][..], &["dag"], &["schema"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(args)
+            .current_dir(p.path())
+            .stdout(std::process::Stdio::from(writer.try_clone().unwrap()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {:?} {stderr}", out.status);
+        assert_eq!(stderr, "", "{args:?}");
+    }
+}
