@@ -99,11 +99,10 @@ fn max_tokens_beyond_the_positions_is_a_plan_error_at_its_line() {
         .write("drover.yaml", &PIPELINE.replace("{ column: sentence }", "{ column: sentence, max_tokens: 600 }"));
     let out = p.drover(&["plan"]);
     out.expect_code(2);
+    let stderr = out.unwrapped();
     assert!(
-        out.stderr
-            .contains("max_tokens 600 is more than the model's 512 positions (max_position_embeddings in config.json)"),
-        "{}",
-        out.stderr
+        stderr.contains("max_tokens 600 is more than the model's 512 positions (max_position_embeddings in config.json)"),
+        "{stderr}"
     );
     assert!(out.stderr.contains("drover.yaml:8:43"), "{}", out.stderr);
 }

@@ -27,5 +27,5 @@ pub use integrity::{Corruption, Invalidated, Snapshot};
 pub use memo::Memo;
 pub use object::{DirEntry, DirManifest, ObjectHash};
 pub use record::{CacheKey, OutputKind, OutputRef, Provenance, StageRecord};
-pub use runs::{RunRecord, RunStage, StageOutcome};
-pub use store::{KeyLock, Store};
+pub use runs::{RunRecord, RunStage, StageOutcome, Trigger, utc};
+pub use store::{KeyLock, Lease, Store};

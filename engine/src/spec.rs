@@ -20,7 +20,7 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 pub const TOP_KEYS: &[&str] = &["pipeline", "description", "params", "seed", "resources", "stages"];
 /// Keys allowed in a stage.
 pub const STAGE_KEYS: &[&str] =
-    &["op", "description", "in", "with", "out", "deps", "matrix", "retries", "timeout", "resources", "seed"];
+    &["op", "description", "in", "with", "out", "deps", "matrix", "retries", "timeout", "resources", "seed", "metrics"];
 
 /// A pipeline as written.
 #[derive(Debug)]
@@ -63,6 +63,8 @@ pub struct StageSpec {
     pub timeout: Option<Duration>,
     pub resources: BTreeMap<String, u64>,
     pub seed: Option<u64>,
+    /// `metrics:`: which columns of which output table are metrics (see [`crate::metrics`]).
+    pub metrics: Option<crate::metrics::MetricsSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -390,6 +392,7 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node) -> Option<StageSpec> {
         timeout: None,
         resources: BTreeMap::new(),
         seed: None,
+        metrics: None,
     };
     for (k, v) in entries {
         let key = k.as_str().unwrap_or("");
@@ -533,6 +536,7 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node) -> Option<StageSpec> {
             "timeout" => stage.timeout = parse_duration(d, st, v),
             "resources" => stage.resources = parse_resources(d, st, v),
             "seed" => stage.seed = expect_u64(d, st, v, "seed"),
+            "metrics" => stage.metrics = crate::metrics::parse_spec(d, st, k.span, v),
             other => d.error(
                 st,
                 k.span,

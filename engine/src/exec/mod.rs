@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use drover_cache::{RunRecord, StageOutcome, Store};
+use drover_cache::{RunRecord, StageOutcome, Store, Trigger};
 use tokio::task::JoinSet;
 
 use crate::error::EngineError;
@@ -35,6 +35,17 @@ pub struct RunOptions {
     pub forced: BTreeSet<usize>,
     /// Resource capacities, overriding the pipeline's `resources:`.
     pub resources: BTreeMap<String, u64>,
+    /// What the run record says of how and where the run started.
+    pub meta: RunMeta,
+}
+
+/// How and where a run started, copied into its record as given (the engine reads none of it).
+#[derive(Clone, Debug, Default)]
+pub struct RunMeta {
+    pub trigger: Option<Trigger>,
+    pub host: Option<String>,
+    pub git_revision: Option<String>,
+    pub params_digest: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -45,6 +56,7 @@ impl Default for RunOptions {
             selected: BTreeSet::new(),
             forced: BTreeSet::new(),
             resources: BTreeMap::new(),
+            meta: RunMeta::default(),
         }
     }
 }
@@ -117,6 +129,8 @@ pub async fn run(
         if opts.selected.is_empty() { (0..plan.nodes.len()).collect() } else { opts.selected.clone() };
     reporter.event(Event::Started { run_id: &run_id, stages: selected.len() });
 
+    // Each stage's key in its last run, to say in the record why it runs again.
+    let last_keys = store.load_state(&plan.pipeline);
     let mut sched = Scheduler::new(&plan, &opts, &selected);
     let mut tasks: JoinSet<Finished> = JoinSet::new();
     let mut interrupted = false;
@@ -136,6 +150,7 @@ pub async fn run(
                 forced: opts.forced.contains(&launch.idx),
                 reporter: reporter.clone(),
                 notes: StageNotes::default(),
+                last_key: last_keys.get(&plan.nodes[launch.idx].id).cloned(),
             };
             tasks.spawn(job.run());
         }
@@ -176,6 +191,12 @@ pub async fn run(
         }
         .into(),
         stages: done.stages,
+        trigger: opts.meta.trigger.clone(),
+        host: opts.meta.host.clone(),
+        git_revision: opts.meta.git_revision.clone(),
+        params_digest: opts.meta.params_digest.clone(),
+        metrics: BTreeMap::new(),
+        fail_if: Vec::new(),
     };
     store.put_run(&record)?;
     Ok(RunSummary { record, environment_failure: done.environment_failure, interrupted, repairs: store.take_repairs() })

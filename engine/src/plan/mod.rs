@@ -79,6 +79,8 @@ pub struct PlanNode {
     pub resources: BTreeMap<String, u64>,
     pub seed: u64,
     pub span: Span,
+    /// Which columns of which output table are metrics (`metrics:`), checked.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Where an input comes from.
@@ -176,6 +178,8 @@ struct Draft<'s> {
     outputs: Option<BTreeMap<String, PortType>>,
     out_formats: BTreeMap<String, String>,
     context: BTreeMap<String, Value>,
+    /// `metrics:`, once checked against the outputs.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 /// A resolved input of a draft, with the spans its errors point at.
@@ -202,6 +206,7 @@ impl<'s> Draft<'s> {
             outputs: None,
             out_formats: BTreeMap::new(),
             context: BTreeMap::new(),
+            metrics: None,
         }
     }
 
@@ -231,6 +236,7 @@ impl<'s> Draft<'s> {
             resources: self.spec.resources.clone(),
             seed: self.spec.seed.unwrap_or(default_seed),
             span: self.spec.name_span,
+            metrics: self.metrics,
         }
     }
 }
