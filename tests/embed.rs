@@ -94,15 +94,104 @@ fn embeddings_match_the_reference_on_the_cpu_and_on_wgpu() {
 #[test]
 fn max_tokens_beyond_the_positions_is_a_plan_error_at_its_line() {
     pull();
-    let p = Project::new();
-    p.write("sentences.jsonl", "{\"sentence\": \"a\"}\n")
-        .write("drover.yaml", &PIPELINE.replace("{ column: sentence }", "{ column: sentence, max_tokens: 600 }"));
-    let out = p.drover(&["plan"]);
-    out.expect_code(2);
-    let stderr = out.unwrapped();
+    let stderr = plan_error(&Project::new(), ONE_ROW, "{ column: sentence, max_tokens: 600 }");
     assert!(
-        stderr.contains("max_tokens 600 is more than the model's 512 positions (max_position_embeddings in config.json)"),
+        stderr
+            .contains("max_tokens 600 is more than the model's 512 positions (max_position_embeddings in config.json)"),
         "{stderr}"
     );
-    assert!(out.stderr.contains("drover.yaml:8:43"), "{}", out.stderr);
+    assert!(stderr.contains("drover.yaml:8:43"), "{stderr}");
+}
+
+/// The pulled model's directory (`drover models pull` prints it).
+fn pulled_dir() -> std::path::PathBuf {
+    pull();
+    let out = Project::new().drover(&["models", "pull", "minilm"]);
+    out.expect_code(0);
+    std::path::PathBuf::from(out.stdout.trim())
+}
+
+/// `model/` in the project: MiniLM's files (the weights linked, the rest copied), then `edit`.
+fn edited_model(p: &Project, edit: impl FnOnce(&std::path::Path)) {
+    let from = pulled_dir();
+    let to = p.join("model");
+    std::fs::create_dir_all(to.join("1_Pooling")).unwrap();
+    for file in ["config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"]
+    {
+        std::fs::copy(from.join(file), to.join(file)).unwrap();
+    }
+    std::os::unix::fs::symlink(from.join("model.safetensors"), to.join("model.safetensors")).unwrap();
+    edit(&to);
+}
+
+const ONE_ROW: &str = "{\"sentence\": \"a\"}\n";
+const LOCAL_MODEL: &str = "{ column: sentence, model: { path: model } }";
+
+/// Plans `PIPELINE` on `rows` (JSONL) with its `with:` replaced; expects exit 2 and returns
+/// stderr, lines unwrapped.
+fn plan_error(p: &Project, rows: &str, with: &str) -> String {
+    p.write("sentences.jsonl", rows).write("drover.yaml", &PIPELINE.replace("{ column: sentence }", with));
+    let out = p.drover(&["plan"]);
+    out.expect_code(2);
+    out.unwrapped()
+}
+
+#[test]
+fn a_model_directory_without_a_tokenizer_is_a_plan_error_at_its_line() {
+    let p = Project::new();
+    edited_model(&p, |m| std::fs::remove_file(m.join("tokenizer.json")).unwrap());
+    let stderr = plan_error(&p, ONE_ROW, LOCAL_MODEL);
+    assert!(stderr.contains("/model has no tokenizer.json\n"), "{stderr}");
+    assert!(stderr.contains("drover.yaml:8:46"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "help: the encoder reads the fast tokenizer's tokenizer.json (from `tokenizer.save_pretrained(DIR)` in \
+             Python); vocab.txt alone is not enough"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_model_directory_with_another_hidden_size_is_a_plan_error_at_its_line() {
+    let p = Project::new();
+    edited_model(&p, |m| {
+        let config = std::fs::read_to_string(m.join("config.json")).unwrap();
+        std::fs::write(m.join("config.json"), config.replace("\"hidden_size\": 384", "\"hidden_size\": 768")).unwrap();
+    });
+    let stderr = plan_error(&p, ONE_ROW, LOCAL_MODEL);
+    assert!(
+        stderr.contains(
+            "/model/model.safetensors: `embeddings.word_embeddings.weight` is [30522, 384], but config.json \
+             (hidden_size 768, intermediate_size 1536) implies [30522, 768]"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("drover.yaml:8:46"), "{stderr}");
+    assert!(stderr.contains("help: config.json and model.safetensors come from different models"), "{stderr}");
+}
+
+#[test]
+fn a_column_that_is_not_text_is_a_plan_error_at_its_line() {
+    pull();
+    let stderr = plan_error(&Project::new(), "{\"sentence\": 1}\n", "{ column: sentence }");
+    assert!(stderr.contains("column `sentence` of `table` is Int64, not text"), "{stderr}");
+    assert!(stderr.contains("drover.yaml:8:21"), "{stderr}");
+}
+
+/// An empty table (every row sampled away) runs, and gives an empty table with the column.
+#[test]
+fn an_empty_table_gives_an_empty_table_with_the_embedding_column() {
+    pull();
+    let p = Project::new();
+    let pipeline = PIPELINE.replace(
+        "  vectors:\n    op: embed\n    in: { table: sentences }",
+        "  none:\n    op: sample\n    in: { table: sentences }\n    with: { n: 0 }\n  vectors:\n    op: embed\n    in: { table: none }",
+    );
+    p.write("sentences.jsonl", "{\"sentence\": \"a\"}\n").write("drover.yaml", &pipeline);
+    p.drover(&["run", "--device", "cpu"]).expect_code(0);
+    p.drover(&["export", "vectors", "out.jsonl"]).expect_code(0);
+    assert_eq!(p.read("out.jsonl"), "");
+    let show = p.drover(&["show", "vectors"]);
+    assert!(show.stdout.contains("embedding"), "{}", show.all());
 }
