@@ -267,7 +267,7 @@ mod tests {
         let tokens = encoder.tokenize(&["good answer", "bad answer"], 16).unwrap();
         let rows: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
         let e = encoder.bert.embed(&TokenBatch::new(&rows, &device));
-        let similarity = (e.clone().slice([0..1]) * e.slice([1..2])).sum();
+        let similarity = (e.clone().narrow(0, 0, 1) * e.narrow(0, 1, 1)).sum();
         let grads = similarity.backward();
         let grad = encoder.bert.word_embeddings_grad(&grads).expect("a gradient for the word embeddings");
         let grad = grad.into_data();

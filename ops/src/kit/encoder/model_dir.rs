@@ -175,7 +175,7 @@ fn check_config(c: &BertConfig, at: &Path) -> Result<(), ModelProblem> {
     if let Some(p) = c.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
         return Err(unsupported(format!("position_embedding_type is `{p}`, not `absolute`")));
     }
-    if c.hidden_size == 0 || c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+    if c.hidden_size == 0 || c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
         return Err(unsupported(format!(
             "hidden_size {} is not a multiple of num_attention_heads {}",
             c.hidden_size, c.num_attention_heads
