@@ -56,7 +56,7 @@ impl RunStage {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
-    /// Sortable id: `YYYYmmddTHHMMSS-pid`.
+    /// Sortable id: `YYYYmmddTHHMMSS-PID-TAG` (see [`RunRecord::new_id`]).
     pub id: String,
     pub pipeline: String,
     pub file: String,
@@ -69,12 +69,26 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// A sortable run id, `YYYYmmddTHHMMSS-PID`, from a UTC time.
+    /// A sortable run id from a UTC time, unique among every process sharing a store, on
+    /// any host: `YYYYmmddTHHMMSS-PID-TAG`, where TAG is the first 8 hex digits of this host's
+    /// tag ([`crate::host`]), then `.N` for a process's later runs (a library running twice
+    /// in one second). Ids sort by start time to the second, then by no meaningful order.
     pub fn new_id(at: std::time::SystemTime) -> String {
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let secs = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let (days, rem) = (secs / 86400, secs % 86400);
         let (y, m, d) = civil_from_days(days as i64);
-        format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}-{}", rem / 3600, rem % 3600 / 60, rem % 60, std::process::id())
+        let me = crate::host::me();
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let again = if n == 0 { String::new() } else { format!(".{n}") };
+        format!(
+            "{y:04}{m:02}{d:02}T{:02}{:02}{:02}-{}-{}{again}",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            me.pid,
+            &me.tag[..8]
+        )
     }
 }
 
@@ -100,7 +114,11 @@ mod tests {
     fn run_ids_are_utc_timestamps() {
         // 2026-11-29T06:30:12Z = 1795933812 (date -u -d @1795933812).
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_933_812);
-        assert!(RunRecord::new_id(t).starts_with("20261129T063012-"));
+        let me = crate::host::me();
+        let first = RunRecord::new_id(t);
+        let second = RunRecord::new_id(t);
+        assert!(first.starts_with(&format!("20261129T063012-{}-{}", me.pid, &me.tag[..8])), "{first}");
+        assert_ne!(first, second, "two runs of one process in one second");
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
