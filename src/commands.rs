@@ -13,7 +13,7 @@ use drover_engine::status::{Action, plan_status};
 use drover_engine::{OpRegistry, SectionDecl, diag};
 
 use crate::Failure;
-use crate::cli::{CacheCommand, Cli, Command, DagFormat, PipelineArgs, SelectArgs};
+use crate::cli::{CacheCommand, Cli, Command, DagFormat, ExecutorChoice, PipelineArgs, SelectArgs};
 use crate::report::{TermReporter, summary};
 
 pub fn dispatch(cli: Cli) -> Result<(), Failure> {
@@ -22,10 +22,14 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Run(args) => args.device,
         _ => Default::default(),
     };
-    let ops = drover_ops::registry(device);
+    if let Command::Job(args) = cli.command {
+        return job(args);
+    }
+    let ops = registry(device);
     let store_override = cli.store.clone();
     match cli.command {
         Command::Run(args) => run(&ops, store_override, args),
+        Command::Job(_) => unreachable!("handled above"),
         Command::Plan { select, json, explain: true } => explain(&ops, &select, json),
         Command::Plan { select, json, explain: false } => plan_cmd(&ops, store_override, &select, json),
         Command::Dag { pipeline, format } => dag(&ops, &pipeline.resolved(), format),
@@ -59,6 +63,14 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Gc { pipeline, dry_run, memo } => gc(&ops, store_override, &pipeline.resolved(), dry_run, memo),
         Command::Cache { command: CacheCommand::Verify { pipeline } } => verify(store_override, &pipeline.resolved()),
     }
+}
+
+/// The ops, and the sections of the parts that own them: the ops' (`llms:`) and the Slurm
+/// executor's (`slurm:`).
+fn registry(device: drover_ops::kit::compute::DeviceChoice) -> OpRegistry {
+    let mut ops = drover_ops::registry(device);
+    ops.register_section(drover_slurm::section());
+    ops
 }
 
 fn pipeline_file(args: &PipelineArgs) -> PathBuf {
@@ -179,19 +191,31 @@ fn parse_resources(specs: &[String]) -> Result<BTreeMap<String, u64>, Failure> {
 fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunArgs) -> Result<(), Failure> {
     let t0 = Instant::now();
     let pargs = args.select.file.resolved();
-    let (_, plan) = load(ops, &pargs)?;
+    let (spec, plan) = load(ops, &pargs)?;
     let (selected, forced) = selection(&plan, &args.select)?;
     let store = Arc::new(open_store(&store_override, &pipeline_file(&pargs))?);
-    let opts = RunOptions {
-        jobs: args.jobs,
-        fail_fast: args.fail_fast,
-        selected,
-        forced,
-        resources: parse_resources(&args.resources)?,
+    let mut slurm = match args.executor {
+        ExecutorChoice::Local => None,
+        ExecutorChoice::Slurm => {
+            let launch = launch(ops, &pargs, &spec, &plan, &selected, &forced, args.device)?;
+            Some(drover_slurm::SlurmExecutor::new(Arc::new(drover_slurm::ctl::Cli::new()), launch, &plan.sections))
+        }
     };
+    let jobs = match (&slurm, args.jobs) {
+        (_, Some(n)) => n,
+        (Some(s), None) => s.driver_settings().max_jobs,
+        (None, None) => crate::cli::default_jobs(),
+    };
+    let opts =
+        RunOptions { jobs, fail_fast: args.fail_fast, selected, forced, resources: parse_resources(&args.resources)? };
     let reporter = Arc::new(TermReporter::new(args.verbose));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
-    let summary_ = runtime.block_on(exec::run(Arc::new(plan), store, opts, reporter.clone())).map_err(env)?;
+    let plan = Arc::new(plan);
+    let ran = match slurm.as_mut() {
+        Some(executor) => runtime.block_on(exec::run_on(plan, store, opts, reporter.clone(), executor)),
+        None => runtime.block_on(exec::run(plan, store, opts, reporter.clone())),
+    };
+    let summary_ = ran.map_err(env)?;
     // After Ctrl-C an op's blocking work (a numeric fit, say) may still be running, and dropping
     // the runtime would wait for it to end. Shutting down drops every task first (so that a
     // command's process group is killed by its guard), then waits a bounded time for blocking
@@ -212,6 +236,13 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
             t0.elapsed()
         )
     );
+    if let Some(s) = &slurm {
+        let calls = s.calls();
+        eprintln!(
+            "slurm: {} stage(s) submitted, {} followed from a stopped driver; {} sbatch, {} squeue, {} scancel call(s)",
+            s.stats.stages_submitted, s.stats.adopted, calls.sbatch, calls.squeue, calls.scancel
+        );
+    }
     if summary_.interrupted {
         eprintln!("interrupted: finished stages are stored; the next run continues from them");
         return Err(Failure::Interrupted);
@@ -227,6 +258,69 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
         });
     }
     Ok(())
+}
+
+/// What the jobs of a Slurm run need to rebuild its plan on their nodes.
+fn launch(
+    ops: &OpRegistry,
+    args: &PipelineArgs,
+    spec: &PipelineSpec,
+    plan: &Plan,
+    selected: &BTreeSet<usize>,
+    forced: &BTreeSet<usize>,
+    device: drover_ops::kit::compute::DeviceChoice,
+) -> Result<drover_slurm::Launch, Failure> {
+    let sections: Vec<SectionDecl> = ops.sections().cloned().collect();
+    let file = pipeline_file(args);
+    let file = std::path::absolute(&file).unwrap_or(file);
+    let drover = std::env::current_exe().map_err(|e| env(format!("cannot find this drover's path: {e}")))?;
+    let ids = |set: &BTreeSet<usize>| set.iter().map(|i| plan.nodes[*i].id.clone()).collect::<Vec<_>>();
+    Ok(drover_slurm::Launch {
+        file,
+        dir: spec.dir.clone(),
+        sets: with_section_env(&sections, &args.set),
+        params_files: args.params.clone(),
+        device: device.to_string(),
+        forced: ids(forced),
+        selected: if selected.len() == plan.nodes.len() { Vec::new() } else { ids(selected) },
+        drover,
+    })
+}
+
+/// `drover job`: one stage of a Slurm run, on the node Slurm chose.
+fn job(args: crate::cli::JobArgs) -> Result<(), Failure> {
+    use drover_slurm::{job, rundir::RunDir};
+    let run = RunDir { path: args.run_dir.clone() };
+    let info = run.read_info().map_err(|e| env(format!("cannot read {}: {e}", run.info_path().display())))?;
+    let device = info.device.parse().map_err(env)?;
+    let ops = registry(device);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
+    if args.finish {
+        let record = job::finish_run(&run, &info, &ops).map_err(env)?;
+        println!("drover: run {} {}", record.id, record.status);
+        return if record.status == "ok" { Ok(()) } else { Err(Failure::Stages) };
+    }
+    let stage = match (&args.stage, &args.array_list) {
+        (Some(stage), _) => stage.clone(),
+        (None, Some(list)) => {
+            let text =
+                std::fs::read_to_string(list).map_err(|e| env(format!("cannot read {}: {e}", list.display())))?;
+            let task = std::env::var("SLURM_ARRAY_TASK_ID").unwrap_or_default();
+            job::stage_of_task(&text, &task).map_err(env)?
+        }
+        (None, None) => {
+            return Err(Failure::User(miette::miette!(
+                help = "drover submits its jobs itself: see `drover run --executor slurm`",
+                "drover job: give --stage, --array-list or --finish"
+            )));
+        }
+    };
+    let code = runtime.block_on(job::run_job(&run, &info, &ops, &stage));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match code {
+        0 => Ok(()),
+        code => Err(Failure::Exit(code.clamp(1, 255) as u8)),
+    }
 }
 
 fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectArgs, json: bool) -> Result<(), Failure> {
@@ -498,6 +592,14 @@ fn runs(
         match &s.log {
             Some(rel) => print!("{}", std::fs::read_to_string(store.root().join(rel)).map_err(env)?),
             None => println!("stage `{stage}` wrote no log in run {} ({:?})", run.id, s.outcome),
+        }
+        // A stage that ran as a Slurm job: what the job printed too.
+        if let (Some(job), Some(rel)) = (s.note("slurm_job"), s.note("slurm_output")) {
+            println!("--- Slurm job {job} ({rel}) ---");
+            match std::fs::read_to_string(store.root().join(rel)) {
+                Ok(text) => print!("{text}"),
+                Err(e) => println!("(cannot read it: {e})"),
+            }
         }
         return Ok(());
     }

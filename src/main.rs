@@ -28,6 +28,8 @@ pub enum Failure {
     Environment(String),
     /// Interrupted by Ctrl-C: exit 130.
     Interrupted,
+    /// This exit code, already reported (a Slurm job's: 143 after SIGTERM).
+    Exit(u8),
 }
 
 impl<E: Into<miette::Report>> From<E> for Failure {
@@ -50,5 +52,6 @@ fn main() -> ExitCode {
             ExitCode::from(3)
         }
         Err(Failure::Interrupted) => ExitCode::from(130),
+        Err(Failure::Exit(code)) => ExitCode::from(code),
     }
 }

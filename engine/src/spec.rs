@@ -395,7 +395,8 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node, sections: &[SectionDecl]
         seed: None,
         sections: BTreeMap::new(),
     };
-    let stage_keys = || STAGE_KEYS.iter().copied().chain(sections.iter().filter(|s| s.stage_schema.is_some()).map(|s| s.name));
+    let stage_keys =
+        || STAGE_KEYS.iter().copied().chain(sections.iter().filter(|s| s.stage_schema.is_some()).map(|s| s.name));
     for (k, v) in entries {
         let key = k.as_str().unwrap_or("");
         match key {

@@ -437,7 +437,9 @@ fn placement() -> drover_engine::SectionDecl {
         if let Some(q) = v.get("queue")
             && !q.is_string()
         {
-            problems.push(drover_engine::SectionProblem::new(&["queue"], "`queue` must be a name").help("e.g. `queue: gpu`"));
+            problems.push(
+                drover_engine::SectionProblem::new(&["queue"], "`queue` must be a name").help("e.g. `queue: gpu`"),
+            );
         }
         if at == drover_engine::SectionAt::Stage && v.get("poll").is_some() {
             problems.push(drover_engine::SectionProblem::new(&["poll"], "`poll` is a setting of the whole pipeline"));

@@ -1,0 +1,584 @@
+//! `drover run --executor slurm`: the driver. The engine's scheduler decides what runs (keys,
+//! the cache, dependencies); this executor submits each stage it is handed as a Slurm job the
+//! moment its inputs exist, and follows the jobs.
+//!
+//! - **Submitting**: one `sbatch` per stage, or one job array per batch of expansions of a
+//!   matrix stage that became ready together with the same settings; at most `submit_rate`
+//!   calls a second; at most `max_jobs` (or `-j`) in flight.
+//! - **Following**: each job writes a status file beside its outputs; the driver reads those
+//!   often (files cost the controller nothing) and asks `squeue` once per `poll` about every
+//!   job still without one, to learn of ends that write no status: node failure, preemption,
+//!   time limit, memory, cancellation. Jobs are submitted with `--requeue`, so Slurm itself
+//!   puts a job that lost its node or was preempted back in the queue (the job counts its
+//!   restarts against the stage's `retries`); other infrastructure ends are submitted again
+//!   here while `retries` allow, and exit 3 once they do not.
+//! - **Remembering**: every submission goes to the run's `jobs.jsonl` first. A driver started
+//!   after one that was killed (`kill -9`) reads the jobs of that run, asks the queue which
+//!   still run, and follows those instead of submitting their stages again.
+//! - **Stopping**: Ctrl-C, or a failure under `--fail-fast`, cancels the jobs this driver
+//!   follows, and only those.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use drover_cache::{CacheKey, StageOutcome};
+use drover_engine::exec::{Cancel, Dispatch, Event, Executor, Finished, RunScope};
+use drover_engine::{BoxFuture, error::EngineError};
+
+use crate::ctl::{JobId, Phase, Slurm};
+use crate::rundir::{self, Driver, JobInput, RunDir, RunInfo, StageStatus, Submission};
+use crate::settings::{self, DriverSettings, JobSettings};
+
+/// How often status files are read (they cost the controller nothing).
+const STATUS_EVERY: Duration = Duration::from_millis(200);
+
+/// What the command line says about the run, for the jobs to rebuild its plan.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// The pipeline file as given.
+    pub file: PathBuf,
+    /// The pipeline's directory, absolute.
+    pub dir: PathBuf,
+    /// `--set` overrides, with the environment's section overrides first.
+    pub sets: Vec<String>,
+    pub params_files: Vec<PathBuf>,
+    pub device: String,
+    pub forced: Vec<String>,
+    pub selected: Vec<String>,
+    /// This drover (the nodes run the same path unless `slurm: { drover: ... }` says).
+    pub drover: PathBuf,
+}
+
+/// What the driver did, for the summary and the benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Stages submitted (an array of N tasks counts N), resubmissions included.
+    pub stages_submitted: u64,
+    /// Jobs of an earlier, killed driver followed instead of submitting again.
+    pub adopted: u64,
+}
+
+/// A stage in flight.
+struct Flight {
+    dispatch: Dispatch,
+    job: JobId,
+    /// Where its status appears (an adopted job's is in its own run's directory).
+    status_at: PathBuf,
+    /// Submissions by the driver (1, then 2 after one infrastructure failure, ...).
+    attempt: u32,
+    /// When the queue first said it ended with no status written yet: `squeue` and the
+    /// status file may disagree for a moment (NFS, a requeue on its way).
+    ended_seen: Option<(Instant, String)>,
+}
+
+/// A job of an earlier run whose driver is gone, still queued or running.
+struct Orphan {
+    job: JobId,
+    status_at: PathBuf,
+}
+
+/// The Slurm executor.
+pub struct SlurmExecutor {
+    ctl: Arc<dyn Slurm>,
+    launch: Launch,
+    job: JobSettings,
+    driver: DriverSettings,
+    run: Option<RunDir>,
+    /// The run's directory is written (at the first submission).
+    prepared: bool,
+    flights: BTreeMap<usize, Flight>,
+    ended: VecDeque<Finished>,
+    last_poll: Option<Instant>,
+    failed_polls: u32,
+    orphans: HashMap<CacheKey, Orphan>,
+    next_submit: Instant,
+    arrays: usize,
+    pub stats: Stats,
+}
+
+impl SlurmExecutor {
+    pub fn new(ctl: Arc<dyn Slurm>, launch: Launch, sections: &BTreeMap<String, serde_json::Value>) -> SlurmExecutor {
+        let (job, driver) = settings::pipeline(sections);
+        SlurmExecutor {
+            ctl,
+            launch,
+            job,
+            driver,
+            run: None,
+            prepared: false,
+            flights: BTreeMap::new(),
+            ended: VecDeque::new(),
+            last_poll: None,
+            failed_polls: 0,
+            orphans: HashMap::new(),
+            next_submit: Instant::now(),
+            arrays: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The driver's settings (`max_jobs` is the default `-j`).
+    pub fn driver_settings(&self) -> &DriverSettings {
+        &self.driver
+    }
+
+    /// The controller calls made so far.
+    pub fn calls(&self) -> crate::ctl::Calls {
+        self.ctl.calls()
+    }
+
+    fn run(&self) -> &RunDir {
+        self.run.as_ref().expect("begin() made the run directory")
+    }
+
+    /// How long the queue and the status file may disagree before the queue is believed.
+    fn grace(&self) -> Duration {
+        (self.driver.poll * 2).max(Duration::from_secs(5))
+    }
+
+    /// Writes the run's directory: the pipeline as it is now, its overrides, who drives it.
+    fn prepare(&self, scope: &RunScope, run: &RunDir) -> Result<(), String> {
+        let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", run.path.display());
+        run.create().map_err(|e| fail("cannot create", e))?;
+        let text = std::fs::read(&self.launch.file)
+            .map_err(|e| format!("cannot read the pipeline {}: {e}", self.launch.file.display()))?;
+        run.write(&run.pipeline_copy(), &text).map_err(|e| fail("cannot write into", e))?;
+        for (i, p) in self.launch.params_files.iter().enumerate() {
+            let bytes = std::fs::read(p).map_err(|e| format!("cannot read params file {}: {e}", p.display()))?;
+            run.write(&run.params_copy(i), &bytes).map_err(|e| fail("cannot write into", e))?;
+        }
+        let info = RunInfo {
+            run_id: scope.run_id.clone(),
+            pipeline: scope.plan.pipeline.clone(),
+            file: self.launch.file.clone(),
+            dir: self.launch.dir.clone(),
+            store: scope.store.root().to_path_buf(),
+            sets: self.launch.sets.clone(),
+            params_files: self.launch.params_files.len(),
+            device: self.launch.device.clone(),
+            forced: self.launch.forced.clone(),
+            selected: self.launch.selected.clone(),
+            driver: Driver::me(),
+            detached: false,
+            started: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        };
+        run.write_json(&run.info_path(), &info).map_err(|e| fail("cannot write into", e))
+    }
+
+    /// Jobs of earlier runs of this pipeline whose driver is known to be gone and whose run
+    /// has no record (it never finished), that the queue still holds: followed, not
+    /// submitted again.
+    async fn find_orphans(&mut self, scope: &RunScope) {
+        let root = rundir::runs_root(scope.store.root());
+        let Ok(entries) = std::fs::read_dir(&root) else { return };
+        let mut candidates: Vec<(CacheKey, JobId, PathBuf)> = Vec::new();
+        for entry in entries.flatten() {
+            let old = RunDir { path: entry.path() };
+            let Ok(info) = old.read_info() else { continue };
+            let finished = scope.store.root().join("runs").join(format!("{}.json", info.run_id)).exists();
+            if info.run_id == scope.run_id
+                || info.detached
+                || info.pipeline != scope.plan.pipeline
+                || finished
+                || !info.driver.gone()
+            {
+                continue;
+            }
+            for sub in old.submissions() {
+                for (stage, job, key) in sub.jobs() {
+                    let done = old.read_status(&stage).is_some_and(|s| s.is_final() && s.job.as_ref() == Some(&job));
+                    if let (Some(key), false) = (key, done) {
+                        candidates.push((key, job, old.status_path(&stage)));
+                    }
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        let bases: BTreeSet<String> = candidates.iter().map(|(_, j, _)| j.base().to_string()).collect();
+        let Ok(lines) = self.ctl.squeue(&bases.into_iter().collect::<Vec<_>>()).await else { return };
+        let active: BTreeSet<JobId> = lines.into_iter().filter(|l| l.phase() == Phase::Active).map(|l| l.job).collect();
+        for (key, job, status_at) in candidates {
+            if active.contains(&job) {
+                self.orphans.insert(key, Orphan { job, status_at });
+            }
+        }
+    }
+
+    /// The job script: this run's drover, for one stage or an array's list.
+    fn script(&self, run: &RunDir, which: &str) -> String {
+        let drover = self.driver.drover.clone().map(PathBuf::from).unwrap_or_else(|| self.launch.drover.clone());
+        format!(
+            "#!/bin/sh\n# drover run {}\nexec {} job --run-dir {} {which}\n",
+            run.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            shell_quote(&drover.display().to_string()),
+            shell_quote(&run.path.display().to_string()),
+        )
+    }
+
+    /// Submits one stage, or several expansions of one stage as an array.
+    async fn submit(&mut self, scope: &RunScope, group: Vec<Dispatch>, settings: &JobSettings, attempt: u32) {
+        let run = self.run().clone();
+        if !self.prepared {
+            if let Err(e) = self.prepare(scope, &run) {
+                self.fail_all(group, e);
+                return;
+            }
+            self.prepared = true;
+        }
+        let plan = &scope.plan;
+        for d in &group {
+            // Each input's artifacts come in the order of its edge's sources.
+            let mut upstream: BTreeMap<String, BTreeMap<String, drover_cache::OutputRef>> = BTreeMap::new();
+            for (port, edge) in &plan.nodes[d.idx].inputs {
+                let Some((_, items)) = d.inputs.get(port) else { continue };
+                for (s, (_, _, out)) in edge.sources().iter().zip(items) {
+                    upstream.entry(plan.nodes[s.node].id.clone()).or_default().insert(s.port.clone(), out.clone());
+                }
+            }
+            let input = JobInput { key: d.key.clone(), upstream };
+            if let Err(e) = run.write_json(&run.input_path(&plan.nodes[d.idx].id), &input) {
+                self.fail_all(group, format!("cannot write the job's inputs in {}: {e}", run.path.display()));
+                return;
+            }
+        }
+        let stage_ids: Vec<String> = group.iter().map(|d| plan.nodes[d.idx].id.clone()).collect();
+        let array = group.len() > 1;
+        let mut args = vec![
+            format!("--job-name=drover-{}-{}", plan.pipeline, plan.nodes[group[0].idx].stage),
+            format!("--output={}", run.output_pattern(array).display()),
+            "--open-mode=append".to_string(),
+            format!("--chdir={}", self.launch.dir.display()),
+            "--requeue".to_string(),
+            format!("--signal=B:USR1@{}", self.driver.warn_before.as_secs().max(1)),
+        ];
+        let which = if array {
+            let list = run.array_path(self.arrays);
+            self.arrays += 1;
+            if let Err(e) = run.write(&list, stage_ids.join("\n").as_bytes()) {
+                self.fail_all(group, format!("cannot write the array's list in {}: {e}", run.path.display()));
+                return;
+            }
+            let limit = self.driver.array_limit.map(|k| format!("%{k}")).unwrap_or_default();
+            args.push(format!("--array=0-{}{limit}", group.len() - 1));
+            format!("--array-list {}", shell_quote(&list.display().to_string()))
+        } else {
+            format!("--stage {}", shell_quote(&stage_ids[0]))
+        };
+        args.extend(settings.sbatch_args());
+        let script = self.script(&run, &which);
+        // At most `submit_rate` calls a second, whatever is ready.
+        let now = Instant::now();
+        if self.next_submit > now {
+            tokio::time::sleep(self.next_submit - now).await;
+        }
+        self.next_submit = Instant::now() + Duration::from_secs_f64(1.0 / self.driver.submit_rate);
+        let base = match self.ctl.sbatch(&args, &script).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.fail_all(
+                    group,
+                    format!(
+                        "Slurm refused the job: {e} (sbatch {}); check the stage's `slurm:` settings",
+                        args.join(" ")
+                    ),
+                );
+                return;
+            }
+        };
+        let sub = Submission {
+            job: JobId(base.clone()),
+            stages: stage_ids.clone(),
+            keys: group.iter().map(|d| Some(d.key.clone())).collect(),
+            attempt,
+        };
+        if let Err(e) = run.log_submission(&sub) {
+            // The job runs anyway; only a restarted driver would not know it.
+            eprintln!("warning: cannot note job {base} in {}: {e}", run.ledger_path().display());
+        }
+        self.stats.stages_submitted += group.len() as u64;
+        for ((stage, job, _), d) in sub.jobs().into_iter().zip(group) {
+            scope.reporter.event(Event::StageStarted { stage: &stage, attempt });
+            self.flights.insert(
+                d.idx,
+                Flight { dispatch: d, job, status_at: run.status_path(&stage), attempt, ended_seen: None },
+            );
+        }
+    }
+
+    fn fail_all(&mut self, group: Vec<Dispatch>, message: String) {
+        for d in group {
+            self.ended.push_back(Finished {
+                env: true,
+                ..Finished::new(d.idx, StageOutcome::Failed, Some(message.clone()), 1)
+            });
+        }
+    }
+
+    /// Moves every in-flight stage whose job wrote its final status to `ended`.
+    fn read_statuses(&mut self) {
+        let done: Vec<(usize, StageStatus)> = self
+            .flights
+            .iter()
+            .filter_map(|(idx, f)| {
+                let s = rundir::read_status_at(&f.status_at)?;
+                (s.is_final() && s.job.as_ref() == Some(&f.job)).then_some((*idx, s))
+            })
+            .collect();
+        for (idx, s) in done {
+            let f = self.flights.remove(&idx).expect("in flight");
+            self.ended.push_back(finished_from(idx, s, f.attempt));
+        }
+    }
+
+    /// One `squeue` about every job without a status; ends the queue reports without one are
+    /// acted on once they last longer than the grace period.
+    async fn poll_queue(&mut self, scope: &RunScope) {
+        self.last_poll = Some(Instant::now());
+        let bases: BTreeSet<String> = self.flights.values().map(|f| f.job.base().to_string()).collect();
+        let lines = match self.ctl.squeue(&bases.into_iter().collect::<Vec<_>>()).await {
+            Ok(lines) => {
+                self.failed_polls = 0;
+                lines
+            }
+            Err(e) => {
+                self.failed_polls += 1;
+                // Never wait forever on a controller that does not answer (Snakemake's plugin
+                // hangs when sacct does): after ten failed polls, the jobs count as lost.
+                if self.failed_polls >= 10 {
+                    let lost: Vec<usize> = self.flights.keys().copied().collect();
+                    for idx in lost {
+                        let f = self.flights.remove(&idx).expect("in flight");
+                        let why = format!(
+                            "squeue failed {} times in a row ({e}); job {} is left as it is",
+                            self.failed_polls, f.job
+                        );
+                        self.ended.push_back(Finished {
+                            env: true,
+                            ..Finished::new(idx, StageOutcome::Failed, Some(why), f.attempt)
+                        });
+                    }
+                }
+                return;
+            }
+        };
+        let by_job: HashMap<&JobId, &crate::ctl::QueueLine> = lines.iter().map(|l| (&l.job, l)).collect();
+        let now = Instant::now();
+        let grace = self.grace();
+        let mut act: Vec<(usize, String, Phase)> = Vec::new();
+        for (idx, f) in self.flights.iter_mut() {
+            let (state, phase) = match by_job.get(&f.job) {
+                Some(l) => (l.state.clone(), l.phase()),
+                None => ("gone from the queue".to_string(), Phase::Ended),
+            };
+            if phase == Phase::Active {
+                f.ended_seen = None;
+                continue;
+            }
+            let since = f.ended_seen.get_or_insert((now, state.clone())).0;
+            if now.duration_since(since) >= grace {
+                act.push((*idx, state, phase));
+            }
+        }
+        for (idx, state, phase) in act {
+            // One last look: the status may have landed since the last read.
+            if let Some(s) = rundir::read_status_at(&self.flights[&idx].status_at)
+                && s.is_final()
+                && s.job.as_ref() == Some(&self.flights[&idx].job)
+            {
+                let f = self.flights.remove(&idx).expect("in flight");
+                self.ended.push_back(finished_from(idx, s, f.attempt));
+                continue;
+            }
+            let f = self.flights.remove(&idx).expect("in flight");
+            let node = &scope.plan.nodes[idx];
+            let output = self.run().output_path(&f.job);
+            let tail = output_tail(&output);
+            match phase {
+                Phase::Infrastructure if f.attempt <= node.retries => {
+                    let why = format!("Slurm job {} ended {state}", f.job);
+                    scope.reporter.event(Event::StageRetry {
+                        stage: &node.id,
+                        attempt: f.attempt,
+                        error: &why,
+                        delay: Duration::ZERO,
+                    });
+                    let settings = settings::for_stage(&self.job, &node.sections, &node.resources);
+                    self.submit(scope, vec![f.dispatch], &settings, f.attempt + 1).await;
+                }
+                Phase::Infrastructure => {
+                    let why = format!(
+                        "Slurm job {} ended {state} (the cluster's doing: time limit, node failure, preemption or \
+                         memory), after {} attempt(s); `retries:` allows {}{tail}",
+                        f.job, f.attempt, node.retries
+                    );
+                    self.ended.push_back(Finished {
+                        env: true,
+                        ..Finished::new(idx, StageOutcome::Failed, Some(why), f.attempt)
+                    });
+                }
+                Phase::Cancelled => {
+                    let why = format!("Slurm job {} was cancelled outside this drover ({state}){tail}", f.job);
+                    self.ended.push_back(Finished {
+                        env: true,
+                        ..Finished::new(idx, StageOutcome::Failed, Some(why), f.attempt)
+                    });
+                }
+                Phase::Ended | Phase::Active => {
+                    let why = format!(
+                        "Slurm job {} ended ({state}) without writing its status {}: drover could not run on the node \
+                         (is `{}` there?){tail}",
+                        f.job,
+                        f.status_at.display(),
+                        self.driver.drover.clone().unwrap_or_else(|| self.launch.drover.display().to_string())
+                    );
+                    self.ended.push_back(Finished {
+                        env: true,
+                        ..Finished::new(idx, StageOutcome::Failed, Some(why), f.attempt)
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The last lines a job printed, for a message.
+fn output_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; its output ({}) ends with:\n  {}", path.display(), lines.join("\n  "))
+    }
+}
+
+/// A job's final status as the run records it.
+fn finished_from(idx: usize, s: StageStatus, driver_attempt: u32) -> Finished {
+    let attempts = s.attempts.max(1) + s.restarts + (driver_attempt - 1);
+    Finished {
+        idx,
+        outcome: s.outcome,
+        outputs: if matches!(s.outcome, StageOutcome::Ran | StageOutcome::Cached) { s.outputs } else { None },
+        error: s.error,
+        env: s.env,
+        attempts,
+        duration: Duration::from_millis(s.duration_ms),
+        log: s.log,
+        notes: s.notes,
+    }
+}
+
+/// `'...'` for sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl Executor for SlurmExecutor {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+
+    fn places_resources(&self) -> bool {
+        true
+    }
+
+    fn begin<'a>(&'a mut self, scope: &'a RunScope) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move {
+            // The run's directory is written when the first job is submitted: a rerun with
+            // everything stored leaves nothing behind.
+            self.run = Some(RunDir::new(scope.store.root(), &scope.run_id));
+            self.find_orphans(scope).await;
+            Ok(())
+        })
+    }
+
+    fn start<'a>(&'a mut self, scope: &'a RunScope, stages: Vec<Dispatch>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            // Groups in the order stages became ready: expansions of one matrix stage with the
+            // same settings go as one array.
+            let mut groups: Vec<(JobSettings, Vec<Dispatch>)> = Vec::new();
+            let mut array_of: HashMap<(String, JobSettings), usize> = HashMap::new();
+            for d in stages {
+                if let Some(orphan) = self.orphans.remove(&d.key) {
+                    let stage = scope.plan.nodes[d.idx].id.clone();
+                    eprintln!("following Slurm job {} for `{stage}` (submitted by a driver that is gone)", orphan.job);
+                    scope.reporter.event(Event::StageStarted { stage: &stage, attempt: 1 });
+                    self.stats.adopted += 1;
+                    let flight = Flight {
+                        dispatch: d,
+                        job: orphan.job,
+                        status_at: orphan.status_at,
+                        attempt: 1,
+                        ended_seen: None,
+                    };
+                    self.flights.insert(flight.dispatch.idx, flight);
+                    continue;
+                }
+                let node = &scope.plan.nodes[d.idx];
+                let settings = settings::for_stage(&self.job, &node.sections, &node.resources);
+                if node.matrix.is_empty() {
+                    groups.push((settings, vec![d]));
+                    continue;
+                }
+                match array_of.get(&(node.stage.clone(), settings.clone())) {
+                    Some(&g) => groups[g].1.push(d),
+                    None => {
+                        array_of.insert((node.stage.clone(), settings.clone()), groups.len());
+                        groups.push((settings, vec![d]));
+                    }
+                }
+            }
+            for (settings, group) in groups {
+                self.submit(scope, group, &settings, 1).await;
+            }
+        })
+    }
+
+    fn next<'a>(&'a mut self, scope: &'a RunScope) -> BoxFuture<'a, Option<Finished>> {
+        Box::pin(async move {
+            loop {
+                if let Some(f) = self.ended.pop_front() {
+                    return Some(f);
+                }
+                if self.flights.is_empty() {
+                    return None;
+                }
+                self.read_statuses();
+                if !self.ended.is_empty() {
+                    continue;
+                }
+                if self.last_poll.is_none_or(|t| t.elapsed() >= self.driver.poll) {
+                    self.poll_queue(scope).await;
+                    if !self.ended.is_empty() {
+                        continue;
+                    }
+                }
+                tokio::time::sleep(STATUS_EVERY).await;
+            }
+        })
+    }
+
+    fn cancel<'a>(&'a mut self, _scope: &'a RunScope, why: Cancel) -> BoxFuture<'a, Vec<Finished>> {
+        Box::pin(async move {
+            let jobs: Vec<String> = self.flights.values().map(|f| f.job.0.clone()).collect();
+            if let Err(e) = self.ctl.scancel(&jobs).await {
+                eprintln!("warning: cancelling jobs {}: {e}", jobs.join(" "));
+            }
+            let flights = std::mem::take(&mut self.flights);
+            match why {
+                Cancel::Interrupt => Vec::new(),
+                Cancel::FailFast => flights
+                    .into_iter()
+                    .map(|(idx, f)| {
+                        let why = format!("cancelled (Slurm job {}): a stage failed and --fail-fast is set", f.job);
+                        Finished::new(idx, StageOutcome::Interrupted, Some(why), f.attempt)
+                    })
+                    .collect(),
+            }
+        })
+    }
+}

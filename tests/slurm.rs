@@ -1,0 +1,415 @@
+//! `drover run --executor slurm` against a real Slurm: Debian's slurmctld, three slurmd and
+//! munge on this machine, started by `tests/support/slurm-cluster.sh` (`.ci/run` starts it and
+//! sets `DROVER_TEST_SLURM_CONF`). Without it these tests fail in CI (`CI` or
+//! `DROVER_REQUIRE_SLURM` set) and say they did not run elsewhere.
+//!
+//! Each test has its own pipeline and store; they share the cluster and run at once. Node n3
+//! (partition `flaky`) is taken down by the node-failure test only.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::{Output, Project, wait_for};
+
+struct Cluster {
+    conf: String,
+}
+
+/// The test cluster, or `None` (said on stderr) when there is none and none is required.
+fn cluster() -> Option<Cluster> {
+    match std::env::var("DROVER_TEST_SLURM_CONF") {
+        Ok(conf) if !conf.is_empty() => Some(Cluster { conf }),
+        _ if std::env::var_os("CI").is_some() || std::env::var_os("DROVER_REQUIRE_SLURM").is_some() => panic!(
+            "these tests need a Slurm cluster and none is set up: DROVER_TEST_SLURM_CONF is unset \
+             (.ci/run starts one with tests/support/slurm-cluster.sh start DIR)"
+        ),
+        _ => {
+            eprintln!(
+                "NOT RUN: no Slurm cluster (tests/support/slurm-cluster.sh start DIR; DROVER_TEST_SLURM_CONF=DIR/slurm.conf)"
+            );
+            None
+        }
+    }
+}
+
+impl Cluster {
+    /// A Slurm command's stdout; fails the test if it fails.
+    fn slurm(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new(program).args(args).env("SLURM_CONF", &self.conf).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A job's state, as `squeue` says it.
+    fn state(&self, job: &str) -> String {
+        self.slurm("squeue", &["-h", "-t", "all", "-j", job, "-o", "%T"]).trim().to_string()
+    }
+
+    /// `drover ARGS` in the project, talking to this cluster.
+    fn drover(&self, p: &Project, args: &[&str]) -> Output {
+        let out = self.cmd(p, args).output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn cmd(&self, p: &Project, args: &[&str]) -> Command {
+        let mut c = p.cmd(args);
+        c.env("SLURM_CONF", &self.conf).env_remove("DROVER_EXECUTOR");
+        c
+    }
+}
+
+/// The newest run record of the project's store.
+fn last_run(p: &Project) -> serde_json::Value {
+    let mut runs: Vec<_> = std::fs::read_dir(p.join(".drover/runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    runs.sort();
+    serde_json::from_slice(&std::fs::read(runs.last().expect("a run record")).unwrap()).unwrap()
+}
+
+/// Each stage of a run record: (stage, outcome, error, notes).
+fn stages(run: &serde_json::Value) -> Vec<(String, String, Option<String>, serde_json::Value)> {
+    run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["outcome"].as_str().unwrap().to_string(),
+                s["error"].as_str().map(String::from),
+                s["notes"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// The `slurm:` summary line of a driver's stderr, with the number of `squeue` calls (which
+/// depends on timing) left out.
+fn calls_line(stderr: &str) -> String {
+    let line = stderr.lines().find(|l| l.starts_with("slurm: ")).unwrap_or_else(|| panic!("no summary in:\n{stderr}"));
+    let (head, rest) = line.split_once(" sbatch, ").unwrap();
+    let scancel = rest.split_once(" squeue, ").unwrap().1;
+    format!("{head} sbatch, _ squeue, {scancel}")
+}
+
+#[test]
+fn a_matrix_goes_as_one_job_array_and_a_rerun_submits_nothing() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        r#"
+slurm: { poll: 1s }
+stages:
+  a: { op: command, with: { run: "echo A > ${out.out}" }, out: { out: blob } }
+  t:
+    op: command
+    matrix: { n: [1, 2, 3] }
+    in: { x: a }
+    with: { run: "cat ${in.x} > ${out.out}; echo ${matrix.n} >> ${out.out}" }
+    out: { out: blob }
+  g: { op: command, in: { parts: "t[*]" }, with: { run: "cat ${in.parts}/* > ${out.out}" }, out: { out: blob } }
+"#,
+    );
+    let out = c.drover(&p, &["run", "--executor", "slurm"]);
+    out.expect_code(0);
+    assert_eq!(
+        calls_line(&out.stderr),
+        "slurm: 5 stage(s) submitted, 0 followed from a stopped driver; 3 sbatch, _ squeue, 0 scancel call(s)"
+    );
+    let run = last_run(&p);
+    let jobs: Vec<(String, String)> =
+        stages(&run).into_iter().map(|(s, o, _, n)| (s, format!("{o} {}", n["slurm_job"].as_str().unwrap()))).collect();
+    let array = jobs[1].1.trim_start_matches("ran ").split('_').next().unwrap().to_string();
+    assert_eq!(
+        jobs[1..4].iter().map(|(s, j)| format!("{s} {j}")).collect::<Vec<_>>(),
+        [format!("t[n=1] ran {array}_0"), format!("t[n=2] ran {array}_1"), format!("t[n=3] ran {array}_2"),]
+    );
+    let show = c.drover(&p, &["show", "g"]);
+    assert!(show.stdout.ends_with("\nA\n1\nA\n2\nA\n3\n"), "{}", show.stdout);
+
+    let again = c.drover(&p, &["run", "--executor", "slurm"]);
+    again.expect_code(0);
+    assert!(again.stderr.contains("5 stages: 0 ran, 5 cached"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains(
+            "slurm: 0 stage(s) submitted, 0 followed from a stopped driver; 0 sbatch, 0 squeue, 0 scancel call(s)"
+        ),
+        "{}",
+        again.stderr
+    );
+}
+
+#[test]
+fn a_failed_stage_skips_its_dependents_which_are_never_submitted() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        r#"
+slurm: { poll: 1s }
+stages:
+  a: { op: command, with: { run: "echo about to fail; exit 4" }, out: { out: blob } }
+  b: { op: command, in: { x: a }, with: { run: "cat ${in.x} > ${out.out}" }, out: { out: blob } }
+  c: { op: command, with: { run: "echo C > ${out.out}" }, out: { out: blob } }
+"#,
+    );
+    let out = c.drover(&p, &["run", "--executor", "slurm"]);
+    out.expect_code(1);
+    assert_eq!(
+        calls_line(&out.stderr),
+        "slurm: 2 stage(s) submitted, 0 followed from a stopped driver; 2 sbatch, _ squeue, 0 scancel call(s)"
+    );
+    let got: Vec<(String, String, Option<String>)> =
+        stages(&last_run(&p)).into_iter().map(|(s, o, e, _)| (s, o, e)).collect();
+    let mut got = got;
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                "a".into(),
+                "failed".into(),
+                Some("command exited with status 4; last lines of its output:\n  about to fail".into())
+            ),
+            ("b".into(), "skipped".into(), Some("`a` failed".into())),
+            ("c".into(), "ran".into(), None),
+        ]
+    );
+    // The stage's log, then what its job printed.
+    let log = c.drover(&p, &["runs", "--log", "a"]);
+    log.expect_code(0);
+    let lines: Vec<&str> = log.stdout.lines().collect();
+    assert_eq!(lines[0], "about to fail");
+    assert!(lines[1].starts_with("--- Slurm job ") && lines[1].ends_with(".out) ---"), "{}", log.stdout);
+    assert_eq!(lines[2], "drover: a: attempt 1 started");
+    assert!(lines[3].starts_with("drover: a: Failed after "), "{}", log.stdout);
+}
+
+#[test]
+fn early_cutoff_holds_on_the_cluster() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    let pipeline = |v: u32| {
+        format!(
+            r#"
+slurm: {{ poll: 1s }}
+stages:
+  a: {{ op: command, with: {{ run: "echo a >> calls.log; echo same > ${{out.out}} # v{v}" }}, out: {{ out: blob }} }}
+  b: {{ op: command, in: {{ x: a }}, with: {{ run: "echo b >> calls.log; cat ${{in.x}} > ${{out.out}}" }}, out: {{ out: blob }} }}
+"#
+        )
+    };
+    p.write("drover.yaml", &pipeline(1));
+    c.drover(&p, &["run", "--executor", "slurm"]).expect_code(0);
+    p.write("drover.yaml", &pipeline(2));
+    let out = c.drover(&p, &["run", "--executor", "slurm"]);
+    out.expect_code(0);
+    // `a` ran again on the cluster and made the same bytes: `b` was never submitted.
+    assert_eq!(p.read("calls.log"), "a\nb\na\n");
+    let got: Vec<(String, String)> = stages(&last_run(&p)).into_iter().map(|(s, o, _, _)| (s, o)).collect();
+    assert_eq!(got, [("a".into(), "ran".into()), ("b".into(), "cached".into())]);
+    assert_eq!(
+        calls_line(&out.stderr),
+        "slurm: 1 stage(s) submitted, 0 followed from a stopped driver; 1 sbatch, _ squeue, 0 scancel call(s)"
+    );
+}
+
+#[test]
+fn a_node_failure_is_requeued_by_slurm_and_counted_as_an_attempt() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        r#"
+slurm: { poll: 1s, partition: flaky }
+stages:
+  a:
+    op: command
+    retries: 1
+    with: { run: "echo $SLURM_JOB_ID >> starts.log; while [ ! -e go ]; do sleep 0.1; done; echo done > ${out.out}" }
+    out: { out: blob }
+"#,
+    );
+    let driver =
+        c.cmd(&p, &["run", "--executor", "slurm"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let job = wait_for("the stage to start on n3", || p.read_opt("starts.log").filter(|s| s.ends_with('\n')));
+    let job = job.trim().to_string();
+    c.slurm("scontrol", &["update", "NodeName=n3", "State=DOWN", "Reason=drover-test"]);
+    // Slurm kills the job and, as it was submitted with --requeue, queues it again.
+    wait_for("the job to be requeued", || (c.state(&job) == "PENDING").then_some(()));
+    p.write("go", "");
+    c.slurm("scontrol", &["update", "NodeName=n3", "State=RESUME"]);
+    let out = driver.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(p.read("starts.log"), format!("{job}\n{job}\n"), "the same job ran twice");
+    let run = last_run(&p);
+    assert_eq!(run["stages"][0]["attempts"], 2);
+    assert_eq!(run["stages"][0]["notes"]["slurm_job"], job.as_str());
+}
+
+#[test]
+fn a_job_past_its_time_limit_is_the_environments_failure() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        r#"
+slurm: { poll: 1s }
+stages:
+  slow:
+    op: command
+    slurm: { time: 1m }
+    with: { run: "echo $SLURM_JOB_ID > job; sleep 600; echo never > ${out.out}" }
+    out: { out: blob }
+"#,
+    );
+    let out = c.drover(&p, &["run", "--executor", "slurm"]);
+    out.expect_code(3);
+    let job = p.read("job").trim().to_string();
+    let (_, outcome, error, _) = stages(&last_run(&p)).remove(0);
+    assert_eq!(outcome, "failed");
+    let error = error.unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "Slurm job {job} ended TIMEOUT (the cluster's doing: time limit, node failure, preemption or memory), \
+             after 1 attempt(s); `retries:` allows 0; its output ("
+        )),
+        "{error}"
+    );
+    assert_eq!(c.state(&job), "TIMEOUT");
+}
+
+#[test]
+fn ctrl_c_cancels_the_runs_jobs_and_only_those() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    let other = c.slurm("sbatch", &["--parsable", "--job-name=not-drovers", "-o", "/dev/null", "--wrap", "sleep 300"]);
+    let other = other.trim();
+    p.write(
+        "drover.yaml",
+        r#"
+slurm: { poll: 1s }
+stages:
+  wait: { op: command, with: { run: "echo $SLURM_JOB_ID > job; sleep 600" }, out: { out: blob } }
+"#,
+    );
+    let driver =
+        c.cmd(&p, &["run", "--executor", "slurm"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let job = wait_for("the stage's job to start", || p.read_opt("job").filter(|s| s.ends_with('\n')));
+    let job = job.trim();
+    common::signal(driver.id() as i32, common::SIGINT);
+    let out = driver.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("0 followed from a stopped driver; 1 sbatch, "), "{stderr}");
+    assert!(stderr.contains(" squeue, 1 scancel call(s)"), "{stderr}");
+    wait_for("the run's job to be cancelled", || (c.state(job) == "CANCELLED").then_some(()));
+    let still = c.state(other);
+    c.slurm("scancel", &[other]);
+    assert!(["PENDING", "RUNNING"].contains(&still.as_str()), "a job drover did not submit was touched: {still}");
+}
+
+#[test]
+fn two_drivers_on_one_store_compute_each_stage_once() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        r#"
+slurm: { poll: 1s }
+stages:
+  a: { op: command, with: { run: "echo a >> calls.log; while [ ! -e go ]; do sleep 0.1; done; echo A > ${out.out}" }, out: { out: blob } }
+  b: { op: command, in: { x: a }, with: { run: "echo b >> calls.log; cat ${in.x} > ${out.out}" }, out: { out: blob } }
+"#,
+    );
+    let spawn =
+        || c.cmd(&p, &["run", "--executor", "slurm"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let first = spawn();
+    wait_for("the first driver's stage to start", || p.read_opt("calls.log").filter(|s| s == "a\n"));
+    let second = spawn();
+    // The second driver's job for `a` waits on the first one's lease; then `a` may finish.
+    wait_for("the second driver to submit", || {
+        let runs = std::fs::read_dir(p.join(".drover/exec/slurm")).ok()?.count();
+        (runs == 2).then_some(())
+    });
+    p.write("go", "");
+    for driver in [first, second] {
+        let out = driver.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(p.read("calls.log"), "a\nb\n", "each stage ran once");
+}
+
+#[test]
+fn a_driver_restarted_after_kill_9_follows_its_jobs_instead_of_submitting_again() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        r#"
+slurm: { poll: 1s }
+stages:
+  a: { op: command, with: { run: "echo $SLURM_JOB_ID >> starts.log; while [ ! -e go ]; do sleep 0.1; done; echo A > ${out.out}" }, out: { out: blob } }
+"#,
+    );
+    let mut first =
+        c.cmd(&p, &["run", "--executor", "slurm"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let job = wait_for("the stage's job to start", || p.read_opt("starts.log").filter(|s| s.ends_with('\n')));
+    let job = job.trim().to_string();
+    common::signal(first.id() as i32, common::SIGKILL);
+    first.wait().unwrap();
+    assert_eq!(c.state(&job), "RUNNING", "a killed driver leaves its jobs alone");
+
+    let mut second =
+        c.cmd(&p, &["run", "--executor", "slurm"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(second.stderr.take().unwrap());
+    let mut said = String::new();
+    stderr.read_line(&mut said).unwrap();
+    assert_eq!(said, format!("following Slurm job {job} for `a` (submitted by a driver that is gone)\n"));
+    p.write("go", "");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(second.wait().unwrap().code(), Some(0), "{rest}");
+    assert_eq!(
+        calls_line(&rest),
+        "slurm: 0 stage(s) submitted, 1 followed from a stopped driver; 0 sbatch, _ squeue, 0 scancel call(s)"
+    );
+    assert_eq!(p.read("starts.log"), format!("{job}\n"), "the stage ran once, in the first driver's job");
+    assert_eq!(last_run(&p)["stages"][0]["notes"]["slurm_job"], job.as_str());
+}
+
+#[test]
+fn gpus_requested_by_resources_reach_the_job_and_an_impossible_request_is_refused() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        r#"
+slurm: { poll: 1s }
+stages:
+  one: { op: command, resources: { gpu: 1 }, with: { run: "echo $CUDA_VISIBLE_DEVICES > ${out.out} # one" }, out: { out: blob } }
+  two: { op: command, slurm: { gpus: 2 }, with: { run: "echo $CUDA_VISIBLE_DEVICES > ${out.out} # two" }, out: { out: blob } }
+  many: { op: command, slurm: { gpus: 3 }, with: { run: "true" }, out: { out: blob } }
+"#,
+    );
+    let out = c.drover(&p, &["run", "--executor", "slurm"]);
+    out.expect_code(3);
+    assert_eq!(c.drover(&p, &["show", "one"]).stdout.lines().last(), Some("0"));
+    assert_eq!(c.drover(&p, &["show", "two"]).stdout.lines().last(), Some("0,1"));
+    let (_, outcome, error, _) = stages(&last_run(&p)).into_iter().find(|s| s.0 == "many").unwrap();
+    assert_eq!(outcome, "failed");
+    let error = error.unwrap();
+    assert!(
+        error.starts_with(
+            "Slurm refused the job: sbatch: error: Batch job submission failed: Requested node configuration is not available (sbatch "
+        ),
+        "{error}"
+    );
+}
