@@ -13,7 +13,8 @@
 # Three slurmd run on this host on their own ports; munged listens on DIR's own socket, so
 # nothing here touches /etc/slurm, /etc/munge or another cluster on the machine.
 #
-# Ports: DROVER_SLURM_PORT (default 16817) for slurmctld, the next three for n1..n3.
+# Ports: DROVER_SLURM_PORT for slurmctld, the next three for n1..n3 (default: the first of
+# 16817, 16917, ... where all four are free).
 # Accounting is off, as on many clusters: `sacct` answers nothing; squeue keeps finished jobs
 # for MinJobAge (300 s).
 set -euo pipefail
@@ -63,7 +64,20 @@ start)
   [ "$(id -u)" -eq 0 ] || die "starting slurmd needs root"
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
-  port=${DROVER_SLURM_PORT:-16817}
+  # Four ports in a row that nothing listens on (another cluster on this machine, say), from
+  # DROVER_SLURM_PORT if set.
+  port=${DROVER_SLURM_PORT:-}
+  if [ -z "$port" ]; then
+    listening=$(ss -Hltn 2>/dev/null | awk '{print $4}' | sed 's/.*://' | sort -u || true)
+    for base in $(seq 16817 100 26817); do
+      free=1
+      for p in $base $((base + 1)) $((base + 2)) $((base + 3)); do
+        if echo "$listening" | grep -qx "$p"; then free=0; fi
+      done
+      if [ $free = 1 ]; then port=$base; break; fi
+    done
+    [ -n "$port" ] || die "no four free ports in a row between 16817 and 26820"
+  fi
   host=$(hostname -s)
   "$0" stop "$dir" >/dev/null 2>&1 || true
   # A clean slate: slurmctld recovers jobs from its state directory otherwise.
