@@ -23,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a pipeline: every stage whose inputs, params, deps or op changed.
     Run(RunArgs),
+    /// Submit the whole pipeline to Slurm at once, with dependencies between jobs, and exit:
+    /// nothing stays alive here. A last job writes the run record; `drover runs` shows the run
+    /// while it is in flight.
+    Submit(SubmitArgs),
     /// Run one stage of a Slurm run on this node (what a job drover submitted runs).
     #[command(hide = true)]
     Job(JobArgs),
@@ -216,6 +220,15 @@ pub struct RunArgs {
 
 fn parse_device(s: &str) -> Result<DeviceChoice, String> {
     s.parse()
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Compute device for numeric ops on the nodes: `auto`, `cpu` or `wgpu`.
+    #[arg(long, env = "DROVER_DEVICE", default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,6 +30,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Run(args) => run(&ops, store_override, args),
         Command::Job(_) => unreachable!("handled above"),
+        Command::Submit(args) => submit(&ops, store_override, args),
         Command::Plan { select, json, explain: true } => explain(&ops, &select, json),
         Command::Plan { select, json, explain: false } => plan_cmd(&ops, store_override, &select, json),
         Command::Dag { pipeline, format } => dag(&ops, &pipeline.resolved(), format),
@@ -287,6 +288,40 @@ fn launch(
     })
 }
 
+/// `drover submit`: the remaining DAG to Slurm at once, then exit.
+fn submit(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::SubmitArgs) -> Result<(), Failure> {
+    let pargs = args.select.file.resolved();
+    let (spec, plan) = load(ops, &pargs)?;
+    let (selected, forced) = selection(&plan, &args.select)?;
+    let store = open_store(&store_override, &pipeline_file(&pargs))?;
+    let launch = launch(ops, &pargs, &spec, &plan, &selected, &forced, args.device)?;
+    let ctl = drover_slurm::ctl::Cli::new();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(env)?;
+    let done = runtime
+        .block_on(drover_slurm::submit::submit(&ctl, &plan, &store, &launch, &selected, &forced))
+        .map_err(Failure::Environment)?;
+    store.flush();
+    match &done.finish {
+        None => println!("run {}: nothing to submit, all {} stage(s) are stored", done.run_id, done.cached),
+        Some(finish) => {
+            let jobs: Vec<&str> = done.jobs.iter().map(|j| j.0.as_str()).collect();
+            println!(
+                "run {}: {} stage(s) submitted in {} job(s) ({}), {} stored already; job {finish} writes the run record \
+                 when they end (drover runs {})",
+                done.run_id,
+                done.stages,
+                jobs.len(),
+                jobs.join(" "),
+                done.cached,
+                done.run_id
+            );
+        }
+    }
+    let calls = drover_slurm::ctl::Slurm::calls(&ctl);
+    eprintln!("slurm: {} sbatch, {} squeue, {} scancel call(s)", calls.sbatch, calls.squeue, calls.scancel);
+    Ok(())
+}
+
 /// `drover job`: one stage of a Slurm run, on the node Slurm chose.
 fn job(args: crate::cli::JobArgs) -> Result<(), Failure> {
     use drover_slurm::{job, rundir::RunDir};
@@ -296,9 +331,10 @@ fn job(args: crate::cli::JobArgs) -> Result<(), Failure> {
     let ops = registry(device);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
     if args.finish {
+        // This job succeeds when the record is written, whatever the run's stages did.
         let record = job::finish_run(&run, &info, &ops).map_err(env)?;
         println!("drover: run {} {}", record.id, record.status);
-        return if record.status == "ok" { Ok(()) } else { Err(Failure::Stages) };
+        return Ok(());
     }
     let stage = match (&args.stage, &args.array_list) {
         (Some(stage), _) => stage.clone(),
@@ -571,13 +607,30 @@ fn runs(
 ) -> Result<(), Failure> {
     let store = open_store(&store_override, &pipeline_file(args))?;
     let all = store.runs().map_err(env)?;
-    if all.is_empty() {
+    // Runs submitted with `drover submit` whose record is not written yet.
+    let flying = drover_slurm::job::in_flight(store.root());
+    if let (Some(want), None) = (&id, &log)
+        && let Some(run) = flying.iter().find(|r| r.run_id == *want || r.run_id.starts_with(want.as_str()))
+    {
+        println!("run {}  pipeline {}  running (submitted to Slurm)", run.run_id, run.pipeline);
+        for (stage, status) in &run.stages {
+            let (outcome, took) = match status {
+                Some(s) => (format!("{:?}", s.outcome).to_lowercase(), humanize(Duration::from_millis(s.duration_ms))),
+                None => ("not ended".to_string(), String::new()),
+            };
+            println!("  {outcome:<11} {stage:<30} {took:>8}");
+        }
+        return Ok(());
+    }
+    if all.is_empty() && flying.is_empty() {
         println!("no runs yet in {}", store.root().display());
         return Ok(());
     }
     let pick = |id: &Option<String>| -> Result<&drover_cache::RunRecord, Failure> {
         match id.as_deref() {
-            None | Some("last") => Ok(all.last().expect("not empty")),
+            None | Some("last") => all.last().ok_or_else(|| {
+                Failure::User(miette::miette!(help = "`drover runs` lists the runs in flight", "no run has ended yet"))
+            }),
             Some(id) => all
                 .iter()
                 .find(|r| r.id == id || r.id.starts_with(id))
@@ -625,13 +678,27 @@ fn runs(
         return Ok(());
     }
     println!(
-        "{:<24} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+        "{:<32} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
         "run", "pipeline", "status", "ran", "cached", "failed", "time"
     );
+    for run in flying.iter().rev() {
+        let count =
+            |o: StageOutcome| run.stages.iter().filter(|(_, s)| s.as_ref().is_some_and(|s| s.outcome == o)).count();
+        println!(
+            "{:<32} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+            run.run_id,
+            run.pipeline,
+            "running",
+            count(StageOutcome::Ran),
+            count(StageOutcome::Cached),
+            count(StageOutcome::Failed),
+            "-"
+        );
+    }
     for run in all.iter().rev().take(limit) {
         let count = |o: StageOutcome| run.stages.iter().filter(|s| s.outcome == o).count();
         println!(
-            "{:<24} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+            "{:<32} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
             run.id,
             run.pipeline,
             run.status,

@@ -413,3 +413,111 @@ stages:
         "{error}"
     );
 }
+
+#[test]
+fn submit_sends_the_whole_dag_at_once_and_its_last_job_writes_the_record() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        r#"
+stages:
+  a: { op: command, with: { run: "while [ ! -e go ]; do sleep 0.1; done; echo A > ${out.out}" }, out: { out: blob } }
+  t:
+    op: command
+    matrix: { n: [1, 2] }
+    in: { x: a }
+    with: { run: "cat ${in.x} > ${out.out}; echo ${matrix.n} >> ${out.out}" }
+    out: { out: blob }
+  g: { op: command, in: { parts: "t[*]" }, with: { run: "cat ${in.parts}/* > ${out.out}" }, out: { out: blob } }
+  f: { op: command, in: { x: a }, with: { run: "exit 3" }, out: { out: blob } }
+  d: { op: command, in: { x: f }, with: { run: "cat ${in.x} > ${out.out}" }, out: { out: blob } }
+"#,
+    );
+    let out = c.drover(&p, &["submit"]);
+    out.expect_code(0);
+    assert_eq!(out.stderr, "slurm: 6 sbatch, 0 squeue, 0 scancel call(s)\n");
+    let run_id = out.stdout.split(':').next().unwrap().trim_start_matches("run ").to_string();
+    let jobs: Vec<String> = std::fs::read_to_string(p.join(&format!(".drover/exec/slurm/{run_id}/jobs.jsonl")))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["job"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(jobs.len(), 5, "a, the array of t, g, f, d");
+    let finish: u64 = jobs.last().unwrap().parse::<u64>().unwrap() + 1;
+    assert_eq!(
+        out.stdout,
+        format!(
+            "run {run_id}: 6 stage(s) submitted in 5 job(s) ({}), 0 stored already; job {finish} writes the run record \
+             when they end (drover runs {run_id})\n",
+            jobs.join(" ")
+        )
+    );
+
+    // In flight: nothing has ended, and nothing stays alive here.
+    let flying = c.drover(&p, &["runs", &run_id]);
+    flying.expect_code(0);
+    let lines: Vec<String> =
+        flying.stdout.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("run {run_id} pipeline drover running (submitted to Slurm)"),
+            "not ended a".into(),
+            "not ended t[n=1]".into(),
+            "not ended t[n=2]".into(),
+            "not ended g".into(),
+            "not ended f".into(),
+            "not ended d".into(),
+        ]
+    );
+
+    p.write("go", "");
+    let record = wait_for("the run record", || p.read_opt(&format!(".drover/runs/{run_id}.json")));
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["status"], "failed");
+    let got: Vec<(String, String, Option<String>)> =
+        stages(&record).into_iter().map(|(s, o, e, _)| (s, o, e)).collect();
+    assert_eq!(
+        got,
+        [
+            ("a".into(), "ran".into(), None),
+            ("t[n=1]".into(), "ran".into(), None),
+            ("t[n=2]".into(), "ran".into(), None),
+            ("g".into(), "ran".into(), None),
+            ("f".into(), "failed".into(), Some("command exited with status 3".into())),
+            (
+                "d".into(),
+                "skipped".into(),
+                Some("its job did not run: a stage it needs failed, or it was cancelled".into())
+            ),
+        ]
+    );
+    // `d` waited on `f` with afterok: Slurm cancelled it when `f` failed.
+    assert_eq!(
+        c.slurm("squeue", &["-h", "-t", "all", "-j", &jobs[4], "-o", "%T %r"]).trim(),
+        "CANCELLED DependencyNeverSatisfied"
+    );
+
+    // Again: what is stored is settled here and never submitted.
+    let again = c.drover(&p, &["submit"]);
+    again.expect_code(0);
+    assert_eq!(again.stderr, "slurm: 3 sbatch, 0 squeue, 0 scancel call(s)\n");
+    assert!(again.stdout.contains(": 2 stage(s) submitted in 2 job(s) ("), "{}", again.stdout);
+    assert!(again.stdout.contains("), 4 stored already; job "), "{}", again.stdout);
+    let again_id = again.stdout.split(':').next().unwrap().trim_start_matches("run ").to_string();
+    let record = wait_for("the second run's record", || p.read_opt(&format!(".drover/runs/{again_id}.json")));
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let got: Vec<(String, String)> = stages(&record).into_iter().map(|(s, o, _, _)| (s, o)).collect();
+    assert_eq!(
+        got,
+        [
+            ("a".into(), "cached".into()),
+            ("t[n=1]".into(), "cached".into()),
+            ("t[n=2]".into(), "cached".into()),
+            ("g".into(), "cached".into()),
+            ("f".into(), "failed".into()),
+            ("d".into(), "skipped".into()),
+        ]
+    );
+}

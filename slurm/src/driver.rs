@@ -138,35 +138,6 @@ impl SlurmExecutor {
         (self.driver.poll * 2).max(Duration::from_secs(5))
     }
 
-    /// Writes the run's directory: the pipeline as it is now, its overrides, who drives it.
-    fn prepare(&self, scope: &RunScope, run: &RunDir) -> Result<(), String> {
-        let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", run.path.display());
-        run.create().map_err(|e| fail("cannot create", e))?;
-        let text = std::fs::read(&self.launch.file)
-            .map_err(|e| format!("cannot read the pipeline {}: {e}", self.launch.file.display()))?;
-        run.write(&run.pipeline_copy(), &text).map_err(|e| fail("cannot write into", e))?;
-        for (i, p) in self.launch.params_files.iter().enumerate() {
-            let bytes = std::fs::read(p).map_err(|e| format!("cannot read params file {}: {e}", p.display()))?;
-            run.write(&run.params_copy(i), &bytes).map_err(|e| fail("cannot write into", e))?;
-        }
-        let info = RunInfo {
-            run_id: scope.run_id.clone(),
-            pipeline: scope.plan.pipeline.clone(),
-            file: self.launch.file.clone(),
-            dir: self.launch.dir.clone(),
-            store: scope.store.root().to_path_buf(),
-            sets: self.launch.sets.clone(),
-            params_files: self.launch.params_files.len(),
-            device: self.launch.device.clone(),
-            forced: self.launch.forced.clone(),
-            selected: self.launch.selected.clone(),
-            driver: Driver::me(),
-            detached: false,
-            started: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        };
-        run.write_json(&run.info_path(), &info).map_err(|e| fail("cannot write into", e))
-    }
-
     /// Jobs of earlier runs of this pipeline whose driver is known to be gone and whose run
     /// has no record (it never finished), that the queue still holds: followed, not
     /// submitted again.
@@ -208,22 +179,13 @@ impl SlurmExecutor {
         }
     }
 
-    /// The job script: this run's drover, for one stage or an array's list.
-    fn script(&self, run: &RunDir, which: &str) -> String {
-        let drover = self.driver.drover.clone().map(PathBuf::from).unwrap_or_else(|| self.launch.drover.clone());
-        format!(
-            "#!/bin/sh\n# drover run {}\nexec {} job --run-dir {} {which}\n",
-            run.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            shell_quote(&drover.display().to_string()),
-            shell_quote(&run.path.display().to_string()),
-        )
-    }
-
     /// Submits one stage, or several expansions of one stage as an array.
     async fn submit(&mut self, scope: &RunScope, group: Vec<Dispatch>, settings: &JobSettings, attempt: u32) {
         let run = self.run().clone();
         if !self.prepared {
-            if let Err(e) = self.prepare(scope, &run) {
+            if let Err(e) =
+                write_run(&run, &self.launch, &scope.plan.pipeline, scope.store.root(), &scope.run_id, false)
+            {
                 self.fail_all(group, e);
                 return;
             }
@@ -247,14 +209,8 @@ impl SlurmExecutor {
         }
         let stage_ids: Vec<String> = group.iter().map(|d| plan.nodes[d.idx].id.clone()).collect();
         let array = group.len() > 1;
-        let mut args = vec![
-            format!("--job-name=drover-{}-{}", plan.pipeline, plan.nodes[group[0].idx].stage),
-            format!("--output={}", run.output_pattern(array).display()),
-            "--open-mode=append".to_string(),
-            format!("--chdir={}", self.launch.dir.display()),
-            "--requeue".to_string(),
-            format!("--signal=B:USR1@{}", self.driver.warn_before.as_secs().max(1)),
-        ];
+        let mut args =
+            base_args(&run, &self.launch, &self.driver, &plan.pipeline, &plan.nodes[group[0].idx].stage, array);
         let which = if array {
             let list = run.array_path(self.arrays);
             self.arrays += 1;
@@ -269,7 +225,7 @@ impl SlurmExecutor {
             format!("--stage {}", shell_quote(&stage_ids[0]))
         };
         args.extend(settings.sbatch_args());
-        let script = self.script(&run, &which);
+        let script = script(&self.launch, &self.driver, &run, &which);
         // At most `submit_rate` calls a second, whatever is ready.
         let now = Instant::now();
         if self.next_submit > now {
@@ -443,6 +399,74 @@ impl SlurmExecutor {
             }
         }
     }
+}
+
+/// Writes a run's directory: the pipeline as it is now, its overrides, who submitted it.
+pub(crate) fn write_run(
+    run: &RunDir,
+    launch: &Launch,
+    pipeline: &str,
+    store: &std::path::Path,
+    run_id: &str,
+    detached: bool,
+) -> Result<(), String> {
+    let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", run.path.display());
+    run.create().map_err(|e| fail("cannot create", e))?;
+    let text =
+        std::fs::read(&launch.file).map_err(|e| format!("cannot read the pipeline {}: {e}", launch.file.display()))?;
+    run.write(&run.pipeline_copy(), &text).map_err(|e| fail("cannot write into", e))?;
+    for (i, p) in launch.params_files.iter().enumerate() {
+        let bytes = std::fs::read(p).map_err(|e| format!("cannot read params file {}: {e}", p.display()))?;
+        run.write(&run.params_copy(i), &bytes).map_err(|e| fail("cannot write into", e))?;
+    }
+    let info = RunInfo {
+        run_id: run_id.to_string(),
+        pipeline: pipeline.to_string(),
+        file: launch.file.clone(),
+        dir: launch.dir.clone(),
+        store: store.to_path_buf(),
+        sets: launch.sets.clone(),
+        params_files: launch.params_files.len(),
+        device: launch.device.clone(),
+        forced: launch.forced.clone(),
+        selected: launch.selected.clone(),
+        driver: Driver::me(),
+        detached,
+        started: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    };
+    run.write_json(&run.info_path(), &info).map_err(|e| fail("cannot write into", e))
+}
+
+/// The job script: the run's drover, for one stage, an array's list, or `--finish`.
+pub(crate) fn script(launch: &Launch, driver: &DriverSettings, run: &RunDir, which: &str) -> String {
+    let drover = driver.drover.clone().map(PathBuf::from).unwrap_or_else(|| launch.drover.clone());
+    format!(
+        "#!/bin/sh\n# drover run {}\nexec {} job --run-dir {} {which}\n",
+        run.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        shell_quote(&drover.display().to_string()),
+        shell_quote(&run.path.display().to_string()),
+    )
+}
+
+/// What every job of a run is submitted with: its name, output, directory, `--requeue` (Slurm
+/// puts a job that lost its node or was preempted back in the queue) and a warning signal
+/// before the time limit.
+pub(crate) fn base_args(
+    run: &RunDir,
+    launch: &Launch,
+    driver: &DriverSettings,
+    pipeline: &str,
+    stage: &str,
+    array: bool,
+) -> Vec<String> {
+    vec![
+        format!("--job-name=drover-{pipeline}-{stage}"),
+        format!("--output={}", run.output_pattern(array).display()),
+        "--open-mode=append".to_string(),
+        format!("--chdir={}", launch.dir.display()),
+        "--requeue".to_string(),
+        format!("--signal=B:USR1@{}", driver.warn_before.as_secs().max(1)),
+    ]
 }
 
 /// The last lines a job printed, for a message.

@@ -262,7 +262,12 @@ fn upstream_outputs(
 pub fn finish_run(run: &RunDir, info: &RunInfo, ops: &OpRegistry) -> Result<RunRecord, String> {
     let plan = load_plan(run, info, ops)?;
     let store = Store::open(&info.store).map_err(|e| format!("cannot open store {}: {e}", info.store.display()))?;
-    let record = record_from_statuses(run, info, &plan);
+    write_record(run, info, &plan, &store)
+}
+
+/// Writes a detached run's record from its status files, and the stage state.
+pub fn write_record(run: &RunDir, info: &RunInfo, plan: &Plan, store: &Store) -> Result<RunRecord, String> {
+    let record = record_from_statuses(run, info, plan);
     let updates: BTreeMap<String, drover_cache::CacheKey> = record
         .stages
         .iter()
@@ -272,6 +277,47 @@ pub fn finish_run(run: &RunDir, info: &RunInfo, ops: &OpRegistry) -> Result<RunR
     store.update_state(&plan.pipeline, &updates).map_err(|e| e.to_string())?;
     store.put_run(&record).map_err(|e| e.to_string())?;
     Ok(record)
+}
+
+/// A detached run (`drover submit`) whose last job has not written its record yet.
+#[derive(Debug)]
+pub struct InFlight {
+    pub run_id: String,
+    pub pipeline: String,
+    /// Unix seconds.
+    pub started: u64,
+    /// Every stage of the run, in submission order (stored ones first), with its status once
+    /// its job wrote one.
+    pub stages: Vec<(String, Option<StageStatus>)>,
+}
+
+/// The detached runs in a store that are still in flight, oldest first.
+pub fn in_flight(store: &std::path::Path) -> Vec<InFlight> {
+    let Ok(entries) = std::fs::read_dir(crate::rundir::runs_root(store)) else { return Vec::new() };
+    let mut runs: Vec<InFlight> = entries
+        .flatten()
+        .filter_map(|e| {
+            let run = RunDir { path: e.path() };
+            let info = run.read_info().ok().filter(|i| i.detached)?;
+            if store.join("runs").join(format!("{}.json", info.run_id)).exists() {
+                return None;
+            }
+            let mut names: Vec<String> = std::fs::read_dir(run.path.join("status"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| crate::rundir::read_status_at(&e.path()).map(|s| s.stage))
+                .filter(|s| !run.submissions().iter().any(|sub| sub.stages.contains(s)))
+                .collect();
+            names.sort();
+            names.extend(run.submissions().into_iter().flat_map(|s| s.stages));
+            let stages =
+                names.into_iter().map(|s| (s.clone(), run.read_status(&s).filter(StageStatus::is_final))).collect();
+            Some(InFlight { run_id: info.run_id, pipeline: info.pipeline, started: info.started, stages })
+        })
+        .collect();
+    runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    runs
 }
 
 /// The run record of a detached run as its status files say now (while it runs, too): a

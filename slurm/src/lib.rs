@@ -15,6 +15,7 @@ pub mod driver;
 pub mod job;
 pub mod rundir;
 pub mod settings;
+pub mod submit;
 
 pub use driver::{Launch, SlurmExecutor, Stats};
 pub use settings::section;
