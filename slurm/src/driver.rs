@@ -95,12 +95,16 @@ pub struct SlurmExecutor {
     orphans: HashMap<CacheKey, Orphan>,
     next_submit: Instant,
     arrays: usize,
+    /// How long the queue and a status file may disagree before the queue is believed: two
+    /// polls, at least 5 s (a requeue passes through ended states; NFS shows a new file late).
+    grace: Duration,
     pub stats: Stats,
 }
 
 impl SlurmExecutor {
     pub fn new(ctl: Arc<dyn Slurm>, launch: Launch, sections: &BTreeMap<String, serde_json::Value>) -> SlurmExecutor {
         let (job, driver) = settings::pipeline(sections);
+        let grace = (driver.poll * 2).max(Duration::from_secs(5));
         SlurmExecutor {
             ctl,
             launch,
@@ -115,6 +119,7 @@ impl SlurmExecutor {
             orphans: HashMap::new(),
             next_submit: Instant::now(),
             arrays: 0,
+            grace,
             stats: Stats::default(),
         }
     }
@@ -135,7 +140,7 @@ impl SlurmExecutor {
 
     /// How long the queue and the status file may disagree before the queue is believed.
     fn grace(&self) -> Duration {
-        (self.driver.poll * 2).max(Duration::from_secs(5))
+        self.grace
     }
 
     /// Jobs of earlier runs of this pipeline whose driver is known to be gone and whose run
@@ -604,5 +609,266 @@ impl Executor for SlurmExecutor {
                     .collect(),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver against a scripted Slurm: the ends a real cluster gives rarely or slowly
+    //! (a time limit with retries left, a controller that stops answering, a job that dies
+    //! before it can write its status, --fail-fast), each with the exact message it gives.
+
+    use std::sync::Mutex;
+
+    use drover_cache::{ObjectHash, OutputKind, OutputRef, Store};
+    use drover_engine::exec::{self, RunOptions, RunSummary};
+    use drover_engine::spec::{self, ParamOverrides};
+    use drover_engine::{
+        CheckCx, CheckError, Checked, Op, OpError, OpInfo, OpRegistry, PortDecl, PortType, Ports, RunCx, plan,
+    };
+
+    use super::*;
+    use crate::ctl::{Calls, CtlError, QueueLine};
+
+    /// `step`: a blob out. Never run here: the scripted jobs write its statuses.
+    struct Step;
+
+    impl Op for Step {
+        fn info(&self) -> OpInfo {
+            OpInfo {
+                name: "step",
+                version: 1,
+                doc: "a test op",
+                inputs: Ports::Fixed(vec![]),
+                outputs: Ports::Fixed(vec![PortDecl {
+                    name: "out",
+                    ty: PortType::Blob,
+                    doc: "a blob",
+                    optional: false,
+                }]),
+                params: serde_json::json!({}),
+                deterministic: true,
+                templated_params: false,
+            }
+        }
+
+        fn check(&self, _: &CheckCx<'_>) -> Result<Checked, Vec<CheckError>> {
+            Ok(Checked { outputs: [("out".to_string(), PortType::Blob)].into(), ..Default::default() })
+        }
+
+        fn run(&self, _: RunCx) -> BoxFuture<'_, Result<(), OpError>> {
+            Box::pin(async { Err(OpError::failed("never run")) })
+        }
+    }
+
+    /// What a scripted job does: the status it writes (if any) and the state the queue shows.
+    type Behaviour = fn(job: u64, stage: &str) -> (Option<StageOutcome>, &'static str);
+
+    struct Fake {
+        behaviour: Behaviour,
+        squeue_fails: bool,
+        next: Mutex<u64>,
+        queue: Mutex<BTreeMap<String, String>>,
+        submitted: Mutex<Vec<String>>,
+        cancelled: Mutex<Vec<String>>,
+        calls: Mutex<Calls>,
+    }
+
+    impl Fake {
+        fn new(behaviour: Behaviour, squeue_fails: bool) -> Arc<Fake> {
+            Arc::new(Fake {
+                behaviour,
+                squeue_fails,
+                next: Mutex::new(0),
+                queue: Mutex::default(),
+                submitted: Mutex::default(),
+                cancelled: Mutex::default(),
+                calls: Mutex::default(),
+            })
+        }
+    }
+
+    /// The quoted value after `flag` in a job script.
+    fn arg(script: &str, flag: &str) -> String {
+        let rest = &script[script.find(flag).expect("flag in script") + flag.len() + 2..];
+        rest[..rest.find('\'').unwrap()].to_string()
+    }
+
+    impl Slurm for Fake {
+        fn sbatch<'a>(&'a self, _args: &'a [String], script: &'a str) -> BoxFuture<'a, Result<String, CtlError>> {
+            Box::pin(async move {
+                self.calls.lock().unwrap().sbatch += 1;
+                let n = {
+                    let mut next = self.next.lock().unwrap();
+                    *next += 1;
+                    *next
+                };
+                let (run, stage) = (RunDir { path: arg(script, "--run-dir").into() }, arg(script, "--stage"));
+                let (outcome, state) = (self.behaviour)(n, &stage);
+                if let Some(outcome) = outcome {
+                    let out = OutputRef {
+                        kind: OutputKind::Blob,
+                        hash: ObjectHash::parse(&format!("{n:064x}")).unwrap(),
+                        size: 1,
+                    };
+                    let ok = outcome == StageOutcome::Ran;
+                    let status = StageStatus {
+                        stage: stage.clone(),
+                        outcome,
+                        key: None,
+                        outputs: ok.then(|| [("out".to_string(), out)].into()),
+                        error: (!ok).then(|| "it broke".to_string()),
+                        env: false,
+                        attempts: 1,
+                        duration_ms: 5,
+                        log: None,
+                        notes: BTreeMap::new(),
+                        job: Some(JobId(n.to_string())),
+                        restarts: 0,
+                    };
+                    run.write_json(&run.status_path(&stage), &status).unwrap();
+                }
+                self.queue.lock().unwrap().insert(n.to_string(), state.to_string());
+                self.submitted.lock().unwrap().push(format!("{n}:{stage}"));
+                Ok(n.to_string())
+            })
+        }
+
+        fn squeue<'a>(&'a self, jobs: &'a [String]) -> BoxFuture<'a, Result<Vec<QueueLine>, CtlError>> {
+            Box::pin(async move {
+                self.calls.lock().unwrap().squeue += 1;
+                if self.squeue_fails {
+                    return Err(CtlError {
+                        command: "squeue",
+                        message: "Socket timed out on send/recv operation".into(),
+                    });
+                }
+                let queue = self.queue.lock().unwrap();
+                Ok(jobs
+                    .iter()
+                    .filter_map(|j| {
+                        let state = queue.get(j)?.clone();
+                        Some(QueueLine { job: JobId(j.clone()), state, reason: "None".into() })
+                    })
+                    .collect())
+            })
+        }
+
+        fn scancel<'a>(&'a self, jobs: &'a [String]) -> BoxFuture<'a, Result<(), CtlError>> {
+            Box::pin(async move {
+                self.calls.lock().unwrap().scancel += 1;
+                self.cancelled.lock().unwrap().extend(jobs.iter().cloned());
+                Ok(())
+            })
+        }
+
+        fn calls(&self) -> Calls {
+            *self.calls.lock().unwrap()
+        }
+    }
+
+    struct Quiet(Mutex<Vec<String>>);
+    impl exec::Reporter for Quiet {
+        fn event(&self, event: Event<'_>) {
+            if let Event::StageRetry { stage, error, .. } = event {
+                self.0.lock().unwrap().push(format!("{stage}: {error}"));
+            }
+        }
+    }
+
+    /// Runs `yaml` through the driver against `fake`; the summary and the retries reported.
+    fn drive(yaml: &str, fake: Arc<Fake>, fail_fast: bool) -> (RunSummary, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let mut ops = OpRegistry::new();
+        ops.register(Step);
+        ops.register_section(crate::section());
+        let sections: Vec<_> = ops.sections().cloned().collect();
+        let spec = spec::parse_str(&file, yaml.into(), &ParamOverrides::default(), &sections).unwrap();
+        let plan = Arc::new(plan::build(&spec, &ops).unwrap_or_else(|e| panic!("{e:?}")));
+        let store = Arc::new(Store::open(&dir.path().join(".drover")).unwrap());
+        let launch = Launch { file, dir: dir.path().to_path_buf(), drover: "/opt/drover".into(), ..Launch::default() };
+        let mut slurm = SlurmExecutor::new(fake, launch, &plan.sections);
+        slurm.grace = Duration::from_millis(300);
+        let reporter = Arc::new(Quiet(Mutex::default()));
+        let opts = RunOptions { jobs: 10, fail_fast, ..RunOptions::default() };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let summary = rt.block_on(exec::run_on(plan, store, opts, reporter.clone(), &mut slurm)).unwrap();
+        let retries = reporter.0.lock().unwrap().clone();
+        (summary, retries)
+    }
+
+    fn ends(summary: &RunSummary) -> Vec<(String, StageOutcome, Option<String>, u32)> {
+        summary.record.stages.iter().map(|s| (s.stage.clone(), s.outcome, s.error.clone(), s.attempts)).collect()
+    }
+
+    #[test]
+    fn a_time_limit_with_retries_left_is_submitted_again() {
+        let fake = Fake::new(
+            |job, _| if job == 1 { (None, "TIMEOUT") } else { (Some(StageOutcome::Ran), "COMPLETED") },
+            false,
+        );
+        let yaml = "slurm: { poll: 0.1s }\nstages:\n  a: { op: step, retries: 1 }\n";
+        let (summary, retries) = drive(yaml, fake.clone(), false);
+        assert_eq!(ends(&summary), [("a".to_string(), StageOutcome::Ran, None, 2)]);
+        assert!(!summary.environment_failure);
+        assert_eq!(retries, ["a: Slurm job 1 ended TIMEOUT"]);
+        assert_eq!(*fake.submitted.lock().unwrap(), ["1:a", "2:a"]);
+    }
+
+    #[test]
+    fn a_controller_that_stops_answering_fails_the_stage_instead_of_hanging() {
+        let fake = Fake::new(|_, _| (None, "RUNNING"), true);
+        let (summary, _) = drive("slurm: { poll: 0.1s }\nstages:\n  a: { op: step }\n", fake.clone(), false);
+        assert!(summary.environment_failure);
+        assert_eq!(ends(&summary), [(
+            "a".to_string(),
+            StageOutcome::Failed,
+            Some("squeue failed 10 times in a row (squeue: Socket timed out on send/recv operation); job 1 is left as it is".into()),
+            1
+        )]);
+        assert_eq!(fake.calls().squeue, 10);
+    }
+
+    #[test]
+    fn a_job_that_ends_without_its_status_says_drover_could_not_run_there() {
+        let fake = Fake::new(|_, _| (None, "COMPLETED"), false);
+        let (summary, _) = drive("slurm: { poll: 0.1s }\nstages:\n  a: { op: step }\n", fake, false);
+        assert!(summary.environment_failure);
+        let (_, outcome, error, _) = ends(&summary).remove(0);
+        assert_eq!(outcome, StageOutcome::Failed);
+        let error = error.unwrap();
+        assert!(error.starts_with("Slurm job 1 ended (COMPLETED) without writing its status "), "{error}");
+        assert!(
+            error.ends_with("/status/a.json: drover could not run on the node (is `/opt/drover` there?)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn fail_fast_cancels_the_jobs_in_flight_and_only_those() {
+        let fake = Fake::new(
+            |_, stage| if stage == "a" { (Some(StageOutcome::Failed), "FAILED") } else { (None, "RUNNING") },
+            false,
+        );
+        let yaml = "slurm: { poll: 0.1s }\nstages:\n  a: { op: step }\n  b: { op: step }\n";
+        let (summary, _) = drive(yaml, fake.clone(), true);
+        let b = fake.submitted.lock().unwrap().iter().find_map(|s| s.strip_suffix(":b").map(String::from)).unwrap();
+        let mut ends = ends(&summary);
+        ends.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            ends,
+            [
+                ("a".to_string(), StageOutcome::Failed, Some("it broke".to_string()), 1),
+                (
+                    "b".to_string(),
+                    StageOutcome::Interrupted,
+                    Some(format!("cancelled (Slurm job {b}): a stage failed and --fail-fast is set")),
+                    1
+                ),
+            ]
+        );
+        assert_eq!(*fake.cancelled.lock().unwrap(), [b]);
     }
 }

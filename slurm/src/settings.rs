@@ -185,7 +185,7 @@ fn parse(v: &Value, at: SectionAt, problems: &mut Vec<SectionProblem>) -> (JobSe
                 match value.as_str().and_then(parse_duration_str).filter(|d| *d >= Duration::from_millis(100)) {
                     Some(d) if name == "poll" => driver.poll = d,
                     Some(d) => driver.warn_before = d,
-                    None => bad("a duration of at least 100ms", "e.g. `poll: 10s`"),
+                    None => bad("a duration of at least 0.1s", "e.g. `poll: 10s`"),
                 }
             }
             "max_jobs" if at == SectionAt::Pipeline => match value.as_u64().filter(|n| *n >= 1) {
