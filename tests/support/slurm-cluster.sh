@@ -84,6 +84,8 @@ start)
   rm -rf "$dir/state" "$dir/spool" "$dir/log" "$dir/munge" "$dir/munge-run" "$dir/dev"
   mkdir -p "$dir/state" "$dir/spool" "$dir/log" "$dir/munge" "$dir/munge-run" "$dir/dev"
   chmod 755 "$dir"
+  runuser -u munge -- test -x "$dir" ||
+    die "the munge user cannot reach $dir: make the directories above it searchable (chmod o+x)"
 
   # munge: its own key (a private directory) and socket (one every client can enter), run as
   # the munge user (it refuses loose permissions).
