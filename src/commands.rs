@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drover_cache::{CacheKey, OutputKind, OutputRef, StageOutcome, Store};
+use drover_cache::{CacheKey, OutputKind, OutputRef, RunRecord, StageOutcome, Store, Trigger};
 use drover_engine::exec::{self, RunOptions, humanize};
 use drover_engine::plan::{self, Plan};
 use drover_engine::spec::{self, ParamOverrides, PipelineSpec};
@@ -13,13 +13,16 @@ use drover_engine::status::{Action, plan_status};
 use drover_engine::{OpRegistry, SectionDecl, diag};
 
 use crate::Failure;
-use crate::cli::{CacheCommand, Cli, Command, DagFormat, ExecutorChoice, PipelineArgs, SelectArgs};
+use crate::cli::{
+    CacheCommand, Cli, Command, DagFormat, ExecutorChoice, MetricsCommand, PipelineArgs, RunArgs, SelectArgs,
+};
 use crate::report::{TermReporter, summary};
 
 pub fn dispatch(cli: Cli) -> Result<(), Failure> {
     // Only `run` computes; other commands never resolve the device (no adapter probing).
     let device = match &cli.command {
         Command::Run(args) => args.device,
+        Command::Nightly(args) => args.run.device,
         _ => Default::default(),
     };
     if let Command::Job(args) = cli.command {
@@ -61,29 +64,97 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Runs { id, log, limit, pipeline } => runs(store_override, &pipeline, id, log, limit),
         Command::Models { command } => models(command),
-        Command::Gc { pipeline, dry_run, memo } => gc(&ops, store_override, &pipeline.resolved(), dry_run, memo),
+        Command::Gc { pipeline, dry_run, memo, keep_runs, keep_days } => {
+            let keep = Keep { runs: keep_runs, days: keep_days };
+            gc(&ops, store_override, &pipeline.resolved(), dry_run, memo, keep)
+        }
+        Command::Nightly(args) => crate::nightly::nightly(&ops, &store_override, args),
+        Command::Metrics { command } => metrics_cmd(&ops, store_override, command),
+        Command::Report { run, html, pipeline } => {
+            let (store, pipeline_name) = store_and_pipeline(&ops, &store_override, &pipeline)?;
+            crate::html::report(&store, pipeline_name.as_deref(), run.as_deref(), &html)
+        }
+        Command::Schedule { command } => crate::schedule::command(&ops, &store_override, command),
         Command::Cache { command: CacheCommand::Verify { pipeline } } => verify(store_override, &pipeline.resolved()),
     }
 }
 
-/// The ops, and the sections of the parts that own them: the ops' (`llms:`) and the Slurm
-/// executor's (`slurm:`).
+/// The ops, and the sections of the parts that own them: the ops' (`llms:`), the Slurm
+/// executor's (`slurm:`) and notifications' (`notify:`).
 fn registry(device: drover_ops::kit::compute::DeviceChoice) -> OpRegistry {
     let mut ops = drover_ops::registry(device);
     ops.register_section(drover_slurm::section());
+    ops.register_section(crate::notify::section());
     ops
 }
 
-fn pipeline_file(args: &PipelineArgs) -> PathBuf {
+/// The store of a pipeline file, and the pipeline's name when the file exists (its runs are the
+/// ones a store shared by several pipelines holds under that name).
+fn store_and_pipeline(
+    ops: &OpRegistry,
+    store_override: &Option<PathBuf>,
+    args: &PipelineArgs,
+) -> Result<(Store, Option<String>), Failure> {
+    let file = pipeline_file(args);
+    let store = open_store(store_override, &file)?;
+    let name = match file.exists() {
+        true => {
+            let sections: Vec<SectionDecl> = ops.sections().cloned().collect();
+            Some(spec::load(&file, &ParamOverrides::default(), &sections)?.name)
+        }
+        false => None,
+    };
+    Ok((store, name))
+}
+
+fn metrics_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, command: MetricsCommand) -> Result<(), Failure> {
+    use crate::metrics::{baseline, diff, parse_fail_if, pick, regressions, runs_of, show};
+    match command {
+        MetricsCommand::Show { run, pipeline } => {
+            let (store, name) = store_and_pipeline(ops, &store_override, &pipeline)?;
+            let runs = runs_of(&store, name.as_deref())?;
+            print!("{}", show(pick(&runs, run.as_deref())?));
+            Ok(())
+        }
+        MetricsCommand::Diff { a, b, fail_if, pipeline } => {
+            let (store, name) = store_and_pipeline(ops, &store_override, &pipeline)?;
+            let runs = runs_of(&store, name.as_deref())?;
+            let current = pick(&runs, b.as_deref())?;
+            let base = match a.as_deref() {
+                Some(a) => pick(&runs, Some(a))?,
+                None => match baseline(&runs, current) {
+                    Some(base) => base,
+                    None => {
+                        println!("run {}: no earlier successful run to compare with", current.id);
+                        print!("{}", show(current));
+                        return Ok(());
+                    }
+                },
+            };
+            let known: Vec<&str> = base.metrics.keys().chain(current.metrics.keys()).map(String::as_str).collect();
+            let extra = parse_fail_if(&fail_if, &known)?;
+            print!("{}", diff(base, current));
+            let crossed = regressions(base, current, &extra);
+            for r in &crossed {
+                println!("regression: {}", r.describe());
+            }
+            if crossed.is_empty() { Ok(()) } else { Err(Failure::Regression) }
+        }
+    }
+}
+
+pub fn pipeline_file(args: &PipelineArgs) -> PathBuf {
     args.file.clone().unwrap_or_else(|| PathBuf::from("drover.yaml"))
 }
 
 /// Parses and plans a pipeline; every problem in the file is a user error (exit 2).
-fn load(ops: &OpRegistry, args: &PipelineArgs) -> Result<(PipelineSpec, Plan), Failure> {
+pub fn load(ops: &OpRegistry, args: &PipelineArgs) -> Result<(PipelineSpec, Plan), Failure> {
     let file = pipeline_file(args);
     let sections: Vec<SectionDecl> = ops.sections().cloned().collect();
     let overrides = ParamOverrides { files: args.params.clone(), sets: with_section_env(&sections, &args.set) };
     let mut spec = spec::load(&file, &overrides, &sections)?;
+    // `notify:` is the binary's own section: checked here, with the file's other problems.
+    crate::notify::check(&mut spec);
     spec.dir = std::fs::canonicalize(&spec.dir)
         .map_err(|e| Failure::Environment(format!("cannot resolve {}: {e}", spec.dir.display())))?;
     let plan = plan::build(&spec, ops)?;
@@ -134,7 +205,7 @@ fn store_root(store_override: &Option<PathBuf>, file: &Path) -> PathBuf {
     })
 }
 
-fn open_store(store_override: &Option<PathBuf>, file: &Path) -> Result<Store, Failure> {
+pub fn open_store(store_override: &Option<PathBuf>, file: &Path) -> Result<Store, Failure> {
     let root = store_root(store_override, file);
     let root = std::path::absolute(&root).unwrap_or(root);
     // The store beside a pipeline is its owner's alone; one named with --store or DROVER_STORE
@@ -143,7 +214,7 @@ fn open_store(store_override: &Option<PathBuf>, file: &Path) -> Result<Store, Fa
     opened.map_err(|e| Failure::Environment(format!("cannot open store {}: {e}", root.display())))
 }
 
-fn env<E: std::fmt::Display>(e: E) -> Failure {
+pub fn env<E: std::fmt::Display>(e: E) -> Failure {
     Failure::Environment(e.to_string())
 }
 
@@ -189,15 +260,41 @@ fn parse_resources(specs: &[String]) -> Result<BTreeMap<String, u64>, Failure> {
     Ok(out)
 }
 
-fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunArgs) -> Result<(), Failure> {
-    let t0 = Instant::now();
+/// A pipeline loaded for a run: its spec (params, sections), checked plan, the stages selected
+/// and forced, and its store.
+pub struct Loaded {
+    pub spec: PipelineSpec,
+    pub plan: Plan,
+    pub selected: BTreeSet<usize>,
+    pub forced: BTreeSet<usize>,
+    pub store: Arc<Store>,
+}
+
+/// Loads and plans what `args` name, and opens the store.
+pub fn prepare(ops: &OpRegistry, store_override: &Option<PathBuf>, args: &RunArgs) -> Result<Loaded, Failure> {
     let pargs = args.select.file.resolved();
     let (spec, plan) = load(ops, &pargs)?;
     let (selected, forced) = selection(&plan, &args.select)?;
-    let store = Arc::new(open_store(&store_override, &pipeline_file(&pargs))?);
+    let store = Arc::new(open_store(store_override, &pipeline_file(&pargs))?);
+    Ok(Loaded { spec, plan, selected, forced, store })
+}
+
+/// What a run did: its record (metrics included) and how it ended, as an exit status.
+pub struct Executed {
+    pub record: RunRecord,
+    pub outcome: Result<(), Failure>,
+}
+
+/// Runs a loaded pipeline (here, or on Slurm with `--executor slurm`), prints its progress and
+/// summary, and writes its record with the trigger, host, git revision, params digest and
+/// metrics.
+pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigger) -> Result<Executed, Failure> {
+    let t0 = Instant::now();
+    let Loaded { spec, plan, selected, forced, store } = loaded;
     let mut slurm = match args.executor {
         ExecutorChoice::Local => None,
         ExecutorChoice::Slurm => {
+            let pargs = args.select.file.resolved();
             let launch = launch(ops, &pargs, &spec, &plan, &selected, &forced, args.device)?;
             Some(drover_slurm::SlurmExecutor::new(Arc::new(drover_slurm::ctl::Cli::new()), launch, &plan.sections))
         }
@@ -207,14 +304,20 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
         (Some(s), None) => s.driver_settings().max_jobs,
         (None, None) => crate::cli::default_jobs(),
     };
-    let opts =
-        RunOptions { jobs, fail_fast: args.fail_fast, selected, forced, resources: parse_resources(&args.resources)? };
+    let opts = RunOptions {
+        jobs,
+        fail_fast: args.fail_fast,
+        selected,
+        forced,
+        resources: parse_resources(&args.resources)?,
+        meta: crate::provenance::meta(&spec, trigger),
+    };
+    let plan = Arc::new(plan);
     let reporter = Arc::new(TermReporter::new(args.verbose));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
-    let plan = Arc::new(plan);
     let ran = match slurm.as_mut() {
-        Some(executor) => runtime.block_on(exec::run_on(plan, store, opts, reporter.clone(), executor)),
-        None => runtime.block_on(exec::run(plan, store, opts, reporter.clone())),
+        Some(executor) => runtime.block_on(exec::run_on(plan.clone(), store.clone(), opts, reporter.clone(), executor)),
+        None => runtime.block_on(exec::run(plan.clone(), store.clone(), opts, reporter.clone())),
     };
     let summary_ = ran.map_err(env)?;
     // After Ctrl-C an op's blocking work (a numeric fit, say) may still be running, and dropping
@@ -226,14 +329,17 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
     for repair in &summary_.repairs {
         eprintln!("repaired: {repair}");
     }
-    let failed = summary_.count(StageOutcome::Failed);
+    let mut record = summary_.record;
+    crate::metrics::record(&plan, &store, &mut record)?;
+    let count = |o: StageOutcome| record.stages.iter().filter(|s| s.outcome == o).count();
+    let failed = count(StageOutcome::Failed);
     eprintln!(
         "{}",
         summary(
-            summary_.count(StageOutcome::Ran),
-            summary_.count(StageOutcome::Cached),
+            count(StageOutcome::Ran),
+            count(StageOutcome::Cached),
             failed,
-            summary_.count(StageOutcome::Skipped) + summary_.count(StageOutcome::Interrupted),
+            count(StageOutcome::Skipped) + count(StageOutcome::Interrupted),
             t0.elapsed()
         )
     );
@@ -244,21 +350,27 @@ fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::RunA
             s.stats.stages_submitted, s.stats.adopted, calls.sbatch, calls.squeue, calls.scancel
         );
     }
-    if summary_.interrupted {
+    let outcome = if summary_.interrupted {
         eprintln!("interrupted: finished stages are stored; the next run continues from them");
-        return Err(Failure::Interrupted);
-    }
-    if failed > 0 {
-        for s in summary_.record.stages.iter().filter(|s| s.outcome == StageOutcome::Failed) {
+        Err(Failure::Interrupted)
+    } else if failed > 0 {
+        for s in record.stages.iter().filter(|s| s.outcome == StageOutcome::Failed) {
             eprintln!("failed: {}", s.stage);
         }
-        return Err(if summary_.environment_failure {
+        Err(if summary_.environment_failure {
             Failure::Environment("a stage failed because of the environment (see above)".into())
         } else {
             Failure::Stages
-        });
-    }
-    Ok(())
+        })
+    } else {
+        Ok(())
+    };
+    Ok(Executed { record, outcome })
+}
+
+fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: RunArgs) -> Result<(), Failure> {
+    let loaded = prepare(ops, &store_override, &args)?;
+    execute(ops, loaded, &args, Trigger { kind: "manual".into(), schedule: None })?.outcome
 }
 
 /// What the jobs of a Slurm run need to rebuild its plan on their nodes.
@@ -665,6 +777,24 @@ fn runs(
             run.status,
             humanize(Duration::from_millis(run.duration_ms))
         );
+        // Where it started, for records that say (written since triggers were recorded).
+        let mut facts = Vec::new();
+        if let Some(t) = &run.trigger {
+            facts.push(match &t.schedule {
+                Some(s) => format!("trigger {} (schedule {s})", t.kind),
+                None => format!("trigger {}", t.kind),
+            });
+        }
+        let short = |s: &str| s.chars().take(12).collect::<String>();
+        facts.extend(run.host.as_ref().map(|h| format!("host {h}")));
+        facts.extend(run.git_revision.as_ref().map(|g| format!("git {}", short(g))));
+        facts.extend(run.params_digest.as_ref().map(|d| format!("params {}", short(d))));
+        if !run.metrics.is_empty() {
+            facts.push(format!("{} metrics (drover metrics show {})", run.metrics.len(), run.id));
+        }
+        if !facts.is_empty() {
+            println!("  {}", facts.join(", "));
+        }
         for s in &run.stages {
             let err = s.error.as_deref().map(|e| format!("  {}", e.lines().next().unwrap_or(""))).unwrap_or_default();
             let device = s.note("device").map(|d| format!("  on {d}")).unwrap_or_default();
@@ -678,14 +808,14 @@ fn runs(
         return Ok(());
     }
     println!(
-        "{:<32} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+        "{:<36} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
         "run", "pipeline", "status", "ran", "cached", "failed", "time"
     );
     for run in flying.iter().rev() {
         let count =
             |o: StageOutcome| run.stages.iter().filter(|(_, s)| s.as_ref().is_some_and(|s| s.outcome == o)).count();
         println!(
-            "{:<32} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+            "{:<36} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
             run.run_id,
             run.pipeline,
             "running",
@@ -698,7 +828,7 @@ fn runs(
     for run in all.iter().rev().take(limit) {
         let count = |o: StageOutcome| run.stages.iter().filter(|s| s.outcome == o).count();
         println!(
-            "{:<32} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+            "{:<36} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
             run.id,
             run.pipeline,
             run.status,
@@ -711,17 +841,61 @@ fn runs(
     Ok(())
 }
 
+/// Which run records `gc` keeps: the `runs` most recent of each pipeline and those younger than
+/// `days` (either rule keeps a record; with neither, every record is kept).
+#[derive(Clone, Copy, Debug)]
+struct Keep {
+    runs: Option<usize>,
+    days: Option<u64>,
+}
+
+impl Keep {
+    /// The records to keep, from every record, oldest first.
+    fn select(self, all: &[RunRecord], now_secs: u64) -> Vec<bool> {
+        if self.runs.is_none() && self.days.is_none() {
+            return vec![true; all.len()];
+        }
+        let mut kept = vec![false; all.len()];
+        if let Some(n) = self.runs {
+            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+            for (i, r) in all.iter().enumerate().rev() {
+                let count = seen.entry(r.pipeline.as_str()).or_default();
+                if *count < n {
+                    kept[i] = true;
+                    *count += 1;
+                }
+            }
+        }
+        if let Some(days) = self.days {
+            let since = now_secs.saturating_sub(days.saturating_mul(86_400));
+            for (i, r) in all.iter().enumerate() {
+                kept[i] |= r.started >= since;
+            }
+        }
+        kept
+    }
+}
+
 fn gc(
     ops: &OpRegistry,
     store_override: Option<PathBuf>,
     args: &PipelineArgs,
     dry_run: bool,
     memo: bool,
+    keep: Keep,
 ) -> Result<(), Failure> {
     let file = pipeline_file(args);
     let store = open_store(&store_override, &file)?;
+    let all = store.runs().map_err(env)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let kept = keep.select(&all, now);
+    let (mut pruned_runs, mut kept_runs) = (Vec::new(), Vec::new());
+    for (run, keep) in all.into_iter().zip(kept) {
+        if keep { kept_runs.push(run) } else { pruned_runs.push(run.id) }
+    }
+    let pruned_logs = store.prune_runs(&pruned_runs, dry_run).map_err(env)?;
     let mut roots: BTreeSet<CacheKey> =
-        store.runs().map_err(env)?.into_iter().flat_map(|r| r.stages.into_iter().filter_map(|s| s.key)).collect();
+        kept_runs.into_iter().flat_map(|r| r.stages.into_iter().filter_map(|s| s.key)).collect();
     if file.exists() {
         let (_, plan) = load(ops, args)?;
         let all: BTreeSet<usize> = (0..plan.nodes.len()).collect();
@@ -731,6 +905,9 @@ fn gc(
     }
     let report = store.gc(&roots, dry_run).map_err(env)?;
     let verb = if dry_run { "would remove" } else { "removed" };
+    if keep.runs.is_some() || keep.days.is_some() {
+        println!("{verb} {} run records and {pruned_logs} run logs", pruned_runs.len());
+    }
     let (entries, bytes) = if memo { store.memo().clear(dry_run).map_err(env)? } else { store.memo().usage() };
     println!(
         "{verb} {} objects ({} bytes), {} records, {} scratch entries, {} unused lock files; kept {} objects",

@@ -1,12 +1,20 @@
 //! The `drover` binary: argument parsing, printing, exit codes and op registration. Nothing else.
 //!
-//! Exit codes: 0 success, 1 a stage failed, 2 bad input (pipeline file, params, arguments),
-//! 3 the environment failed (disk, permissions, cannot spawn), 130 interrupted.
+//! Exit codes (the README's table; every command keeps to it): 0 success, 1 a stage failed,
+//! 2 bad input (pipeline file, params, arguments), 3 the environment failed (disk, permissions,
+//! cannot spawn), 4 a metric regressed past a threshold, 75 skipped (a scheduled run found the
+//! previous one still going), 130 interrupted.
 
 mod cli;
 mod commands;
 mod export;
+mod html;
+mod metrics;
+mod nightly;
+mod notify;
+mod provenance;
 mod report;
+mod schedule;
 mod schema;
 
 use std::process::ExitCode;
@@ -30,6 +38,22 @@ pub enum Failure {
     Interrupted,
     /// This exit code, already reported (a Slurm job's: 143 after SIGTERM).
     Exit(u8),
+    /// A metric crossed a threshold: exit 4 (already reported).
+    Regression,
+    /// A scheduled run found the previous one still going and ran nothing: exit 75 (sysexits'
+    /// EX_TEMPFAIL: try again later), with the reason.
+    Skipped(String),
+}
+
+/// The exit codes, in one place.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const STAGE_FAILED: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const ENVIRONMENT: u8 = 3;
+    pub const REGRESSION: u8 = 4;
+    pub const SKIPPED: u8 = 75;
+    pub const INTERRUPTED: u8 = 130;
 }
 
 impl<E: Into<miette::Report>> From<E> for Failure {
@@ -40,18 +64,23 @@ impl<E: Into<miette::Report>> From<E> for Failure {
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    match commands::dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    ExitCode::from(match commands::dispatch(cli) {
+        Ok(()) => exit::OK,
         Err(Failure::User(report)) => {
             eprintln!("{report:?}");
-            ExitCode::from(2)
+            exit::BAD_INPUT
         }
-        Err(Failure::Stages) => ExitCode::from(1),
+        Err(Failure::Stages) => exit::STAGE_FAILED,
         Err(Failure::Environment(msg)) => {
             eprintln!("error: {msg}");
-            ExitCode::from(3)
+            exit::ENVIRONMENT
         }
-        Err(Failure::Interrupted) => ExitCode::from(130),
-        Err(Failure::Exit(code)) => ExitCode::from(code),
-    }
+        Err(Failure::Regression) => exit::REGRESSION,
+        Err(Failure::Skipped(why)) => {
+            eprintln!("skipped: {why}");
+            exit::SKIPPED
+        }
+        Err(Failure::Interrupted) => exit::INTERRUPTED,
+        Err(Failure::Exit(code)) => code,
+    })
 }

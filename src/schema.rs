@@ -134,7 +134,16 @@ pub fn pipeline_schema(ops: &OpRegistry) -> Value {
         "retries": {"type": "integer", "minimum": 0},
         "timeout": {"oneOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": "^([0-9.]+[smhd]?)+$"}], "description": "e.g. 30s, 10m, 2h"},
         "resources": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}, "description": "e.g. {gpu: 1}"},
-        "seed": {"type": "integer", "minimum": 0}
+        "seed": {"type": "integer", "minimum": 0},
+        "metrics": {"oneOf": [
+            {"type": "array", "items": {"type": "string"}, "description": "columns of the output table `out` (or the only one) whose last row holds metrics"},
+            {"type": "object", "additionalProperties": false, "properties": {
+                "table": {"type": "string", "description": "the output port whose table holds the metrics"},
+                "key": {"type": "string", "description": "one metric per row, named STAGE.KEYVALUE.COLUMN; without it, the last row's, named STAGE.COLUMN"},
+                "columns": {"type": "array", "items": {"type": "string"}, "description": "default: every numeric column"},
+                "fail_if": {"type": "array", "items": {"type": "string"}, "description": "regressions, on the change since the baseline run: `accuracy < -0.01`, `loss > 5%` (names relative to the stage)"}
+            }}
+        ], "description": "which columns of which output table are metrics (`drover metrics show`)"}
     });
     debug_assert_eq!(stage_props.as_object().map(|o| o.len()), Some(STAGE_KEYS.len()));
     let mut stage_props = stage_props;

@@ -394,21 +394,95 @@ stages:
     assert_eq!(calls(&p), ["a", "b"]);
 }
 
-/// The README's quickstart: it runs, and its second run reports everything cached.
+/// Copies files of this repository into the test's project, at the same relative paths.
+fn copy_from_repo(p: &Project, paths: &[&str]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for rel in paths {
+        std::fs::create_dir_all(p.join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(root.join(rel), p.join(rel)).unwrap();
+    }
+}
+
+/// Runs an example twice, as the README says to: the first run runs all `stages`, the second
+/// finds every one cached.
+fn runs_then_all_cached(p: &Project, file: &str, stages: usize) {
+    let first = p.drover(&["run", file]);
+    first.expect_code(0);
+    assert!(first.stderr.contains(&format!("{stages} stages: {stages} ran, 0 cached")), "{}", first.stderr);
+    let second = p.drover(&["run", file]);
+    second.expect_code(0);
+    assert!(second.stderr.contains(&format!("{stages} stages: 0 ran, {stages} cached")), "{}", second.stderr);
+}
+
+/// The README's quickstart, as the README runs it: a scaling-law fit and a model merge, offline;
+/// the second run reports everything cached, and the fit's parameters are the run's metrics.
 #[test]
 fn quickstart_runs_and_its_second_run_is_all_cached() {
     let p = Project::new();
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    for rel in ["quickstart.yaml", "data/prompts.csv", "scripts/count_long.sh"] {
-        p.write(rel, &std::fs::read_to_string(examples.join(rel)).unwrap());
+    let mut files = vec!["examples/quickstart.yaml", "pipelines/data/chinchilla_epoch/svg_extracted_data.csv"];
+    let models = ["base", "math", "code"]
+        .map(|m| ["config.json", "model.safetensors", "tokenizer.json"].map(|f| format!("examples/models/{m}/{f}")));
+    files.extend(models.iter().flatten().map(String::as_str));
+    copy_from_repo(&p, &files);
+    runs_then_all_cached(&p, "examples/quickstart.yaml", 7);
+
+    // The fit's estimates, one metric each (`metrics: { table: params, key: param, ... }`):
+    // Chinchilla's law refitted on 200 of Epoch's 245 points is close to Epoch's full fit
+    // (E 1.817, alpha 0.348, beta 0.366: pipelines/README.md).
+    let shown = p.drover(&["metrics", "show", "-f", "examples/quickstart.yaml"]);
+    shown.expect_code(0);
+    let metrics: std::collections::BTreeMap<String, f64> = shown
+        .stdout
+        .lines()
+        .skip(2)
+        .map(|l| {
+            let (name, value) = l.split_once(' ').unwrap();
+            (name.to_string(), value.trim().parse().unwrap())
+        })
+        .collect();
+    let names: Vec<&str> = metrics.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "fit.A.estimate",
+            "fit.B.estimate",
+            "fit.E.estimate",
+            "fit.alpha.estimate",
+            "fit.beta.estimate",
+            "fit.d_exponent.estimate",
+            "fit.n_exponent.estimate",
+            "fit.objective.estimate"
+        ]
+    );
+    for (name, expected) in
+        [("fit.E.estimate", 1.8227), ("fit.alpha.estimate", 0.354908), ("fit.beta.estimate", 0.365501)]
+    {
+        assert!((metrics[name] - expected).abs() < 1e-4, "{name} = {} (expected {expected})", metrics[name]);
     }
-    let first = p.drover(&["run", "quickstart.yaml"]);
-    first.expect_code(0);
-    assert!(first.stderr.contains("7 stages: 7 ran, 0 cached"), "{}", first.stderr);
-    let second = p.drover(&["run", "quickstart.yaml"]);
-    second.expect_code(0);
-    assert!(second.stderr.contains("7 stages: 0 ran, 7 cached"), "{}", second.stderr);
-    let shown = p.drover(&["show", "gather", "-f", "quickstart.yaml"]);
+
+    // The merged model is a model directory; the fit's figure is an SVG.
+    let merged = p.drover(&["show", "merged", "-f", "examples/quickstart.yaml"]);
+    merged.expect_code(0);
+    assert!(merged.stdout.contains("model.safetensors") && merged.stdout.contains("config.json"), "{}", merged.stdout);
+    p.drover(&["export", "fit.plot", "fit.svg", "-f", "examples/quickstart.yaml"]).expect_code(0);
+    assert!(p.read("fit.svg").contains("<svg"));
+
+    // The report embeds that figure and the metrics.
+    p.drover(&["report", "--html", "report.html", "-f", "examples/quickstart.yaml"]).expect_code(0);
+    let html = p.read("report.html");
+    assert!(html.contains(
+        "<figcaption><code>fit.plot</code></figcaption><img alt=\"fit.plot\" src=\"data:image/svg+xml;base64,"
+    ));
+    assert!(html.contains("<code>fit.alpha.estimate</code>"));
+}
+
+/// The `command` example: a shell command per matrix value, gathered into one table.
+#[test]
+fn the_command_example_runs_and_its_second_run_is_all_cached() {
+    let p = Project::new();
+    copy_from_repo(&p, &["examples/commands.yaml", "examples/data/prompts.csv", "examples/scripts/count_long.sh"]);
+    runs_then_all_cached(&p, "examples/commands.yaml", 7);
+    let shown = p.drover(&["show", "gather", "-f", "examples/commands.yaml"]);
     shown.expect_code(0);
     // 20 prompts, one duplicate: sampling 12 of the 19 unique ones.
     assert!(shown.stdout.contains("3 rows x 3 columns"), "{}", shown.stdout);

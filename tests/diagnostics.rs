@@ -1240,3 +1240,70 @@ fn store_that_cannot_be_created_exits_3() {
     out.expect_code(3);
     assert!(out.stderr.contains("cannot open store"), "{}", out.stderr);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Metrics and notifications
+
+#[test]
+fn metrics_naming_what_a_stage_does_not_have_are_errors_at_their_place() {
+    let yaml = r#"stages:
+  m:
+    op: command
+    with: { run: "echo x > ${out.out}" }
+    out: { out: { type: table, columns: { accuracy: Float64, name: Utf8 } }, log: blob }
+    metrics: { table: lg, fail_if: ["accuracy falls"] }
+"#;
+    let p = project(yaml);
+    let r = bad(&p, &["validate"]);
+    r.count(2);
+    r.error("metrics: the stage has no output `lg`")
+        .stage("m")
+        .at(pos(yaml, "table: lg", "lg"))
+        .help("table outputs: `out`");
+    r.error("metrics.fail_if: `accuracy falls` has no comparison (<, <=, > or >=)")
+        .at(pos(yaml, "\"accuracy falls\"", "\""))
+        .help("`accuracy < -0.01`, `loss > 5%`");
+
+    let yaml = r#"stages:
+  m:
+    op: command
+    with: { run: "echo x > ${out.out}" }
+    out: { out: { type: table, columns: { accuracy: Float64, name: Utf8 } } }
+    metrics: { columns: [accurcy, name], fail_if: ["acuracy < -0.01"] }
+"#;
+    let p = project(yaml);
+    let r = bad(&p, &["validate"]);
+    r.count(3);
+    r.error("metrics: output `out` has no column `accurcy`")
+        .at(pos(yaml, "accurcy,", "a"))
+        .help("did you mean `accuracy`?");
+    r.error("metrics: column `name` of `out` holds Utf8, not numbers").at(pos(yaml, "name]", "n")).help("`key:`");
+    r.error("metrics.fail_if: `acuracy` names no metric column").at(pos(yaml, "\"acuracy", "\""));
+
+    let yaml = "stages:\n  m:\n    op: command\n    with: { run: \"true\" }\n    metrics: 3\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("`metrics` must be a list of columns or a mapping; found an integer")
+        .at(pos(yaml, "3\n", "3"));
+}
+
+#[test]
+fn a_notify_section_with_a_secret_written_in_it_is_an_error_at_its_line() {
+    let yaml = "notify:\n  webhook: { url_env: \"https://hooks.slack.com/services/T0/B0/XYZ\" }\nstages:\n  a: { op: command, with: { run: \"true\" } }\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("`notify.webhook.url_env` must name an environment variable; found `https://hooks.slack.com/services/T0/B0/XYZ`")
+        .at(pos(yaml, "\"https:", "\""))
+        .help("never written here");
+
+    let yaml = "notify:\n  webhook: { url_env: HOOK }\n  on: [failure, regresion]\nstages:\n  a: { op: command, with: { run: \"true\" } }\n";
+    let p = project(yaml);
+    bad(&p, &["validate"]).only("`notify`: unknown variant `regresion`").at(pos(yaml, "regresion", "r"));
+
+    let yaml = "notify:\n  webhok: { url_env: HOOK }\nstages:\n  a: { op: command, with: { run: \"true\" } }\n";
+    let p = project(yaml);
+    bad(&p, &["validate"])
+        .only("`notify`: unknown setting `webhok`")
+        .at(pos(yaml, "webhok", "w"))
+        .help("did you mean `webhook`?");
+}

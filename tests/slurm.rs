@@ -42,6 +42,23 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Brings a node taken down back. With `ReturnToService=2` its slurmd's next registration
+    /// may have done it already, and Slurm then refuses `State=RESUME` (the node is not down):
+    /// what counts is that it is up.
+    fn resume(&self, node: &str) {
+        let out = Command::new("scontrol")
+            .args(["update", &format!("NodeName={node}"), "State=RESUME"])
+            .env("SLURM_CONF", &self.conf)
+            .output()
+            .unwrap();
+        let state = self.slurm("sinfo", &["-h", "-N", "-n", node, "-o", "%T"]);
+        assert!(
+            out.status.success() || !state.starts_with("down"),
+            "scontrol update NodeName={node} State=RESUME: {} (node {state})",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A job's state, as `squeue` says it.
     fn state(&self, job: &str) -> String {
         self.slurm("squeue", &["-h", "-t", "all", "-j", job, "-o", "%T"]).trim().to_string()
@@ -71,7 +88,7 @@ fn last_run(p: &Project) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(runs.last().expect("a run record")).unwrap()).unwrap()
 }
 
-/// Each stage of a run record: (stage, outcome, error, notes).
+/// Each stage of a run record: (stage, outcome, error, the entry, whose notes are its fields).
 fn stages(run: &serde_json::Value) -> Vec<(String, String, Option<String>, serde_json::Value)> {
     run["stages"]
         .as_array()
@@ -82,7 +99,7 @@ fn stages(run: &serde_json::Value) -> Vec<(String, String, Option<String>, serde
                 s["stage"].as_str().unwrap().to_string(),
                 s["outcome"].as_str().unwrap().to_string(),
                 s["error"].as_str().map(String::from),
-                s["notes"].clone(),
+                s.clone(),
             )
         })
         .collect()
@@ -244,14 +261,14 @@ stages:
     // Slurm kills the job and, as it was submitted with --requeue, queues it again.
     wait_for("the job to be requeued", || (c.state(&job) == "PENDING").then_some(()));
     p.write("go", "");
-    c.slurm("scontrol", &["update", "NodeName=n3", "State=RESUME"]);
+    c.resume("n3");
     let out = driver.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(p.read("starts.log"), format!("{job}\n{job}\n"), "the same job ran twice");
     let run = last_run(&p);
     assert_eq!(run["stages"][0]["attempts"], 2);
-    assert_eq!(run["stages"][0]["notes"]["slurm_job"], job.as_str());
+    assert_eq!(run["stages"][0]["slurm_job"], job.as_str());
 }
 
 #[test]
@@ -382,7 +399,7 @@ stages:
         "slurm: 0 stage(s) submitted, 1 followed from a stopped driver; 0 sbatch, _ squeue, 0 scancel call(s)"
     );
     assert_eq!(p.read("starts.log"), format!("{job}\n"), "the stage ran once, in the first driver's job");
-    assert_eq!(last_run(&p)["stages"][0]["notes"]["slurm_job"], job.as_str());
+    assert_eq!(last_run(&p)["stages"][0]["slurm_job"], job.as_str());
 }
 
 #[test]

@@ -13,7 +13,9 @@
 //! - a stage's key: its recipe's canonical JSON ([`key`]; [`sorted_json`] writes the arbitrary
 //!   JSON inside a recipe with every object's keys sorted);
 //! - a memo entry's key: `format`, a NUL byte, the model identity, a NUL byte, then the compact
-//!   JSON of a typed request ([`memo_key`]).
+//!   JSON of a typed request ([`memo_key`]);
+//! - a run's params digest: the params' compact JSON with every object's keys sorted
+//!   ([`params_digest`]).
 //!
 //! None depends on the order in which serde_json's maps keep their keys (the `preserve_order`
 //! feature, which any crate in the build can turn on): recipes sort theirs, and a memo key is
@@ -102,6 +104,14 @@ pub fn memo_key<T: Serialize + ?Sized>(format: &str, identity: &str, request: &T
     bytes.extend_from_slice(identity.as_bytes());
     bytes.push(0);
     serde_json::to_writer(&mut bytes, request).expect("a request serialises");
+    blake3::hash(&bytes).to_hex().to_string()
+}
+
+/// The digest a run record keeps of the params it ran with (after `-p` and `--set`): blake3 of
+/// their compact JSON, every object's keys sorted, so that equal params give equal digests
+/// whatever order they were written in.
+pub fn params_digest(params: &Value) -> String {
+    let bytes = serde_json::to_vec(&Sorted(params)).expect("params serialise");
     blake3::hash(&bytes).to_hex().to_string()
 }
 
@@ -218,6 +228,13 @@ mod tests {
         let text = r#"{"params":{"a":null,"z":{"x":[{"a":1,"b":2}],"y":1}}}"#;
         assert_eq!(String::from_utf8(canonical.clone()).unwrap(), text);
         assert_eq!(key(&canonical).as_str(), "17879a151ec5573bfab98df82efe409fd7b848ca49b35ffd966a729842c278bf");
+    }
+
+    #[test]
+    fn a_params_digest_hashes_sorted_compact_json() {
+        // b'{"a":[1,2],"b":{"c":"x","d":null}}'
+        let params: Value = serde_json::from_str(r#"{"b":{"d":null,"c":"x"},"a":[1,2]}"#).unwrap();
+        assert_eq!(params_digest(&params), "f9c852ae0ce60a799b24f2d70f1a5d68d69dc393e2c165356f930e76585b50f1");
     }
 
     #[test]

@@ -32,5 +32,5 @@ pub use lease::{Holder, Lease};
 pub use memo::Memo;
 pub use object::{DirEntry, DirManifest, ObjectHash};
 pub use record::{CacheKey, OutputKind, OutputRef, Provenance, StageRecord};
-pub use runs::{RunRecord, RunStage, StageOutcome};
-pub use store::{Placed, Store};
+pub use runs::{RunRecord, RunStage, StageOutcome, Trigger, utc};
+pub use store::{Placed, ScheduleLease, Store};

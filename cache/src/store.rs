@@ -35,7 +35,15 @@ pub enum Placed {
     Adopted(StageRecord),
 }
 
-const DIRS: [&str; 9] = ["objects", "records", "locks", "runs", "logs", "state", "tmp", "quarantine", "memo"];
+const DIRS: [&str; 10] =
+    ["objects", "records", "locks", "runs", "logs", "state", "tmp", "quarantine", "memo", "leases"];
+
+/// A schedule's lease: while it is held, no other nightly run of that schedule starts. The OS
+/// releases it when the holder exits, however it exits.
+#[derive(Debug)]
+pub struct ScheduleLease {
+    _file: File,
+}
 
 impl Store {
     /// Opens (creating if needed) a store at `root` that is shared on purpose (`--store`,
@@ -392,6 +400,34 @@ impl Store {
         Lease::holder(&self.lease_path(key.as_str()))
     }
 
+    /// Takes the lease of schedule `name` without waiting, and writes `holder` (who holds it,
+    /// for the message another run prints) into it: `Ok(Err(holder))` says who holds it now.
+    /// A `flock` on `leases/NAME.lock`, which gc never removes (a removed lock file would let a
+    /// second holder in). On a cluster filesystem that keeps `flock` per node (Lustre), two
+    /// nodes can both take it: the Slurm entry queues its jobs as a singleton for that reason.
+    pub fn try_lease(&self, name: &str, holder: &str) -> Result<std::result::Result<ScheduleLease, String>> {
+        use std::io::{Read, Seek, Write};
+        let dir = self.root.join("leases");
+        fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        let path = dir.join(format!("{}.lock", escape(name)));
+        let mut file =
+            File::options().create(true).truncate(false).read(true).write(true).open(&path).ctx("open lease", &path)?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0).ctx("write lease", &path)?;
+                file.seek(std::io::SeekFrom::Start(0)).ctx("write lease", &path)?;
+                file.write_all(holder.as_bytes()).ctx("write lease", &path)?;
+                Ok(Ok(ScheduleLease { _file: file }))
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                Ok(Err(text.trim().to_string()))
+            }
+            Err(fs::TryLockError::Error(e)) => Err(e).ctx("lock lease", &path),
+        }
+    }
+
     // ---- stage state: the last key each stage of a pipeline had, to explain changes ----
 
     fn state_path(&self, pipeline: &str) -> PathBuf {
@@ -437,6 +473,34 @@ impl Store {
             .collect();
         runs.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(runs)
+    }
+
+    /// Removes these runs' records and their logs (`logs/RUN/`); how many log directories went
+    /// (or would go, with `dry_run`). A run id that has no record is passed over.
+    pub fn prune_runs(&self, ids: &[String], dry_run: bool) -> Result<usize> {
+        let mut logs = 0;
+        for id in ids {
+            // Ids come from records' names and contents; one with a separator would leave the
+            // store's directories.
+            if id.contains('/') || id.starts_with('.') {
+                continue;
+            }
+            let record = self.root.join("runs").join(format!("{id}.json"));
+            let log_dir = self.root.join("logs").join(id);
+            if log_dir.is_dir() {
+                logs += 1;
+                if !dry_run {
+                    fs::remove_dir_all(&log_dir).ctx("remove", &log_dir)?;
+                }
+            }
+            if !dry_run {
+                match fs::remove_file(&record) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(e).ctx("remove", &record),
+                    _ => {}
+                }
+            }
+        }
+        Ok(logs)
     }
 
     /// Where a stage's log goes in a run: (absolute path, path relative to the root).

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod interp;
 pub mod key;
 pub mod kit;
+pub mod metrics;
 pub mod op;
 pub mod paths;
 pub mod plan;

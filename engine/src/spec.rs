@@ -20,7 +20,7 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 pub const TOP_KEYS: &[&str] = &["pipeline", "description", "params", "seed", "resources", "stages"];
 /// Keys allowed in a stage.
 pub const STAGE_KEYS: &[&str] =
-    &["op", "description", "in", "with", "out", "deps", "matrix", "retries", "timeout", "resources", "seed"];
+    &["op", "description", "in", "with", "out", "deps", "matrix", "retries", "timeout", "resources", "seed", "metrics"];
 
 /// A pipeline as written.
 #[derive(Debug)]
@@ -66,6 +66,8 @@ pub struct StageSpec {
     /// Entries of declared sections that stages may carry (a stage's `slurm:`), by name: not
     /// in the key.
     pub sections: BTreeMap<String, Node>,
+    /// `metrics:`: which columns of which output table are metrics (see [`crate::metrics`]).
+    pub metrics: Option<crate::metrics::MetricsSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -394,6 +396,7 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node, sections: &[SectionDecl]
         resources: BTreeMap::new(),
         seed: None,
         sections: BTreeMap::new(),
+        metrics: None,
     };
     let stage_keys =
         || STAGE_KEYS.iter().copied().chain(sections.iter().filter(|s| s.stage_schema.is_some()).map(|s| s.name));
@@ -539,6 +542,7 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node, sections: &[SectionDecl]
             "timeout" => stage.timeout = parse_duration(d, st, v),
             "resources" => stage.resources = parse_resources(d, st, v),
             "seed" => stage.seed = expect_u64(d, st, v, "seed"),
+            "metrics" => stage.metrics = crate::metrics::parse_spec(d, st, k.span, v),
             other => match sections.iter().find(|sec| sec.name == other && sec.stage_schema.is_some()) {
                 Some(sec) if !matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) => d.error(
                     st,

@@ -498,6 +498,10 @@ fn finished_from(idx: usize, s: StageStatus, driver_attempt: u32) -> Finished {
         duration: Duration::from_millis(s.duration_ms),
         log: s.log,
         notes: s.notes,
+        // When the job started is the node's clock's business; the run's timeline has the
+        // stages that ran in this process only.
+        started: None,
+        reasons: s.reasons,
     }
 }
 
@@ -725,6 +729,7 @@ mod tests {
                         notes: BTreeMap::new(),
                         job: Some(JobId(n.to_string())),
                         restarts: 0,
+                        reasons: Vec::new(),
                     };
                     run.write_json(&run.status_path(&stage), &status).unwrap();
                 }

@@ -97,6 +97,7 @@ pub async fn run_job(run: &RunDir, info: &RunInfo, ops: &OpRegistry, stage: &str
         notes: BTreeMap::new(),
         job: job.clone(),
         restarts,
+        reasons: Vec::new(),
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut warn = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
@@ -200,6 +201,7 @@ async fn run_one(
             notes: BTreeMap::new(),
             job: None,
             restarts,
+            reasons: Vec::new(),
         };
         if let Some(f) = f {
             s.error = f.error;
@@ -208,6 +210,7 @@ async fn run_one(
             s.duration_ms = f.duration.as_millis() as u64;
             s.log = f.log;
             s.notes = f.notes;
+            s.reasons = f.reasons;
         }
         s
     };
@@ -219,7 +222,8 @@ async fn run_one(
         job_inputs(&plan, idx, &outputs).ok_or_else(|| format!("the inputs of `{stage}` are not all known"))?;
     let scope =
         RunScope { run_id: info.run_id.clone(), plan: plan.clone(), store: store.clone(), reporter: Arc::new(Lines) };
-    let finished = run_stage(&scope, Dispatch { idx, key: key.clone(), recipe, inputs, forced }).await;
+    let last_key = store.load_state(&plan.pipeline).remove(stage);
+    let finished = run_stage(&scope, Dispatch { idx, key: key.clone(), recipe, inputs, forced, last_key }).await;
     store.flush();
     let (outcome, outputs) = (finished.outcome, finished.outputs.clone());
     Ok(status(outcome, outputs, Some(finished)))
@@ -327,6 +331,12 @@ pub fn record_from_statuses(run: &RunDir, info: &RunInfo, plan: &Plan) -> RunRec
     let want = &info.selected;
     let selected: Vec<usize> =
         plan.order.iter().copied().filter(|i| want.is_empty() || want.contains(&plan.nodes[*i].id)).collect();
+    let inputs = |idx: usize| {
+        let mut ids: Vec<String> = plan.upstream(idx).into_iter().map(|u| plan.nodes[u].id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
     let mut stages = Vec::new();
     let mut failed = false;
     for idx in selected {
@@ -339,9 +349,11 @@ pub fn record_from_statuses(run: &RunDir, info: &RunInfo, plan: &Plan) -> RunRec
                 duration_ms: s.duration_ms,
                 error: s.error,
                 log: s.log,
-                notes: s.notes,
-                legacy_device: None,
+                notes: s.notes.into_iter().map(|(k, v)| (k, v.into())).collect(),
                 attempts: s.attempts.max(s.restarts + 1),
+                started_ms: None,
+                inputs: inputs(idx),
+                reasons: s.reasons,
             },
             None => RunStage {
                 stage: id.clone(),
@@ -351,8 +363,10 @@ pub fn record_from_statuses(run: &RunDir, info: &RunInfo, plan: &Plan) -> RunRec
                 error: Some("its job did not run: a stage it needs failed, or it was cancelled".into()),
                 log: None,
                 notes: BTreeMap::new(),
-                legacy_device: None,
                 attempts: 0,
+                started_ms: None,
+                inputs: inputs(idx),
+                reasons: Vec::new(),
             },
         };
         failed |= matches!(s.outcome, StageOutcome::Failed | StageOutcome::Skipped | StageOutcome::Interrupted);
@@ -367,5 +381,13 @@ pub fn record_from_statuses(run: &RunDir, info: &RunInfo, plan: &Plan) -> RunRec
         duration_ms: Duration::from_secs(now.saturating_sub(info.started)).as_millis() as u64,
         status: if failed { "failed" } else { "ok" }.into(),
         stages,
+        // A detached run's record is written by its last job, which knows only the run's
+        // directory: who started it and from which revision is not recorded (yet).
+        trigger: None,
+        host: None,
+        git_revision: None,
+        params_digest: None,
+        metrics: BTreeMap::new(),
+        fail_if: Vec::new(),
     }
 }

@@ -101,6 +101,9 @@ pub struct StageStatus {
     /// `SLURM_RESTART_COUNT`: how often Slurm requeued the job before this end.
     #[serde(default)]
     pub restarts: u32,
+    /// Why it ran, in words (a stage that ran or failed), for the run record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 impl StageStatus {

@@ -71,6 +71,7 @@ pub async fn submit(
                         notes: BTreeMap::new(),
                         job: None,
                         restarts: 0,
+                        reasons: Vec::new(),
                     };
                     run.write_json(&run.status_path(&plan.nodes[idx].id), &status)
                         .map_err(|e| format!("cannot write into {}: {e}", run.path.display()))?;

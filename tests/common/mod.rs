@@ -32,6 +32,29 @@ impl Output {
     pub fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
+
+    /// stderr with the lines miette wrapped joined again: a message's continuations (`  │ `)
+    /// and a help's (indented under `help: `). miette wraps at spaces and after hyphens.
+    pub fn unwrapped(&self) -> String {
+        let mut out: Vec<String> = Vec::new();
+        let mut joinable = false;
+        for line in self.stderr.lines() {
+            let more = line.strip_prefix("  │ ").or_else(|| line.strip_prefix("        ").filter(|_| joinable));
+            match (more, out.last_mut()) {
+                (Some(more), Some(last)) if joinable => {
+                    if !last.ends_with('-') {
+                        last.push(' ');
+                    }
+                    last.push_str(more.trim());
+                }
+                _ => {
+                    joinable = line.starts_with("  × ") || line.starts_with("  help: ");
+                    out.push(line.to_string());
+                }
+            }
+        }
+        out.join("\n")
+    }
 }
 
 impl Project {
@@ -98,6 +121,17 @@ impl Project {
             .collect()
     }
 }
+
+/// A pipeline whose one stage starts (touching `started`), then runs until the test writes
+/// `release`: a run still going, for as long as a test needs one.
+pub const HELD: &str = r#"
+pipeline: held
+stages:
+  slow:
+    op: command
+    with: { run: "touch started; while [ ! -f release ]; do sleep 0.05; done; echo done > ${out.out}" }
+    out: { out: blob }
+"#;
 
 /// How long a test waits for something a child process does (a pid file, a log line) before it
 /// fails instead of hanging.

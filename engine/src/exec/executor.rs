@@ -39,6 +39,9 @@ pub struct Dispatch {
     pub inputs: JobInputs,
     /// `--force`: run even if the key is stored meanwhile, and replace its record.
     pub forced: bool,
+    /// The stage's key in the last run that recorded one (the store's state), to say in the
+    /// run record why it runs again.
+    pub last_key: Option<CacheKey>,
 }
 
 /// Why in-flight stages are stopped.
@@ -147,6 +150,7 @@ fn stage_job(scope: &RunScope, d: Dispatch) -> StageJob {
         forced: d.forced,
         reporter: scope.reporter.clone(),
         notes: StageNotes::default(),
+        last_key: d.last_key,
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use drover_cache::{RunRecord, StageOutcome, Store};
+use drover_cache::{RunRecord, StageOutcome, Store, Trigger};
 
 use crate::error::EngineError;
 use crate::op::{NoProgress, Progress};
@@ -38,6 +38,17 @@ pub struct RunOptions {
     pub forced: BTreeSet<usize>,
     /// Resource capacities, overriding the pipeline's `resources:`.
     pub resources: BTreeMap<String, u64>,
+    /// What the run record says of how and where the run started.
+    pub meta: RunMeta,
+}
+
+/// How and where a run started, copied into its record as given (the engine reads none of it).
+#[derive(Clone, Debug, Default)]
+pub struct RunMeta {
+    pub trigger: Option<Trigger>,
+    pub host: Option<String>,
+    pub git_revision: Option<String>,
+    pub params_digest: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -48,6 +59,7 @@ impl Default for RunOptions {
             selected: BTreeSet::new(),
             forced: BTreeSet::new(),
             resources: BTreeMap::new(),
+            meta: RunMeta::default(),
         }
     }
 }
@@ -131,6 +143,8 @@ pub async fn run_on(
         if opts.selected.is_empty() { (0..plan.nodes.len()).collect() } else { opts.selected.clone() };
     reporter.event(Event::Started { run_id: &run_id, stages: selected.len() });
 
+    // Each stage's key in its last run, to say in the record why it runs again.
+    let last_keys = store.load_state(&plan.pipeline);
     let scope =
         RunScope { run_id: run_id.clone(), plan: plan.clone(), store: store.clone(), reporter: reporter.clone() };
     executor.begin(&scope).await?;
@@ -140,8 +154,11 @@ pub async fn run_on(
     tokio::pin!(ctrl_c);
     loop {
         sched.settle_ready(&store, &*reporter)?;
-        let dispatched = sched.launch();
+        let mut dispatched = sched.launch();
         if !dispatched.is_empty() {
+            for d in &mut dispatched {
+                d.last_key = last_keys.get(&plan.nodes[d.idx].id).cloned();
+            }
             executor.start(&scope, dispatched).await;
         }
         if sched.nothing_running() {
@@ -190,6 +207,12 @@ pub async fn run_on(
         }
         .into(),
         stages: done.stages,
+        trigger: opts.meta.trigger.clone(),
+        host: opts.meta.host.clone(),
+        git_revision: opts.meta.git_revision.clone(),
+        params_digest: opts.meta.params_digest.clone(),
+        metrics: BTreeMap::new(),
+        fail_if: Vec::new(),
     };
     store.put_run(&record)?;
     Ok(RunSummary { record, environment_failure: done.environment_failure, interrupted, repairs: store.take_repairs() })

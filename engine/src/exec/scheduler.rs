@@ -4,6 +4,7 @@
 //! tasks finishing.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
 
 use drover_cache::{CacheKey, OutputRef, RunStage, StageOutcome, Store};
 
@@ -52,6 +53,8 @@ pub(super) struct Scheduler<'a> {
     state_updates: BTreeMap<String, CacheKey>,
     stop_launching: bool,
     environment_failure: bool,
+    /// When the run started: the zero of its timeline.
+    t0: Instant,
 }
 
 impl<'a> Scheduler<'a> {
@@ -103,6 +106,7 @@ impl<'a> Scheduler<'a> {
             state_updates: BTreeMap::new(),
             stop_launching: false,
             environment_failure: false,
+            t0: Instant::now(),
         }
     }
 
@@ -158,6 +162,7 @@ impl<'a> Scheduler<'a> {
                 recipe: self.recipes[idx].take().expect("computed when ready"),
                 inputs: job_inputs(self.plan, idx, &self.outputs).expect("inputs are done"),
                 forced: self.forced.contains(&idx),
+                last_key: None,
             });
         }
         self.waiting = blocked;
@@ -203,7 +208,7 @@ impl<'a> Scheduler<'a> {
             }
         }
         let key = self.keys[idx].clone();
-        self.results.insert(idx, f.into_run_stage(self.plan, key));
+        self.results.insert(idx, f.into_run_stage(self.plan, key, self.t0));
     }
 
     fn release_dependents(&mut self, idx: usize) {
@@ -224,7 +229,7 @@ impl<'a> Scheduler<'a> {
             }
             let why = format!("`{}` failed", self.plan.nodes[idx].id);
             let skipped = Finished::new(d, StageOutcome::Skipped, Some(why), 0);
-            self.results.insert(d, skipped.into_run_stage(self.plan, None));
+            self.results.insert(d, skipped.into_run_stage(self.plan, None, self.t0));
             stack.extend(self.dependents[d].iter().copied());
         }
     }
@@ -233,7 +238,7 @@ impl<'a> Scheduler<'a> {
     pub fn interrupt_running(&mut self) {
         for &idx in &self.running {
             let f = Finished::new(idx, StageOutcome::Interrupted, Some("interrupted".into()), 1);
-            self.results.insert(idx, f.into_run_stage(self.plan, self.keys[idx].clone()));
+            self.results.insert(idx, f.into_run_stage(self.plan, self.keys[idx].clone(), self.t0));
         }
     }
 
@@ -244,7 +249,7 @@ impl<'a> Scheduler<'a> {
         for &idx in self.plan.order.iter().filter(|i| self.selected.contains(i)) {
             if !self.results.contains_key(&idx) {
                 let f = Finished::new(idx, unreached, None, 0);
-                self.results.insert(idx, f.into_run_stage(self.plan, None));
+                self.results.insert(idx, f.into_run_stage(self.plan, None, self.t0));
             }
         }
         let failed = self.results.values().any(|r| matches!(r.outcome, StageOutcome::Failed | StageOutcome::Skipped));

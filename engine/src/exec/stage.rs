@@ -35,6 +35,10 @@ pub struct Finished {
     pub log: Option<String>,
     /// What the op noted about how it ran (the device it computed on), for the run record.
     pub notes: BTreeMap<String, String>,
+    /// When its task started (stages that were launched), for the run's timeline.
+    pub started: Option<Instant>,
+    /// Why it ran, in words (stages that ran or failed).
+    pub reasons: Vec<String>,
 }
 
 impl Finished {
@@ -51,11 +55,17 @@ impl Finished {
             duration: Duration::ZERO,
             log: None,
             notes: BTreeMap::new(),
+            started: None,
+            reasons: Vec::new(),
         }
     }
 
-    /// Its entry in the run record (the one place one is made), under `key` if it has one.
-    pub(super) fn into_run_stage(self, plan: &Plan, key: Option<CacheKey>) -> RunStage {
+    /// Its entry in the run record (the one place one is made), under `key` if it has one;
+    /// `run_started` is when the run started (its timeline's zero).
+    pub fn into_run_stage(self, plan: &Plan, key: Option<CacheKey>, run_started: Instant) -> RunStage {
+        let mut inputs: Vec<String> = plan.upstream(self.idx).into_iter().map(|u| plan.nodes[u].id.clone()).collect();
+        inputs.sort();
+        inputs.dedup();
         RunStage {
             stage: plan.nodes[self.idx].id.clone(),
             outcome: self.outcome,
@@ -63,9 +73,11 @@ impl Finished {
             duration_ms: self.duration.as_millis() as u64,
             error: self.error,
             log: self.log,
-            notes: self.notes,
+            notes: self.notes.into_iter().map(|(k, v)| (k, v.into())).collect(),
             attempts: self.attempts,
-            legacy_device: None,
+            started_ms: self.started.map(|t| t.saturating_duration_since(run_started).as_millis() as u64),
+            inputs,
+            reasons: self.reasons,
         }
     }
 }
@@ -88,6 +100,8 @@ pub(super) struct StageJob {
     pub forced: bool,
     pub reporter: Arc<dyn Reporter>,
     pub notes: StageNotes,
+    /// The stage's key in the last run that recorded one (the store's state), to say why it runs.
+    pub last_key: Option<CacheKey>,
 }
 
 impl StageJob {
@@ -99,6 +113,21 @@ impl StageJob {
             Err(e) => Finished { env: true, ..Finished::new(idx, StageOutcome::Failed, Some(e.to_string()), 1) },
         };
         finished.duration = t0.elapsed();
+        finished.started = Some(t0);
+        if matches!(finished.outcome, StageOutcome::Ran | StageOutcome::Failed) {
+            // Compared with the key of its last run, as `drover plan` does (that record is
+            // still in the store: a run adds records, never replaces one).
+            finished.reasons = match self.forced {
+                true => vec!["forced".to_string()],
+                false => crate::status::explain(
+                    &self.store,
+                    &self.plan.nodes[idx],
+                    &self.recipe,
+                    &self.key,
+                    self.last_key.as_ref(),
+                ),
+            };
+        }
         finished
     }
 

@@ -104,6 +104,9 @@ pub(super) fn check(
         if let Some(checked) = checked {
             draft.accept(checked);
         }
+        if let Some(spec) = &stage.metrics {
+            draft.metrics = crate::metrics::check(d, st, &draft.id, spec, draft.outputs.as_ref());
+        }
     }
 }
 

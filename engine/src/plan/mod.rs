@@ -82,6 +82,8 @@ pub struct PlanNode {
     /// The stage's entries of declared sections (its `slurm:` settings), as written: for the
     /// part that owns each; never in the key.
     pub sections: BTreeMap<String, Value>,
+    /// Which columns of which output table are metrics (`metrics:`), checked.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Where an input comes from.
@@ -179,6 +181,8 @@ struct Draft<'s> {
     outputs: Option<BTreeMap<String, PortType>>,
     out_formats: BTreeMap<String, String>,
     context: BTreeMap<String, Value>,
+    /// `metrics:`, once checked against the outputs.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 /// A resolved input of a draft, with the spans its errors point at.
@@ -205,6 +209,7 @@ impl<'s> Draft<'s> {
             outputs: None,
             out_formats: BTreeMap::new(),
             context: BTreeMap::new(),
+            metrics: None,
         }
     }
 
@@ -235,6 +240,7 @@ impl<'s> Draft<'s> {
             seed: self.spec.seed.unwrap_or(default_seed),
             span: self.spec.name_span,
             sections: self.spec.sections.iter().map(|(name, node)| (name.clone(), node.to_json())).collect(),
+            metrics: self.metrics,
         }
     }
 }

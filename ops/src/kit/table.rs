@@ -382,6 +382,71 @@ pub fn check_text_column(
     Some(err.about_column(port, name).help("this op reads text: choose or cast a text column"))
 }
 
+/// The metrics a stored table holds, as a stage's `metrics:` names them (see
+/// `drover_engine::metrics`): without `key`, the named columns (default: every numeric column)
+/// of the last row, as (`COLUMN`, value); with `key`, every row's, as (`KEYVALUE.COLUMN`,
+/// value). Nulls, NaNs and infinities are left out (a record holds finite numbers only); an
+/// empty table has none. Errors name the column and say why.
+pub fn metric_values(path: &Path, key: Option<&str>, columns: &[String]) -> Result<Vec<(String, f64)>, String> {
+    use arrow::array::{Array, Float64Array};
+    use arrow::datatypes::DataType;
+    let (schema, batches) = read_input(path).map_err(|e| e.message)?;
+    let batch = concat_batches(&schema, &batches).map_err(|e| e.to_string())?;
+    let numeric = |t: &DataType| t.is_numeric();
+    let names: Vec<String> = match columns.is_empty() {
+        true => schema
+            .fields()
+            .iter()
+            .filter(|f| numeric(f.data_type()) && Some(f.name().as_str()) != key)
+            .map(|f| f.name().clone())
+            .collect(),
+        false => columns.to_vec(),
+    };
+    let column = |name: &str| {
+        batch.column_by_name(name).cloned().ok_or_else(|| {
+            let all: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            format!("the table has no column `{name}` (columns: {})", all.join(", "))
+        })
+    };
+    let values: Vec<(String, Float64Array)> = names
+        .iter()
+        .map(|name| {
+            let col = column(name)?;
+            if !numeric(col.data_type()) {
+                return Err(format!("column `{name}` holds {}, not numbers", col.data_type()));
+            }
+            let cast = arrow::compute::cast(&col, &DataType::Float64).map_err(|e| format!("column `{name}`: {e}"))?;
+            let floats = cast.as_any().downcast_ref::<Float64Array>().cloned().expect("cast to Float64");
+            Ok((name.clone(), floats))
+        })
+        .collect::<Result<_, String>>()?;
+    let finite = |a: &Float64Array, row: usize| (a.is_valid(row) && a.value(row).is_finite()).then(|| a.value(row));
+    let mut out = Vec::new();
+    match key {
+        None => {
+            if let Some(last) = batch.num_rows().checked_sub(1) {
+                out.extend(values.iter().filter_map(|(name, a)| Some((name.clone(), finite(a, last)?))));
+            }
+        }
+        Some(key) => {
+            let keys =
+                arrow::compute::cast(&column(key)?, &DataType::Utf8).map_err(|e| format!("column `{key}`: {e}"))?;
+            let keys = keys.as_any().downcast_ref::<arrow::array::StringArray>().cloned().expect("cast to Utf8");
+            for row in 0..batch.num_rows() {
+                if keys.is_null(row) {
+                    continue;
+                }
+                for (name, a) in &values {
+                    if let Some(v) = finite(a, row) {
+                        out.push((format!("{}.{name}", keys.value(row)), v));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads a table input that the engine materialised as parquet.
 pub fn read_input(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), OpError> {
     read_table_file(path, Some(TableFormat::Parquet))
@@ -432,6 +497,32 @@ mod tests {
     fn read_one(path: &Path, format: Option<TableFormat>) -> RecordBatch {
         let (schema, batches) = read_table_file(path, format).unwrap();
         concat_batches(&schema, &batches).unwrap()
+    }
+
+    #[test]
+    fn metrics_are_the_last_row_or_one_per_keyed_row() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("t.parquet");
+        let b = people();
+        write_parquet(&path, &b.schema(), std::slice::from_ref(&b)).unwrap();
+        // The last row's numeric columns: id and score (not the text or the booleans).
+        assert_eq!(metric_values(&path, None, &[]).unwrap(), [("id".to_string(), 3.0), ("score".to_string(), -2.0)]);
+        assert_eq!(metric_values(&path, None, &["score".into()]).unwrap(), [("score".to_string(), -2.0)]);
+        // Keyed by `name`: the row whose key is null gives none.
+        assert_eq!(
+            metric_values(&path, Some("name"), &["score".into()]).unwrap(),
+            [("ann.score".to_string(), 0.5), ("cy.score".to_string(), -2.0)]
+        );
+        // Keyed by a number: every numeric column but the key.
+        assert_eq!(
+            metric_values(&path, Some("id"), &[]).unwrap(),
+            [("1.score".to_string(), 0.5), ("2.score".to_string(), 1.25), ("3.score".to_string(), -2.0)]
+        );
+        assert_eq!(
+            metric_values(&path, None, &["scor".into()]).unwrap_err(),
+            "the table has no column `scor` (columns: id, name, score, ok)"
+        );
+        assert_eq!(metric_values(&path, None, &["name".into()]).unwrap_err(), "column `name` holds Utf8, not numbers");
     }
 
     #[test]
