@@ -4,7 +4,8 @@
 //! `DROVER_REQUIRE_SLURM` set) and say they did not run elsewhere.
 //!
 //! Each test has its own pipeline and store; they share the cluster and run at once. Node n3
-//! (partition `flaky`) is taken down by the node-failure test only.
+//! (partition `flaky`) is taken down by the node-failure test only. `drover schedule`'s Slurm
+//! backend is tested here too, on this cluster.
 
 mod common;
 
@@ -537,4 +538,131 @@ stages:
             ("d".into(), "skipped".into()),
         ]
     );
+}
+
+/// Cancels every job named `name` of this user when dropped: a failed test leaves no job
+/// pending until next year.
+struct CancelOnDrop<'a> {
+    cluster: &'a Cluster,
+    name: String,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("scancel")
+            // SAFETY: getuid cannot fail and touches no memory of ours.
+            .args([format!("--name={}", self.name), format!("--user={}", unsafe { libc::getuid() })])
+            .env("SLURM_CONF", &self.cluster.conf)
+            .output();
+    }
+}
+
+/// `drover schedule add --backend slurm` on the real Slurm: the job it queues waits for the
+/// next firing under the schedule's name; started early (instead of waiting for the date), it
+/// queues the next night as a singleton behind itself and runs `drover nightly`; `drover
+/// schedule remove` cancels the pending job, and only this user's.
+#[test]
+fn a_slurm_schedule_queues_the_night_runs_it_queues_the_next_and_is_cancelled_by_remove() {
+    let Some(c) = cluster() else { return };
+    let p = Project::new();
+    p.write(
+        "drover.yaml",
+        r#"
+pipeline: nightly
+stages:
+  m:
+    op: command
+    with: { run: "echo $SLURM_JOB_ID >> nights.log; while [ ! -e go ]; do sleep 0.1; done; echo ok > ${out.out}" }
+    out: { out: blob }
+"#,
+    );
+    // Unique per test process: singleton and scancel go by name.
+    let name = format!("t{}", std::process::id());
+    let job_name = format!("drover-nightly-{name}");
+    let _cancel = CancelOnDrop { cluster: &c, name: job_name.clone() };
+    let schedule = |args: &[&str]| {
+        let out = c
+            .cmd(&p, args)
+            .env("XDG_CONFIG_HOME", p.join("config"))
+            .env("XDG_STATE_HOME", p.join("state"))
+            .output()
+            .unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    // Times as squeue prints them, in UTC like the schedule.
+    let queue = |job: &str, format: &str| {
+        let out = Command::new("squeue")
+            .args(["-h", "-t", "all", "-j", job, "-o", format])
+            .env("SLURM_CONF", &c.conf)
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let next = schedule(&["schedule", "next", "--cron", "0 3 1 1 *", "--tz", "UTC", "--format", "slurm"]);
+    next.expect_code(0);
+    let next = next.stdout.trim().to_string();
+
+    let add = schedule(&["schedule", "add", &name, "--cron", "0 3 1 1 *", "--tz", "UTC", "--backend", "slurm"]);
+    add.expect_code(0);
+    let first = add
+        .stdout
+        .split_once("Submitted batch job ")
+        .and_then(|(_, rest)| rest.split_once(&format!(" (squeue --name {job_name})")))
+        .unwrap_or_else(|| panic!("no job in: {}", add.stdout))
+        .0
+        .to_string();
+    assert_eq!(queue(&first, "%T|%r|%j|%S"), format!("PENDING|BeginTime|{job_name}|{next}"));
+
+    // The night, started now rather than on January 1st.
+    c.slurm("scontrol", &["update", &format!("JobId={first}"), "StartTime=now"]);
+    wait_for("the night to start", || p.read_opt("nights.log").filter(|s| s.ends_with('\n')));
+    assert_eq!(p.read("nights.log"), format!("{first}\n"));
+    // It queued the next night first, held behind it by singleton.
+    let queued = || {
+        c.slurm("squeue", &["-h", "-t", "all", "-n", &job_name, "-o", "%i"])
+            .lines()
+            .map(str::to_string)
+            .find(|j| *j != first)
+    };
+    let second = wait_for("the next night to be queued", queued);
+    assert_eq!(queue(&second, "%T|%j|%S|%E"), format!("PENDING|{job_name}|{next}|singleton(unfulfilled)"));
+
+    p.write("go", "");
+    wait_for("the night to end", || (queue(&first, "%T") == "COMPLETED").then_some(()));
+    let run = last_run(&p);
+    assert_eq!(run["status"], "ok");
+    assert_eq!(run["trigger"], serde_json::json!({ "kind": "slurm", "schedule": name }));
+    assert_eq!(stages(&run)[0].1, "ran");
+    // The next night waits for its date now, and for nothing else (once the controller has
+    // looked at its dependency again).
+    let waiting = format!("PENDING|BeginTime|{next}|(null)");
+    wait_for("the singleton to be released", || (queue(&second, "%T|%r|%S|%E") == waiting).then_some(()));
+
+    // Another user's job of the same name is not the schedule's to cancel.
+    let other = c.slurm(
+        "sbatch",
+        &[
+            "--parsable",
+            "--uid=nobody",
+            &format!("--job-name={job_name}"),
+            "-o",
+            "/dev/null",
+            "--begin=now+1hour",
+            "--wrap",
+            "true",
+        ],
+    );
+    let other = other.trim().to_string();
+    let removed = schedule(&["schedule", "remove", &name]);
+    removed.expect_code(0);
+    assert!(removed.stdout.contains("its queued job is cancelled"), "{}", removed.stdout);
+    assert_eq!(queue(&second, "%T"), "CANCELLED");
+    assert_eq!(queue(&other, "%T|%u"), "PENDING|nobody");
+    c.slurm("scancel", &[&other]);
+    assert!(!p.join(&format!("config/drover/schedules/{name}.sbatch")).exists());
 }
