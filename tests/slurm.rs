@@ -150,6 +150,14 @@ stages:
     );
     let show = c.drover(&p, &["show", "g"]);
     assert!(show.stdout.ends_with("\nA\n1\nA\n2\nA\n3\n"), "{}", show.stdout);
+    // Jobs' output goes to the store, never as Slurm's default slurm-JOB.out into the directory
+    // a job starts in (the pipeline's).
+    let strays: Vec<String> = std::fs::read_dir(p.join("."))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("slurm-"))
+        .collect();
+    assert_eq!(strays, Vec::<String>::new());
 
     let again = c.drover(&p, &["run", "--executor", "slurm"]);
     again.expect_code(0);
