@@ -23,6 +23,13 @@ pub struct Cli {
 pub enum Command {
     /// Run a pipeline: every stage whose inputs, params, deps or op changed.
     Run(RunArgs),
+    /// Submit the whole pipeline to Slurm at once, with dependencies between jobs, and exit:
+    /// nothing stays alive here. A last job writes the run record; `drover runs` shows the run
+    /// while it is in flight.
+    Submit(SubmitArgs),
+    /// Run one stage of a Slurm run on this node (what a job drover submitted runs).
+    #[command(hide = true)]
+    Job(JobArgs),
     /// Show what `run` would do and why, without running anything.
     Plan {
         #[command(flatten)]
@@ -347,9 +354,14 @@ pub struct SelectArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub select: SelectArgs,
-    /// Stages run at once.
-    #[arg(long, short = 'j', default_value_t = default_jobs())]
-    pub jobs: usize,
+    /// Stages run at once (default: the CPUs here; with `--executor slurm`, jobs in flight,
+    /// default `slurm: { max_jobs }` or 1000).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Where stages run: `local` (this machine) or `slurm` (a job per stage, or an array per
+    /// matrix stage, submitted with `sbatch` as soon as its inputs exist).
+    #[arg(long, value_enum, env = "DROVER_EXECUTOR", default_value_t = ExecutorChoice::Local)]
+    pub executor: ExecutorChoice,
     /// Let independent branches finish after a failure (the default).
     #[arg(long, conflicts_with = "fail_fast")]
     pub keep_going: bool,
@@ -372,7 +384,39 @@ fn parse_device(s: &str) -> Result<DeviceChoice, String> {
     s.parse()
 }
 
-fn default_jobs() -> usize {
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Compute device for numeric ops on the nodes: `auto`, `cpu` or `wgpu`.
+    #[arg(long, env = "DROVER_DEVICE", default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutorChoice {
+    Local,
+    Slurm,
+}
+
+/// `drover job`: one stage of a Slurm run.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// The run's directory in the store (`.drover/exec/slurm/RUN`).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: PathBuf,
+    /// The stage (an expansion id such as `train[size=1]`).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["array_list", "finish"])]
+    pub stage: Option<String>,
+    /// An array job's list of stages: this task runs line `SLURM_ARRAY_TASK_ID`.
+    #[arg(long, value_name = "FILE", conflicts_with = "finish")]
+    pub array_list: Option<PathBuf>,
+    /// Write the run record of a detached run (`drover submit`) from its jobs' status files.
+    #[arg(long)]
+    pub finish: bool,
+}
+
+pub fn default_jobs() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
 }
 

@@ -13,7 +13,9 @@ use drover_engine::status::{Action, plan_status};
 use drover_engine::{OpRegistry, SectionDecl, diag};
 
 use crate::Failure;
-use crate::cli::{CacheCommand, Cli, Command, DagFormat, MetricsCommand, PipelineArgs, RunArgs, SelectArgs};
+use crate::cli::{
+    CacheCommand, Cli, Command, DagFormat, ExecutorChoice, MetricsCommand, PipelineArgs, RunArgs, SelectArgs,
+};
 use crate::report::{TermReporter, summary};
 
 pub fn dispatch(cli: Cli) -> Result<(), Failure> {
@@ -23,11 +25,15 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Nightly(args) => args.run.device,
         _ => Default::default(),
     };
-    let mut ops = drover_ops::registry(device);
-    ops.register_section(crate::notify::section());
+    if let Command::Job(args) = cli.command {
+        return job(args);
+    }
+    let ops = registry(device);
     let store_override = cli.store.clone();
     match cli.command {
         Command::Run(args) => run(&ops, store_override, args),
+        Command::Job(_) => unreachable!("handled above"),
+        Command::Submit(args) => submit(&ops, store_override, args),
         Command::Plan { select, json, explain: true } => explain(&ops, &select, json),
         Command::Plan { select, json, explain: false } => plan_cmd(&ops, store_override, &select, json),
         Command::Dag { pipeline, format } => dag(&ops, &pipeline.resolved(), format),
@@ -71,6 +77,15 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Schedule { command } => crate::schedule::command(&ops, &store_override, command),
         Command::Cache { command: CacheCommand::Verify { pipeline } } => verify(store_override, &pipeline.resolved()),
     }
+}
+
+/// The ops, and the sections of the parts that own them: the ops' (`llms:`), the Slurm
+/// executor's (`slurm:`) and notifications' (`notify:`).
+fn registry(device: drover_ops::kit::compute::DeviceChoice) -> OpRegistry {
+    let mut ops = drover_ops::registry(device);
+    ops.register_section(drover_slurm::section());
+    ops.register_section(crate::notify::section());
+    ops
 }
 
 /// The store of a pipeline file, and the pipeline's name when the file exists (its runs are the
@@ -274,13 +289,27 @@ pub struct Executed {
     pub outcome: Result<(), Failure>,
 }
 
-/// Runs a loaded pipeline, prints its progress and summary, and writes its record with the
-/// trigger, host, git revision, params digest and metrics.
-pub fn execute(loaded: Loaded, args: &RunArgs, trigger: Trigger) -> Result<Executed, Failure> {
+/// Runs a loaded pipeline (here, or on Slurm with `--executor slurm`), prints its progress and
+/// summary, and writes its record with the trigger, host, git revision, params digest and
+/// metrics.
+pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigger) -> Result<Executed, Failure> {
     let t0 = Instant::now();
     let Loaded { spec, plan, selected, forced, store } = loaded;
+    let mut slurm = match args.executor {
+        ExecutorChoice::Local => None,
+        ExecutorChoice::Slurm => {
+            let pargs = args.select.file.resolved();
+            let launch = launch(ops, &pargs, &spec, &plan, &selected, &forced, args.device)?;
+            Some(drover_slurm::SlurmExecutor::new(Arc::new(drover_slurm::ctl::Cli::new()), launch, &plan.sections))
+        }
+    };
+    let jobs = match (&slurm, args.jobs) {
+        (_, Some(n)) => n,
+        (Some(s), None) => s.driver_settings().max_jobs,
+        (None, None) => crate::cli::default_jobs(),
+    };
     let opts = RunOptions {
-        jobs: args.jobs,
+        jobs,
         fail_fast: args.fail_fast,
         selected,
         forced,
@@ -290,7 +319,11 @@ pub fn execute(loaded: Loaded, args: &RunArgs, trigger: Trigger) -> Result<Execu
     let plan = Arc::new(plan);
     let reporter = Arc::new(TermReporter::new(args.verbose));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
-    let summary_ = runtime.block_on(exec::run(plan.clone(), store.clone(), opts, reporter.clone())).map_err(env)?;
+    let ran = match slurm.as_mut() {
+        Some(executor) => runtime.block_on(exec::run_on(plan.clone(), store.clone(), opts, reporter.clone(), executor)),
+        None => runtime.block_on(exec::run(plan.clone(), store.clone(), opts, reporter.clone())),
+    };
+    let summary_ = ran.map_err(env)?;
     // After Ctrl-C an op's blocking work (a numeric fit, say) may still be running, and dropping
     // the runtime would wait for it to end. Shutting down drops every task first (so that a
     // command's process group is killed by its guard), then waits a bounded time for blocking
@@ -314,6 +347,13 @@ pub fn execute(loaded: Loaded, args: &RunArgs, trigger: Trigger) -> Result<Execu
             t0.elapsed()
         )
     );
+    if let Some(s) = &slurm {
+        let calls = s.calls();
+        eprintln!(
+            "slurm: {} stage(s) submitted, {} followed from a stopped driver; {} sbatch, {} squeue, {} scancel call(s)",
+            s.stats.stages_submitted, s.stats.adopted, calls.sbatch, calls.squeue, calls.scancel
+        );
+    }
     let outcome = if summary_.interrupted {
         eprintln!("interrupted: finished stages are stored; the next run continues from them");
         Err(Failure::Interrupted)
@@ -334,7 +374,105 @@ pub fn execute(loaded: Loaded, args: &RunArgs, trigger: Trigger) -> Result<Execu
 
 fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: RunArgs) -> Result<(), Failure> {
     let loaded = prepare(ops, &store_override, &args)?;
-    execute(loaded, &args, Trigger { kind: "manual".into(), schedule: None })?.outcome
+    execute(ops, loaded, &args, Trigger { kind: "manual".into(), schedule: None })?.outcome
+}
+
+/// What the jobs of a Slurm run need to rebuild its plan on their nodes.
+fn launch(
+    ops: &OpRegistry,
+    args: &PipelineArgs,
+    spec: &PipelineSpec,
+    plan: &Plan,
+    selected: &BTreeSet<usize>,
+    forced: &BTreeSet<usize>,
+    device: drover_ops::kit::compute::DeviceChoice,
+) -> Result<drover_slurm::Launch, Failure> {
+    let sections: Vec<SectionDecl> = ops.sections().cloned().collect();
+    let file = pipeline_file(args);
+    let file = std::path::absolute(&file).unwrap_or(file);
+    let drover = std::env::current_exe().map_err(|e| env(format!("cannot find this drover's path: {e}")))?;
+    let ids = |set: &BTreeSet<usize>| set.iter().map(|i| plan.nodes[*i].id.clone()).collect::<Vec<_>>();
+    Ok(drover_slurm::Launch {
+        file,
+        dir: spec.dir.clone(),
+        sets: with_section_env(&sections, &args.set),
+        params_files: args.params.clone(),
+        device: device.to_string(),
+        forced: ids(forced),
+        selected: if selected.len() == plan.nodes.len() { Vec::new() } else { ids(selected) },
+        drover,
+    })
+}
+
+/// `drover submit`: the remaining DAG to Slurm at once, then exit.
+fn submit(ops: &OpRegistry, store_override: Option<PathBuf>, args: crate::cli::SubmitArgs) -> Result<(), Failure> {
+    let pargs = args.select.file.resolved();
+    let (spec, plan) = load(ops, &pargs)?;
+    let (selected, forced) = selection(&plan, &args.select)?;
+    let store = open_store(&store_override, &pipeline_file(&pargs))?;
+    let launch = launch(ops, &pargs, &spec, &plan, &selected, &forced, args.device)?;
+    let ctl = drover_slurm::ctl::Cli::new();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(env)?;
+    let done = runtime
+        .block_on(drover_slurm::submit::submit(&ctl, &plan, &store, &launch, &selected, &forced))
+        .map_err(Failure::Environment)?;
+    store.flush();
+    match &done.finish {
+        None => println!("run {}: nothing to submit, all {} stage(s) are stored", done.run_id, done.cached),
+        Some(finish) => {
+            let jobs: Vec<&str> = done.jobs.iter().map(|j| j.0.as_str()).collect();
+            println!(
+                "run {}: {} stage(s) submitted in {} job(s) ({}), {} stored already; job {finish} writes the run record \
+                 when they end (drover runs {})",
+                done.run_id,
+                done.stages,
+                jobs.len(),
+                jobs.join(" "),
+                done.cached,
+                done.run_id
+            );
+        }
+    }
+    let calls = drover_slurm::ctl::Slurm::calls(&ctl);
+    eprintln!("slurm: {} sbatch, {} squeue, {} scancel call(s)", calls.sbatch, calls.squeue, calls.scancel);
+    Ok(())
+}
+
+/// `drover job`: one stage of a Slurm run, on the node Slurm chose.
+fn job(args: crate::cli::JobArgs) -> Result<(), Failure> {
+    use drover_slurm::{job, rundir::RunDir};
+    let run = RunDir { path: args.run_dir.clone() };
+    let info = run.read_info().map_err(|e| env(format!("cannot read {}: {e}", run.info_path().display())))?;
+    let device = info.device.parse().map_err(env)?;
+    let ops = registry(device);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
+    if args.finish {
+        // This job succeeds when the record is written, whatever the run's stages did.
+        let record = job::finish_run(&run, &info, &ops).map_err(env)?;
+        println!("drover: run {} {}", record.id, record.status);
+        return Ok(());
+    }
+    let stage = match (&args.stage, &args.array_list) {
+        (Some(stage), _) => stage.clone(),
+        (None, Some(list)) => {
+            let text =
+                std::fs::read_to_string(list).map_err(|e| env(format!("cannot read {}: {e}", list.display())))?;
+            let task = std::env::var("SLURM_ARRAY_TASK_ID").unwrap_or_default();
+            job::stage_of_task(&text, &task).map_err(env)?
+        }
+        (None, None) => {
+            return Err(Failure::User(miette::miette!(
+                help = "drover submits its jobs itself: see `drover run --executor slurm`",
+                "drover job: give --stage, --array-list or --finish"
+            )));
+        }
+    };
+    let code = runtime.block_on(job::run_job(&run, &info, &ops, &stage));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match code {
+        0 => Ok(()),
+        code => Err(Failure::Exit(code.clamp(1, 255) as u8)),
+    }
 }
 
 fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectArgs, json: bool) -> Result<(), Failure> {
@@ -585,13 +723,30 @@ fn runs(
 ) -> Result<(), Failure> {
     let store = open_store(&store_override, &pipeline_file(args))?;
     let all = store.runs().map_err(env)?;
-    if all.is_empty() {
+    // Runs submitted with `drover submit` whose record is not written yet.
+    let flying = drover_slurm::job::in_flight(store.root());
+    if let (Some(want), None) = (&id, &log)
+        && let Some(run) = flying.iter().find(|r| r.run_id == *want || r.run_id.starts_with(want.as_str()))
+    {
+        println!("run {}  pipeline {}  running (submitted to Slurm)", run.run_id, run.pipeline);
+        for (stage, status) in &run.stages {
+            let (outcome, took) = match status {
+                Some(s) => (format!("{:?}", s.outcome).to_lowercase(), humanize(Duration::from_millis(s.duration_ms))),
+                None => ("not ended".to_string(), String::new()),
+            };
+            println!("  {outcome:<11} {stage:<30} {took:>8}");
+        }
+        return Ok(());
+    }
+    if all.is_empty() && flying.is_empty() {
         println!("no runs yet in {}", store.root().display());
         return Ok(());
     }
     let pick = |id: &Option<String>| -> Result<&drover_cache::RunRecord, Failure> {
         match id.as_deref() {
-            None | Some("last") => Ok(all.last().expect("not empty")),
+            None | Some("last") => all.last().ok_or_else(|| {
+                Failure::User(miette::miette!(help = "`drover runs` lists the runs in flight", "no run has ended yet"))
+            }),
             Some(id) => all
                 .iter()
                 .find(|r| r.id == id || r.id.starts_with(id))
@@ -606,6 +761,14 @@ fn runs(
         match &s.log {
             Some(rel) => print!("{}", std::fs::read_to_string(store.root().join(rel)).map_err(env)?),
             None => println!("stage `{stage}` wrote no log in run {} ({:?})", run.id, s.outcome),
+        }
+        // A stage that ran as a Slurm job: what the job printed too.
+        if let (Some(job), Some(rel)) = (s.note("slurm_job"), s.note("slurm_output")) {
+            println!("--- Slurm job {job} ({rel}) ---");
+            match std::fs::read_to_string(store.root().join(rel)) {
+                Ok(text) => print!("{text}"),
+                Err(e) => println!("(cannot read it: {e})"),
+            }
         }
         return Ok(());
     }
@@ -649,13 +812,27 @@ fn runs(
         return Ok(());
     }
     println!(
-        "{:<27} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+        "{:<36} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
         "run", "pipeline", "status", "ran", "cached", "failed", "time"
     );
+    for run in flying.iter().rev() {
+        let count =
+            |o: StageOutcome| run.stages.iter().filter(|(_, s)| s.as_ref().is_some_and(|s| s.outcome == o)).count();
+        println!(
+            "{:<36} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+            run.run_id,
+            run.pipeline,
+            "running",
+            count(StageOutcome::Ran),
+            count(StageOutcome::Cached),
+            count(StageOutcome::Failed),
+            "-"
+        );
+    }
     for run in all.iter().rev().take(limit) {
         let count = |o: StageOutcome| run.stages.iter().filter(|s| s.outcome == o).count();
         println!(
-            "{:<27} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
+            "{:<36} {:<16} {:<11} {:>5} {:>6} {:>6} {:>9}",
             run.id,
             run.pipeline,
             run.status,

@@ -36,6 +36,8 @@ pub enum Failure {
     Environment(String),
     /// Interrupted by Ctrl-C: exit 130.
     Interrupted,
+    /// This exit code, already reported (a Slurm job's: 143 after SIGTERM).
+    Exit(u8),
     /// A metric crossed a threshold: exit 4 (already reported).
     Regression,
     /// A scheduled run found the previous one still going and ran nothing: exit 75 (sysexits'
@@ -86,5 +88,6 @@ fn main() -> ExitCode {
             exit::SKIPPED
         }
         Err(Failure::Interrupted) => exit::INTERRUPTED,
+        Err(Failure::Exit(code)) => code,
     })
 }

@@ -61,7 +61,7 @@ pub fn nightly(
     let settings = notify::settings(&loaded.spec);
     let store = loaded.store.clone();
     let trigger = Trigger { kind: args.trigger.clone(), schedule: Some(args.name.clone()) };
-    let done = execute(loaded, &args.run, trigger)?;
+    let done = execute(ops, loaded, &args.run, trigger)?;
 
     let runs = runs_of(&store, Some(&pipeline))?;
     let run = &done.record;

@@ -103,6 +103,9 @@ pub fn section() -> SectionDecl {
         example: "notify: { webhook: { url_env: SLACK_WEBHOOK_URL } }",
         schema,
         env: None,
+        stage_schema: None,
+        // Checked by [`check`], which locates each problem in the file itself.
+        check: None,
     }
 }
 

@@ -146,6 +146,13 @@ pub fn pipeline_schema(ops: &OpRegistry) -> Value {
         ], "description": "which columns of which output table are metrics (`drover metrics show`)"}
     });
     debug_assert_eq!(stage_props.as_object().map(|o| o.len()), Some(STAGE_KEYS.len()));
+    let mut stage_props = stage_props;
+    // Sections a stage may carry too (`slurm:`), as their owners describe them.
+    for section in ops.sections() {
+        if let Some(schema) = &section.stage_schema {
+            stage_props[section.name] = schema.clone();
+        }
+    }
     let mut top_props = json!({
         "pipeline": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
         "description": {"type": "string"},

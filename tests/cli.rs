@@ -115,7 +115,14 @@ fn unchanged_source_files_are_not_rehashed() {
     let p = project();
     age(&p, "data.csv");
     p.drover(&["run"]).expect_code(0);
-    let cache = p.read(".drover/statcache.json");
+    // One stat cache per host (a shared store's hosts see different files under one path).
+    let caches: Vec<_> = std::fs::read_dir(p.join(".drover"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("statcache-") && n.ends_with(".json"))
+        .collect();
+    assert_eq!(caches.len(), 1, "{caches:?}");
+    let cache = p.read(&format!(".drover/{}", caches[0]));
     assert!(cache.contains("data.csv"), "{cache}");
 
     // Same size, same mtime (restored), same inode, different bytes: the stat cache trusts it.

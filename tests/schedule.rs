@@ -2,7 +2,7 @@
 //! in the foreground, an entry a minute in the crontab of the user running the test, whose own
 //! lines are kept and whose crontab is restored), systemd's units pass `systemd-analyze
 //! verify`, calendars agree with `systemd-analyze calendar`, and the Slurm script is checked by
-//! `bash -n` (a test Slurm belongs to the Slurm work; see the README).
+//! `bash -n` here, and installed, run and removed on the test Slurm in tests/slurm.rs.
 
 mod common;
 

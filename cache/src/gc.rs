@@ -157,13 +157,12 @@ impl Store {
                 }
             }
         }
-        // Lock files nobody holds. (A run that opened one just before and locks it after the
-        // removal could compute its key once more beside another run; the result is the same
-        // bytes, written atomically, so this costs time, never correctness.)
+        // Leases of ended processes of this host, and lock files of drovers before leases.
+        // (Another host's lease is left: it expires by itself, and its pid means nothing here.)
         let locks = self.root().join("locks");
         for path in list_files(&locks, 0)? {
-            let Ok(file) = fs::File::options().write(true).open(&path) else { continue };
-            if file.try_lock().is_ok() {
+            let old_lock = path.extension().is_some_and(|e| e == "lock");
+            if old_lock || crate::lease::Lease::abandoned_here(&path) {
                 report.locks_removed += 1;
                 if !dry_run {
                     let _ = fs::remove_file(&path);

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
-use crate::fsutil::unique_name;
+use crate::fsutil::{Created, link_new, unique_name};
 use crate::hash;
 use crate::object::ObjectHash;
 use crate::statcache::StatCache;
@@ -33,7 +33,7 @@ const HEADER: usize = 65;
 impl Memo {
     /// The memo of the store rooted at `store_root` (see `Store::memo`).
     pub fn new(store_root: &Path) -> Memo {
-        Memo::with_stat_cache(store_root, StatCache::load(&store_root.join("statcache.json")))
+        Memo::with_stat_cache(store_root, StatCache::load(&crate::store::stat_cache_path(store_root)))
     }
 
     pub(crate) fn with_stat_cache(store_root: &Path, stat_cache: StatCache) -> Memo {
@@ -65,7 +65,9 @@ impl Memo {
         (hash::bytes(value).as_str().as_bytes() == &head[..HEADER - 1]).then(|| value.to_vec())
     }
 
-    /// Stores `value` under `key`, replacing what was there.
+    /// Stores `value` under `key` unless a whole entry is there already: the first writer
+    /// wins, so that processes on several hosts asking the same question keep one answer (and
+    /// none replaces a file another host may be reading). A torn entry is replaced.
     pub fn put(&self, key: &str, value: &[u8]) -> Result<()> {
         let dest = self.path(key);
         let dir = dest.parent().expect("memo entries are in a directory");
@@ -79,7 +81,15 @@ impl Memo {
         bytes.extend_from_slice(value);
         file.write_all(&bytes).ctx("write", &tmp)?;
         drop(file);
-        fs::rename(&tmp, &dest).ctx("rename into the memo", &dest)
+        let placed = match link_new(&tmp, &dest) {
+            Ok(Created::Exists) if self.get(key).is_none() => {
+                fs::rename(&tmp, &dest).ctx("rename into the memo", &dest)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let _ = fs::remove_file(&tmp);
+        placed
     }
 
     /// Makes every entry written so far durable (one `syncfs` of the store's filesystem).

@@ -64,7 +64,7 @@ impl RunStage {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
-    /// Sortable id: `YYYYmmddTHHMMSS-pid`.
+    /// Sortable id: `YYYYmmddTHHMMSS-PID-TAG` (see [`RunRecord::new_id`]).
     pub id: String,
     pub pipeline: String,
     pub file: String,
@@ -110,21 +110,29 @@ pub struct Trigger {
 }
 
 impl RunRecord {
-    /// A sortable run id, `YYYYmmddTHHMMSS.mmm-PID`, from a UTC time. The milliseconds order
-    /// runs started in the same second (a nightly run and the one it compares with, in tests;
-    /// two runs on one store): ids of the older form, `YYYYmmddTHHMMSS-PID`, sort before them
-    /// within their second, since `-` sorts before `.`.
+    /// A sortable run id from a UTC time, unique among every process sharing a store, on
+    /// any host: `YYYYmmddTHHMMSS.mmm-PID-TAG`, where TAG is the first 8 hex digits of this
+    /// host's tag ([`crate::host`]), then `.N` for a process's later runs (a library running
+    /// twice in one millisecond). The milliseconds order runs started in the same second (a
+    /// nightly run and the one it compares with, in tests; two runs on one store): ids of the
+    /// older form, `YYYYmmddTHHMMSS-PID`, sort before them within their second, since `-` sorts
+    /// before `.`.
     pub fn new_id(at: std::time::SystemTime) -> String {
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let (secs, ms) = (since.as_secs(), since.subsec_millis());
         let (days, rem) = (secs / 86400, secs % 86400);
         let (y, m, d) = civil_from_days(days as i64);
+        let me = crate::host::me();
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let again = if n == 0 { String::new() } else { format!(".{n}") };
         format!(
-            "{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{ms:03}-{}",
+            "{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{ms:03}-{}-{}{again}",
             rem / 3600,
             rem % 3600 / 60,
             rem % 60,
-            std::process::id()
+            me.pid,
+            &me.tag[..8]
         )
     }
 
@@ -168,7 +176,11 @@ mod tests {
     fn run_ids_are_utc_timestamps() {
         // 2026-11-29T06:30:12Z = 1795933812 (date -u -d @1795933812).
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_933_812);
-        assert!(RunRecord::new_id(t).starts_with("20261129T063012.000-"));
+        let me = crate::host::me();
+        let first = RunRecord::new_id(t);
+        let second = RunRecord::new_id(t);
+        assert!(first.starts_with(&format!("20261129T063012.000-{}-{}", me.pid, &me.tag[..8])), "{first}");
+        assert_ne!(first, second, "two runs of one process in one millisecond");
         let later = t + std::time::Duration::from_millis(45);
         assert!(RunRecord::new_id(later).starts_with("20261129T063012.045-"));
         // An id of the older form sorts before every new one of its second.

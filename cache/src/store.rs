@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::error::{CacheError, IoContext, Result};
-use crate::fsutil::{rename_durable, unique_name, write_atomic};
+use crate::fsutil::{Created, link_new, owner, unique_name, write_atomic, write_staged};
 use crate::hash;
+use crate::lease::{DEFAULT_TTL, Holder, Lease};
 use crate::object::{DirEntry, DirManifest, ObjectHash};
 use crate::record::{CacheKey, OutputRef, StageRecord};
 use crate::runs::RunRecord;
@@ -24,9 +25,14 @@ pub struct Store {
     repairs: Mutex<Vec<String>>,
 }
 
-/// Holds the exclusive lock of one cache key until dropped.
-pub struct KeyLock {
-    _file: File,
+/// How [`Store::create_record`] placed a record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placed {
+    /// This record is the key's record now.
+    Created,
+    /// Another process stored a record for the key first; this is it, and its outputs are the
+    /// key's answer (for a stage that is not deterministic, everyone downstream sees one).
+    Adopted(StageRecord),
 }
 
 const DIRS: [&str; 10] =
@@ -35,7 +41,7 @@ const DIRS: [&str; 10] =
 /// A schedule's lease: while it is held, no other nightly run of that schedule starts. The OS
 /// releases it when the holder exits, however it exits.
 #[derive(Debug)]
-pub struct Lease {
+pub struct ScheduleLease {
     _file: File,
 }
 
@@ -80,7 +86,7 @@ impl Store {
                 let _ = fs::set_permissions(&path, fs::Permissions::from_mode(mode));
             }
         }
-        let stat_cache = StatCache::load(&root.join("statcache.json"));
+        let stat_cache = StatCache::load(&stat_cache_path(root));
         Ok(Store { root: root.to_path_buf(), stat_cache, repairs: Mutex::new(Vec::new()) })
     }
 
@@ -146,8 +152,17 @@ impl Store {
         };
         File::open(&staged).and_then(|f| f.sync_all()).ctx("fsync", &staged)?;
         fs::set_permissions(&staged, fs::Permissions::from_mode(0o444)).ctx("chmod", &staged)?;
-        rename_durable(&staged, &dest)?;
+        self.place_object(&staged, &dest)?;
         Ok((hash, size))
+    }
+
+    /// Gives a complete, synced object its name unless another writer did first (then the
+    /// object is there, with the same bytes by its name): never a rename over an object that a
+    /// process on another host may be reading.
+    fn place_object(&self, staged: &Path, dest: &Path) -> Result<()> {
+        let placed = link_new(staged, dest);
+        let _ = fs::remove_file(staged);
+        placed.map(|_| ())
     }
 
     /// Stores bytes as an object.
@@ -155,11 +170,9 @@ impl Store {
         let hash = hash::bytes(bytes);
         let dest = self.object_path(&hash);
         if !self.object_in_place(&hash, &dest, bytes.len() as u64)? {
-            let tmp = self.tmp_dir().join(unique_name("bytes"));
-            fs::write(&tmp, bytes).ctx("write", &tmp)?;
-            File::open(&tmp).and_then(|f| f.sync_all()).ctx("fsync", &tmp)?;
+            let tmp = write_staged(&self.tmp_dir(), "bytes", bytes)?;
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444)).ctx("chmod", &tmp)?;
-            rename_durable(&tmp, &dest)?;
+            self.place_object(&tmp, &dest)?;
         }
         Ok(hash)
     }
@@ -277,10 +290,69 @@ impl Store {
         self.outputs_complete(&record.outputs).then_some(record.outputs)
     }
 
-    /// Writes a record. Call only after every object it names is stored.
+    /// Writes a record, replacing the key's record if there is one: for a stage rerun on
+    /// purpose (`--force`). Call only after every object it names is stored.
     pub fn put_record(&self, record: &StageRecord) -> Result<()> {
         let bytes = serde_json::to_vec(record).expect("records serialise");
         write_atomic(&self.tmp_dir(), &self.record_path(&record.key), &bytes)
+    }
+
+    /// Creates the key's record unless another process (on any host sharing the store) did
+    /// first; then that one is returned to adopt. A record already there that does not parse,
+    /// or names a missing object, is no answer: it goes to `quarantine/` and this one takes
+    /// its place. Call only after every object `record` names is stored.
+    pub fn create_record(&self, record: &StageRecord) -> Result<Placed> {
+        let dest = self.record_path(&record.key);
+        let bytes = serde_json::to_vec(record).expect("records serialise");
+        let staged = write_staged(&self.tmp_dir(), "record", &bytes)?;
+        let placed = self.create_record_from(&staged, &dest, &record.key);
+        let _ = fs::remove_file(&staged);
+        placed
+    }
+
+    fn create_record_from(&self, staged: &Path, dest: &Path, key: &CacheKey) -> Result<Placed> {
+        // Each pass either places ours, finds a usable winner, or moves an unusable one away;
+        // a few passes cover other processes doing the same at once.
+        for _ in 0..8 {
+            if link_new(staged, dest)? == Created::Yes {
+                return Ok(Placed::Created);
+            }
+            match fs::read(dest) {
+                Ok(bytes) => match serde_json::from_slice::<StageRecord>(&bytes) {
+                    Ok(winner) if self.record_complete(&winner) => return Ok(Placed::Adopted(winner)),
+                    Ok(_) => {
+                        self.quarantine_if_there(dest)?;
+                        self.note_repair(format!(
+                            "record {} named a missing object: moved to quarantine/ and stored again",
+                            key.short()
+                        ));
+                    }
+                    Err(_) => {
+                        self.quarantine_if_there(dest)?;
+                        self.note_repair(format!(
+                            "record {} did not parse: moved to quarantine/ and stored again",
+                            key.short()
+                        ));
+                    }
+                },
+                // Moved away by another process meanwhile: try again.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(CacheError::Io { action: "read", path: dest.to_path_buf(), source: e }),
+            }
+        }
+        Err(CacheError::Corrupt {
+            what: "record",
+            path: dest.to_path_buf(),
+            detail: "other processes keep replacing it with records that cannot be used".into(),
+        })
+    }
+
+    /// Moves `path` to `quarantine/`; gone already (another process moved it) is fine.
+    fn quarantine_if_there(&self, path: &Path) -> Result<()> {
+        match self.quarantine(path) {
+            Err(CacheError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
 
     pub fn remove_record(&self, key: &CacheKey) -> Result<()> {
@@ -304,15 +376,28 @@ impl Store {
         Ok(keys)
     }
 
-    // ---- locks ----
+    // ---- leases ----
 
-    /// Blocks until this process holds the key's lock. Another process computing the same key
-    /// holds it until its record is written (or it dies: the OS drops the lock).
-    pub fn lock_key(&self, key: &CacheKey) -> Result<KeyLock> {
-        let path = self.root.join("locks").join(format!("{}.lock", key.as_str()));
-        let file = File::options().create(true).truncate(false).write(true).open(&path).ctx("open lock", &path)?;
-        file.lock().ctx("lock", &path)?;
-        Ok(KeyLock { _file: file })
+    fn lease_path(&self, name: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{name}.lease"))
+    }
+
+    /// Waits until this process holds the key's lease. Another process computing the same key
+    /// (here or on another host) holds it until its record is written, or until it is known
+    /// to be gone: ended, on this host; silent for the lease's time to live, elsewhere. Only
+    /// avoids computing a key twice: records are created first-writer-wins whatever happens.
+    pub fn lease_key(&self, key: &CacheKey) -> Result<Lease> {
+        Lease::acquire(&self.tmp_dir(), &self.lease_path(key.as_str()), DEFAULT_TTL)
+    }
+
+    /// The key's lease if nobody else holds it.
+    pub fn try_lease_key(&self, key: &CacheKey) -> Result<Option<Lease>> {
+        Lease::try_acquire(&self.tmp_dir(), &self.lease_path(key.as_str()), DEFAULT_TTL)
+    }
+
+    /// Who holds the key's lease, for a message while waiting.
+    pub fn key_holder(&self, key: &CacheKey) -> Option<Holder> {
+        Lease::holder(&self.lease_path(key.as_str()))
     }
 
     /// Takes the lease of schedule `name` without waiting, and writes `holder` (who holds it,
@@ -320,7 +405,7 @@ impl Store {
     /// A `flock` on `leases/NAME.lock`, which gc never removes (a removed lock file would let a
     /// second holder in). On a cluster filesystem that keeps `flock` per node (Lustre), two
     /// nodes can both take it: the Slurm entry queues its jobs as a singleton for that reason.
-    pub fn try_lease(&self, name: &str, holder: &str) -> Result<std::result::Result<Lease, String>> {
+    pub fn try_lease(&self, name: &str, holder: &str) -> Result<std::result::Result<ScheduleLease, String>> {
         use std::io::{Read, Seek, Write};
         let dir = self.root.join("leases");
         fs::create_dir_all(&dir).ctx("create directory", &dir)?;
@@ -332,7 +417,7 @@ impl Store {
                 file.set_len(0).ctx("write lease", &path)?;
                 file.seek(std::io::SeekFrom::Start(0)).ctx("write lease", &path)?;
                 file.write_all(holder.as_bytes()).ctx("write lease", &path)?;
-                Ok(Ok(Lease { _file: file }))
+                Ok(Ok(ScheduleLease { _file: file }))
             }
             Err(fs::TryLockError::WouldBlock) => {
                 let mut text = String::new();
@@ -359,10 +444,10 @@ impl Store {
         if updates.is_empty() {
             return Ok(());
         }
-        let lock_path = self.root.join("locks").join(format!("state-{}.lock", escape(pipeline)));
-        let lock =
-            File::options().create(true).truncate(false).write(true).open(&lock_path).ctx("open lock", &lock_path)?;
-        lock.lock().ctx("lock", &lock_path)?;
+        // Held briefly; losing it (a filesystem without shared locks) would lose an update of
+        // what `plan` explains, never a result.
+        let _lease =
+            Lease::acquire(&self.tmp_dir(), &self.lease_path(&format!("state-{}", escape(pipeline))), DEFAULT_TTL)?;
         let mut state = self.load_state(pipeline);
         let before = state.clone();
         state.extend(updates.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -446,8 +531,14 @@ impl Store {
 
     /// Saves the stat cache (best effort: it is only a cache).
     pub fn flush(&self) {
-        self.stat_cache.save(&self.tmp_dir(), &self.root.join("statcache.json"));
+        self.stat_cache.save(&self.tmp_dir(), &stat_cache_path(&self.root));
     }
+}
+
+/// The stat cache of this host: a per-host speed-up, since the files it describes (by path,
+/// size, mtime and inode) may be another file with the same path on another host.
+pub(crate) fn stat_cache_path(root: &Path) -> PathBuf {
+    root.join(format!("statcache-{}.json", crate::host::me().tag))
 }
 
 /// A file name for an arbitrary stage or pipeline name: `[A-Za-z0-9_.-]` kept, the rest `%XX`.
@@ -486,15 +577,18 @@ pub(crate) fn list_files(dir: &Path, depth: usize) -> Result<Vec<PathBuf>> {
 }
 
 impl Store {
-    /// Removes scratch directories of processes that no longer exist (a crashed run's).
+    /// Removes scratch entries of processes of this host that have ended (a crashed run's).
+    /// Another host's scratch is never judged: its pids mean nothing here (`gc` removes what is
+    /// a day old).
     pub fn clean_stale_tmp(&self) {
         let Ok(entries) = fs::read_dir(self.tmp_dir()) else { return };
+        let me = crate::host::me();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
-            if let Some(pid) = pid
-                && pid != std::process::id()
-                && !Path::new(&format!("/proc/{pid}")).exists()
+            if let Some((tag, pid)) = owner(&name)
+                && tag == me.tag
+                && pid != me.pid
+                && crate::host::start_time(pid).is_none()
             {
                 let p = entry.path();
                 let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
@@ -521,5 +615,78 @@ mod tests {
         let (hash, size) = store.put_dir(&out).unwrap();
         assert_eq!(hash.as_str(), "9d6a287478ef9789abee16962396a531650c58029f2ab4c400a3c1defbb05146");
         assert_eq!(size, 20);
+    }
+
+    fn record(store: &Store, key: &CacheKey, output: &[u8]) -> StageRecord {
+        let hash = store.put_bytes(output).unwrap();
+        let out = OutputRef { kind: crate::OutputKind::Blob, hash, size: output.len() as u64 };
+        StageRecord {
+            key: key.clone(),
+            stage: "s".into(),
+            recipe: serde_json::json!({}),
+            provenance: Default::default(),
+            outputs: [("out".to_string(), out)].into(),
+            created: 0,
+            duration_ms: 0,
+        }
+    }
+
+    /// Two processes that computed one key (a stage that is not deterministic) store one
+    /// answer: the first record stays, and the second writer is handed it to adopt.
+    #[test]
+    fn the_first_record_of_a_key_wins_and_the_second_writer_adopts_it() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join(".drover")).unwrap();
+        let key = crate::hash::key(b"recipe");
+        let first = record(&store, &key, b"heads");
+        let second = record(&store, &key, b"tails");
+        assert_eq!(store.create_record(&first).unwrap(), Placed::Created);
+        assert_eq!(store.create_record(&second).unwrap(), Placed::Adopted(first.clone()));
+        assert_eq!(store.get_record(&key), Some(first));
+        assert!(store.take_repairs().is_empty());
+        let tmp: Vec<_> = fs::read_dir(store.tmp_dir()).unwrap().collect();
+        assert!(tmp.is_empty(), "no staged record is left behind: {tmp:?}");
+    }
+
+    /// A record already there that is no answer (it names an object that is gone) does not
+    /// block the key forever: it is moved aside and the new record takes its place.
+    #[test]
+    fn a_record_naming_a_missing_object_gives_way_to_a_new_one() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join(".drover")).unwrap();
+        let key = crate::hash::key(b"recipe");
+        let stale = record(&store, &key, b"gone");
+        store.put_record(&stale).unwrap();
+        fs::remove_file(store.object_path(&stale.outputs["out"].hash)).unwrap();
+        let fresh = record(&store, &key, b"fresh");
+        assert_eq!(store.create_record(&fresh).unwrap(), Placed::Created);
+        assert_eq!(store.get_record(&key), Some(fresh));
+        assert_eq!(
+            store.take_repairs(),
+            [format!("record {} named a missing object: moved to quarantine/ and stored again", key.short())]
+        );
+        assert_eq!(fs::read_dir(store.root().join("quarantine")).unwrap().count(), 1);
+    }
+
+    /// Scratch of an ended process of this host is removed; scratch named by another host (or
+    /// PID namespace) is never judged by this host's `/proc`, whatever its pid.
+    #[test]
+    fn stale_scratch_is_cleaned_only_for_this_hosts_ended_processes() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join(".drover")).unwrap();
+        let me = crate::host::me();
+        let ended = format!("stage-4194304-0-{}", me.tag); // above the kernel's pid_max
+        let other_host = "stage-4194304-0-0123456789abcdef";
+        let mine = unique_name("stage");
+        for name in [&ended, other_host, &mine] {
+            fs::create_dir_all(store.tmp_dir().join(name)).unwrap();
+        }
+        store.clean_stale_tmp();
+        let mut left: Vec<String> =
+            fs::read_dir(store.tmp_dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        let mut want = vec![other_host.to_string(), mine];
+        want.sort();
+        assert_eq!(left, want);
     }
 }

@@ -23,6 +23,6 @@ pub use drover_cache::hash;
 pub use kit::{CheckErrors, OpKit, Work, run_blocking};
 pub use op::{
     BoxFuture, CheckCx, CheckError, CheckLocation, CheckSubject, Checked, Column, Input, InputItem, NoProgress, Op,
-    OpError, OpErrorKind, OpInfo, OpRegistry, OutputSlot, PortDecl, PortType, Ports, Progress, RunCx, SectionDecl,
-    StageCx, StageNotes, TableSchema, params_schema,
+    OpError, OpErrorKind, OpInfo, OpRegistry, OutputSlot, PortDecl, PortType, Ports, Progress, RunCx, SectionAt,
+    SectionDecl, SectionProblem, StageCx, StageNotes, TableSchema, params_schema,
 };

@@ -521,6 +521,44 @@ pub struct SectionDecl {
     /// `DROVER_<env>_<ENTRY>=MAPPING` in the environment replaces the section's entry `<entry>`
     /// (lower-cased), before `--set`: `Some("LLM")` gives `DROVER_LLM_DEFAULT`.
     pub env: Option<&'static str>,
+    /// JSON Schema of the section's per-stage form, when a stage may carry one too (a stage's
+    /// `slurm:` settings over the pipeline's); `None` for a top-level section only. Like
+    /// `retries`, a stage's entry never enters its key: it says where or how a stage runs, not
+    /// what it computes. Ops see it as [`crate::plan::PlanNode::sections`].
+    pub stage_schema: Option<serde_json::Value>,
+    /// Checks the section as written, at the top and in each stage; every problem is reported
+    /// at its place in the file with the file's other errors (exit 2), by `validate`, `plan`
+    /// and `run` alike.
+    pub check: Option<fn(&serde_json::Value, SectionAt) -> Vec<SectionProblem>>,
+}
+
+/// Where a section being checked was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SectionAt {
+    /// At the top of the file (or made by `--set`).
+    Pipeline,
+    /// In a stage.
+    Stage,
+}
+
+/// A problem a section's owner found in it: at `path` inside the section (a missing field
+/// points at its parent), with a hint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectionProblem {
+    pub path: Vec<String>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl SectionProblem {
+    pub fn new(path: &[&str], message: impl Into<String>) -> SectionProblem {
+        SectionProblem { path: path.iter().map(|s| s.to_string()).collect(), message: message.into(), help: None }
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> SectionProblem {
+        self.help = Some(help.into());
+        self
+    }
 }
 
 /// The ops a pipeline may name, and the top-level sections their owners declared.

@@ -63,6 +63,9 @@ pub struct StageSpec {
     pub timeout: Option<Duration>,
     pub resources: BTreeMap<String, u64>,
     pub seed: Option<u64>,
+    /// Entries of declared sections that stages may carry (a stage's `slurm:`), by name: not
+    /// in the key.
+    pub sections: BTreeMap<String, Node>,
     /// `metrics:`: which columns of which output table are metrics (see [`crate::metrics`]).
     pub metrics: Option<crate::metrics::MetricsSpec>,
 }
@@ -327,7 +330,7 @@ pub fn parse_str(
                     if !seen.insert(k.key_text()) {
                         continue; // a duplicate, reported by the YAML layer
                     }
-                    if let Some(stage) = parse_stage(&mut d, k, v) {
+                    if let Some(stage) = parse_stage(&mut d, k, v, sections) {
                         spec.stages.push(stage);
                     }
                 }
@@ -351,7 +354,7 @@ pub fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node) -> Option<StageSpec> {
+fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node, sections: &[SectionDecl]) -> Option<StageSpec> {
     let name = key.key_text();
     if !valid_name(&name) {
         d.error(
@@ -392,8 +395,11 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node) -> Option<StageSpec> {
         timeout: None,
         resources: BTreeMap::new(),
         seed: None,
+        sections: BTreeMap::new(),
         metrics: None,
     };
+    let stage_keys =
+        || STAGE_KEYS.iter().copied().chain(sections.iter().filter(|s| s.stage_schema.is_some()).map(|s| s.name));
     for (k, v) in entries {
         let key = k.as_str().unwrap_or("");
         match key {
@@ -537,16 +543,28 @@ fn parse_stage(d: &mut Diags, key: &Node, v: &mut Node) -> Option<StageSpec> {
             "resources" => stage.resources = parse_resources(d, st, v),
             "seed" => stage.seed = expect_u64(d, st, v, "seed"),
             "metrics" => stage.metrics = crate::metrics::parse_spec(d, st, k.span, v),
-            other => d.error(
-                st,
-                k.span,
-                format!("unknown stage key `{other}`"),
-                "unknown key",
-                Some(
-                    did_you_mean(other, STAGE_KEYS.iter().copied())
-                        .unwrap_or_else(|| format!("valid keys: {}", list_names(STAGE_KEYS.iter().copied()))),
+            other => match sections.iter().find(|sec| sec.name == other && sec.stage_schema.is_some()) {
+                Some(sec) if !matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) => d.error(
+                    st,
+                    v.span,
+                    format!("`{other}` must be a mapping of settings; found {}", v.type_name()),
+                    "expected a mapping",
+                    Some(format!("e.g. `{}`", sec.example)),
                 ),
-            ),
+                Some(_) => {
+                    stage.sections.insert(other.to_string(), v.take());
+                }
+                None => d.error(
+                    st,
+                    k.span,
+                    format!("unknown stage key `{other}`"),
+                    "unknown key",
+                    Some(
+                        did_you_mean(other, stage_keys())
+                            .unwrap_or_else(|| format!("valid keys: {}", list_names(stage_keys()))),
+                    ),
+                ),
+            },
         }
     }
     if stage.op.is_empty() && !has_op {
@@ -941,6 +959,8 @@ mod tests {
             example: "team: { ann: { role: lead } }",
             schema: serde_json::json!({"type": "object"}),
             env: Some("TEAM"),
+            stage_schema: None,
+            check: None,
         }
     }
 

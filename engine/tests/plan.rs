@@ -428,3 +428,89 @@ stages:
         "#]],
     );
 }
+
+/// A section that stages may carry, declared by a part outside the engine (as the Slurm
+/// executor declares `slurm:`): its own check says what is wrong with it, at the place.
+fn placement() -> drover_engine::SectionDecl {
+    fn check(v: &serde_json::Value, at: drover_engine::SectionAt) -> Vec<drover_engine::SectionProblem> {
+        let mut problems = Vec::new();
+        if let Some(q) = v.get("queue")
+            && !q.is_string()
+        {
+            problems.push(
+                drover_engine::SectionProblem::new(&["queue"], "`queue` must be a name").help("e.g. `queue: gpu`"),
+            );
+        }
+        if at == drover_engine::SectionAt::Stage && v.get("poll").is_some() {
+            problems.push(drover_engine::SectionProblem::new(&["poll"], "`poll` is a setting of the whole pipeline"));
+        }
+        problems
+    }
+    drover_engine::SectionDecl {
+        name: "placement",
+        holds: "a mapping of settings",
+        example: "placement: { queue: gpu }",
+        schema: serde_json::json!({"type": "object"}),
+        env: None,
+        stage_schema: Some(serde_json::json!({"type": "object"})),
+        check: Some(check),
+    }
+}
+
+fn plan_with_placement(yaml: &str) -> Result<plan::Plan, String> {
+    let mut ops = ops();
+    ops.register_section(placement());
+    let sections: Vec<_> = ops.sections().cloned().collect();
+    spec::parse_str(Path::new("p.yaml"), yaml.to_string(), &ParamOverrides::default(), &sections)
+        .and_then(|spec| plan::build(&spec, &ops))
+        .map_err(|errors| {
+            errors
+                .errors
+                .iter()
+                .map(|e| {
+                    let (line, col) = diag::line_col(yaml, e.offset);
+                    let help = e.help.as_deref().map(|h| format!("\n  help: {h}")).unwrap_or_default();
+                    format!("{line}:{col} {}: {} [{}]{help}\n", e.stage.as_deref().unwrap_or("-"), e.message, e.label)
+                })
+                .collect()
+        })
+}
+
+#[test]
+fn a_declared_stage_section_is_checked_by_its_owner_at_its_place() {
+    let errors = plan_with_placement(
+        "placement: { queue: 3, poll: 5 }\nstages:\n  a: { op: weights, placement: { queue: [x], poll: 1 } }\n  b: { op: weights, placment: {} }\n  c: { op: weights, placement: 7 }\n",
+    )
+    .err()
+    .expect("errors");
+    expect![[r#"
+        1:21 -: `placement`: `queue` must be a name [queue]
+          help: e.g. `queue: gpu`
+        3:41 a: stage `a`: `placement`: `queue` must be a name [queue]
+          help: e.g. `queue: gpu`
+        3:52 a: stage `a`: `placement`: `poll` is a setting of the whole pipeline [poll]
+        4:21 b: stage `b`: unknown stage key `placment` [unknown key]
+          help: did you mean `placement`?
+        5:32 c: stage `c`: `placement` must be a mapping of settings; found an integer [expected a mapping]
+          help: e.g. `placement: { queue: gpu }`
+    "#]]
+    .assert_eq(&errors);
+}
+
+/// Like `retries`, a stage's section says where it runs, not what it computes: the same
+/// stage with other settings has the same key, so a result from one place serves the other.
+#[test]
+fn a_stage_section_is_carried_on_the_node_and_never_in_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = drover_cache::Store::open(&dir.path().join(".drover")).unwrap();
+    let key = |yaml: &str| {
+        let plan = plan_with_placement(yaml).unwrap();
+        let recipe = drover_engine::key::recipe_for(&plan, 0, &store, &[None]).unwrap().unwrap();
+        (plan.nodes[0].sections.clone(), recipe.key())
+    };
+    let (here, k1) = key("stages:\n  a: { op: weights }\n");
+    let (there, k2) = key("stages:\n  a: { op: weights, placement: { queue: gpu } }\n");
+    assert!(here.is_empty());
+    assert_eq!(there, [("placement".to_string(), serde_json::json!({"queue": "gpu"}))].into());
+    assert_eq!(k1, k2);
+}

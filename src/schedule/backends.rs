@@ -328,12 +328,12 @@ pub fn uninstall(s: &Schedule) -> Result<String, Failure> {
             let script = super::registry()?.join(format!("{}.sbatch", s.name));
             let _ = std::fs::remove_file(&script);
             let job = format!("--name=drover-nightly-{}", s.name);
-            let mut args = vec![job.as_str()];
-            let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok().map(|u| format!("--user={u}"));
-            if let Some(u) = &user {
-                args.push(u);
-            }
-            Ok(match run("scancel", &args, None) {
+            // Only this user's job of that name: by uid, since `USER` may be unset (cron, a
+            // batch job) and scancel without `--user` cancels every user's job of the name
+            // when root runs it.
+            // SAFETY: getuid cannot fail and touches no memory of ours.
+            let user = format!("--user={}", unsafe { libc::getuid() });
+            Ok(match run("scancel", &[job.as_str(), user.as_str()], None) {
                 Ok(_) => format!("its queued job is cancelled and {} removed", script.display()),
                 Err(e) => format!("{} removed; cancelling its job failed: {e}", script.display()),
             })

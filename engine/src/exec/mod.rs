@@ -1,11 +1,14 @@
 //! The executor: runs every ready stage as soon as its inputs exist, up to `jobs` at once and
-//! within resource capacities; cached stages are settled without spawning anything. A failed
-//! stage fails only its dependents. One lock per key means two processes never compute the
-//! same key at once.
+//! within resource capacities; cached stages are settled without starting anything. A failed
+//! stage fails only its dependents. A lease per key means two processes (on any hosts sharing
+//! the store) rarely compute the same key at once, and never store two answers for it.
 //!
-//! [`run`] is the loop: the `Scheduler` (`scheduler.rs`) owns what waits, what is ready, what
-//! runs and what it holds, and each launched stage is a `StageJob` (`stage.rs`) on its own task.
+//! [`run_on`] is the loop: the `Scheduler` (`scheduler.rs`) owns what waits, what is ready, what
+//! runs and what it holds; an [`Executor`] (`executor.rs`) starts what the scheduler hands it,
+//! where it runs: [`LocalExecutor`] as tasks of this process, each one a `StageJob`
+//! (`stage.rs`); a cluster executor as jobs that run [`run_stage`] on a node.
 
+mod executor;
 mod scheduler;
 mod stage;
 
@@ -15,13 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drover_cache::{RunRecord, StageOutcome, Store, Trigger};
-use tokio::task::JoinSet;
 
 use crate::error::EngineError;
-use crate::op::{NoProgress, Progress, StageNotes};
+use crate::op::{NoProgress, Progress};
 use crate::plan::Plan;
+pub use executor::{Cancel, Dispatch, Executor, LocalExecutor, RunScope, job_inputs, run_stage};
 use scheduler::Scheduler;
-use stage::{Finished, StageJob};
+pub use stage::{Finished, JobInputs, Upstream};
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -114,12 +117,23 @@ impl RunSummary {
     }
 }
 
-/// Runs the selected part of a plan.
+/// Runs the selected part of a plan in this process.
 pub async fn run(
     plan: Arc<Plan>,
     store: Arc<Store>,
     opts: RunOptions,
     reporter: Arc<dyn Reporter>,
+) -> Result<RunSummary, EngineError> {
+    run_on(plan, store, opts, reporter, &mut LocalExecutor::default()).await
+}
+
+/// Runs the selected part of a plan, starting stages on `executor`.
+pub async fn run_on(
+    plan: Arc<Plan>,
+    store: Arc<Store>,
+    opts: RunOptions,
+    reporter: Arc<dyn Reporter>,
+    executor: &mut dyn Executor,
 ) -> Result<RunSummary, EngineError> {
     let started = SystemTime::now();
     let t0 = Instant::now();
@@ -131,47 +145,49 @@ pub async fn run(
 
     // Each stage's key in its last run, to say in the record why it runs again.
     let last_keys = store.load_state(&plan.pipeline);
-    let mut sched = Scheduler::new(&plan, &opts, &selected);
-    let mut tasks: JoinSet<Finished> = JoinSet::new();
+    let scope =
+        RunScope { run_id: run_id.clone(), plan: plan.clone(), store: store.clone(), reporter: reporter.clone() };
+    executor.begin(&scope).await?;
+    let mut sched = Scheduler::new(&plan, &opts, &selected, executor.places_resources());
     let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         sched.settle_ready(&store, &*reporter)?;
-        for launch in sched.launch() {
-            let job = StageJob {
-                plan: plan.clone(),
-                store: store.clone(),
-                idx: launch.idx,
-                key: launch.key,
-                recipe: launch.recipe,
-                inputs: launch.inputs,
-                run_id: run_id.clone(),
-                forced: opts.forced.contains(&launch.idx),
-                reporter: reporter.clone(),
-                notes: StageNotes::default(),
-                last_key: last_keys.get(&plan.nodes[launch.idx].id).cloned(),
-            };
-            tasks.spawn(job.run());
+        let mut dispatched = sched.launch();
+        if !dispatched.is_empty() {
+            for d in &mut dispatched {
+                d.last_key = last_keys.get(&plan.nodes[d.idx].id).cloned();
+            }
+            executor.start(&scope, dispatched).await;
         }
         if sched.nothing_running() {
             break;
         }
         tokio::select! {
-            joined = tasks.join_next() => {
-                let Some(joined) = joined else { break };
-                let finished = joined.map_err(|e| EngineError::Other(format!("executor task failed: {e}")))?;
+            ended = executor.next(&scope) => {
+                let Some(finished) = ended else {
+                    return Err(EngineError::Other(format!(
+                        "the {} executor has no stage in flight, but the run waits for one (a bug in drover)",
+                        executor.name()
+                    )));
+                };
+                let failed = finished.outputs.is_none();
                 sched.finish(finished, &store, &*reporter);
+                if failed && opts.fail_fast {
+                    for stopped in executor.cancel(&scope, Cancel::FailFast).await {
+                        sched.finish(stopped, &store, &*reporter);
+                    }
+                }
             }
             _ = &mut ctrl_c => {
                 interrupted = true;
-                tasks.abort_all();
+                executor.cancel(&scope, Cancel::Interrupt).await;
                 sched.interrupt_running();
                 break;
             }
         }
     }
-    while tasks.join_next().await.is_some() {}
 
     let done = sched.end(interrupted);
     store.update_state(&plan.pipeline, &done.state_updates)?;

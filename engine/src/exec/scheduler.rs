@@ -8,20 +8,12 @@ use std::time::Instant;
 
 use drover_cache::{CacheKey, OutputRef, RunStage, StageOutcome, Store};
 
-use super::stage::{Finished, JobInputs};
+use super::executor::{Dispatch, job_inputs};
+use super::stage::Finished;
 use super::{Event, Reporter, RunOptions};
 use crate::error::EngineError;
 use crate::key::{Recipe, recipe_for};
-use crate::op::PortType;
-use crate::plan::{InputEdge, Plan, Source};
-
-/// A stage to start now, with what its task needs from the scheduler.
-pub(super) struct Launch {
-    pub idx: usize,
-    pub key: CacheKey,
-    pub recipe: Recipe,
-    pub inputs: JobInputs,
-}
+use crate::plan::Plan;
 
 /// What a run did, once nothing runs any more.
 pub(super) struct Ended {
@@ -66,13 +58,22 @@ pub(super) struct Scheduler<'a> {
 }
 
 impl<'a> Scheduler<'a> {
-    pub fn new(plan: &'a Plan, opts: &'a RunOptions, selected: &'a BTreeSet<usize>) -> Scheduler<'a> {
+    /// `places_resources`: the executor places resources itself (a cluster), so that only
+    /// capacities declared on purpose (the pipeline's `resources:`, `--resource`) are enforced
+    /// here; a resource no one declared is not limited.
+    pub fn new(
+        plan: &'a Plan,
+        opts: &'a RunOptions,
+        selected: &'a BTreeSet<usize>,
+        places_resources: bool,
+    ) -> Scheduler<'a> {
         let n = plan.nodes.len();
         let mut capacity = plan.resources.clone();
         capacity.extend(opts.resources.clone());
         for node in &plan.nodes {
             for (r, want) in &node.resources {
-                let cap = capacity.entry(r.clone()).or_insert(*want);
+                let implicit = if places_resources { u64::MAX } else { *want };
+                let cap = capacity.entry(r.clone()).or_insert(implicit);
                 *cap = (*cap).max(*want);
             }
         }
@@ -132,7 +133,7 @@ impl<'a> Scheduler<'a> {
 
     /// The waiting stages that may start now, in the order they became ready: within the job
     /// limit and the resources free. Each is counted as running, holding its resources.
-    pub fn launch(&mut self) -> Vec<Launch> {
+    pub fn launch(&mut self) -> Vec<Dispatch> {
         let mut launched = Vec::new();
         let mut blocked = VecDeque::new();
         while let Some(idx) = self.waiting.pop_front() {
@@ -144,7 +145,10 @@ impl<'a> Scheduler<'a> {
                 break;
             }
             let wants = &self.plan.nodes[idx].resources;
-            if !wants.iter().all(|(r, want)| self.in_use.get(r).copied().unwrap_or(0) + want <= self.capacity[r]) {
+            if !wants
+                .iter()
+                .all(|(r, want)| self.in_use.get(r).copied().unwrap_or(0).saturating_add(*want) <= self.capacity[r])
+            {
                 blocked.push_back(idx);
                 continue;
             }
@@ -152,35 +156,17 @@ impl<'a> Scheduler<'a> {
                 *self.in_use.entry(r.clone()).or_default() += want;
             }
             self.running.insert(idx);
-            launched.push(Launch {
+            launched.push(Dispatch {
                 idx,
                 key: self.keys[idx].clone().expect("computed when ready"),
                 recipe: self.recipes[idx].take().expect("computed when ready"),
-                inputs: self.inputs_of(idx),
+                inputs: job_inputs(self.plan, idx, &self.outputs).expect("inputs are done"),
+                forced: self.forced.contains(&idx),
+                last_key: None,
             });
         }
         self.waiting = blocked;
         launched
-    }
-
-    /// Every input artifact of a stage whose inputs are all produced.
-    fn inputs_of(&self, idx: usize) -> JobInputs {
-        let artifact = |s: &Source| {
-            let out = self.outputs[s.node].as_ref().and_then(|o| o.get(&s.port)).cloned().expect("inputs are done");
-            let ty = self.plan.nodes[s.node].outputs.get(&s.port).cloned().unwrap_or(PortType::Blob);
-            (s.node, ty, out)
-        };
-        let node = &self.plan.nodes[idx];
-        node.inputs
-            .iter()
-            .map(|(port, edge)| {
-                let items = match edge {
-                    InputEdge::One(s) => (false, vec![artifact(s)]),
-                    InputEdge::List(v) => (true, v.iter().map(artifact).collect()),
-                };
-                (port.clone(), items)
-            })
-            .collect()
     }
 
     /// Nothing runs: a run with nothing waiting either is over.
@@ -277,7 +263,9 @@ mod tests {
     use drover_cache::{ObjectHash, OutputKind};
 
     use super::*;
-    use crate::op::{BoxFuture, CheckCx, CheckError, Checked, Op, OpError, OpInfo, OpRegistry, PortDecl, Ports, RunCx};
+    use crate::op::{
+        BoxFuture, CheckCx, CheckError, Checked, Op, OpError, OpInfo, OpRegistry, PortDecl, PortType, Ports, RunCx,
+    };
     use crate::spec::{self, ParamOverrides};
 
     /// `step`: an optional blob in, a blob out. The scheduler never runs it: the tests play
@@ -346,7 +334,7 @@ mod tests {
         Finished { outputs: Some([("out".to_string(), out)].into()), ..Finished::new(idx, StageOutcome::Ran, None, 1) }
     }
 
-    fn ids(plan: &Plan, launched: &[Launch]) -> Vec<String> {
+    fn ids(plan: &Plan, launched: &[Dispatch]) -> Vec<String> {
         let mut ids: Vec<String> = launched.iter().map(|l| plan.nodes[l.idx].id.clone()).collect();
         ids.sort();
         ids
@@ -365,7 +353,7 @@ mod tests {
             "resources: { gpu: 1 }\nstages:\n  g1: { op: step, resources: { gpu: 1 } }\n  g2: { op: step, resources: { gpu: 1 } }\n  c1: { op: step }\n  c2: { op: step }\n  c3: { op: step }\n",
         );
         let opts = options(2, false);
-        let mut sched = Scheduler::new(&s.plan, &opts, &s.all);
+        let mut sched = Scheduler::new(&s.plan, &opts, &s.all, false);
         let (mut started, mut most, mut running) = (Vec::new(), 0, VecDeque::new());
         loop {
             sched.settle_ready(&s.store, &Quiet).unwrap();
@@ -392,7 +380,7 @@ mod tests {
             "stages:\n  a: { op: step }\n  b: { op: step, in: { in: a } }\n  c: { op: step, in: { in: b } }\n  d: { op: step }\n",
         );
         let opts = options(4, false);
-        let mut sched = Scheduler::new(&s.plan, &opts, &s.all);
+        let mut sched = Scheduler::new(&s.plan, &opts, &s.all, false);
         sched.settle_ready(&s.store, &Quiet).unwrap();
         let launched = sched.launch();
         assert_eq!(ids(&s.plan, &launched), ["a", "d"]);
@@ -420,7 +408,7 @@ mod tests {
     fn fail_fast_launches_nothing_after_a_failure_and_records_the_rest_as_skipped() {
         let s = setup("stages:\n  a: { op: step }\n  b: { op: step }\n  c: { op: step }\n");
         let opts = options(1, true);
-        let mut sched = Scheduler::new(&s.plan, &opts, &s.all);
+        let mut sched = Scheduler::new(&s.plan, &opts, &s.all, false);
         sched.settle_ready(&s.store, &Quiet).unwrap();
         let launched = sched.launch();
         assert_eq!(launched.len(), 1, "one job slot");
@@ -445,7 +433,7 @@ mod tests {
     fn an_interrupt_records_running_stages_with_their_keys_and_the_rest_as_interrupted() {
         let s = setup("stages:\n  a: { op: step }\n  b: { op: step }\n");
         let opts = options(1, false);
-        let mut sched = Scheduler::new(&s.plan, &opts, &s.all);
+        let mut sched = Scheduler::new(&s.plan, &opts, &s.all, false);
         sched.settle_ready(&s.store, &Quiet).unwrap();
         let launched = sched.launch();
         let running = s.plan.nodes[launched[0].idx].id.clone();

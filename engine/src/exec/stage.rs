@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drover_cache::{
-    CacheError, CacheKey, Corruption, OutputKind, OutputRef, Provenance, RunStage, Snapshot, StageOutcome, StageRecord,
-    Store,
+    CacheError, CacheKey, Corruption, OutputKind, OutputRef, Placed, Provenance, RunStage, Snapshot, StageOutcome,
+    StageRecord, Store,
 };
 
 use super::{Event, Reporter, humanize};
@@ -19,9 +19,10 @@ use crate::key::Recipe;
 use crate::op::{Input, InputItem, OpErrorKind, OutputSlot, PortType, RunCx, StageCx, StageNotes};
 use crate::plan::Plan;
 
-/// How a stage ended: reported by its task, or settled by the scheduler without one (cached
-/// without running, skipped after a failure upstream, interrupted).
-pub(super) struct Finished {
+/// How a stage ended: reported by its executor, or settled by the scheduler without one
+/// (cached without running, skipped after a failure upstream, interrupted).
+#[derive(Clone, Debug)]
+pub struct Finished {
     pub idx: usize,
     pub outcome: StageOutcome,
     pub outputs: Option<BTreeMap<String, OutputRef>>,
@@ -82,10 +83,10 @@ impl Finished {
 }
 
 /// An upstream artifact: its node, type and stored output.
-pub(super) type Upstream = (usize, PortType, OutputRef);
+pub type Upstream = (usize, PortType, OutputRef);
 
 /// Port -> (is a list, [(upstream node, type, artifact)]).
-pub(super) type JobInputs = BTreeMap<String, (bool, Vec<Upstream>)>;
+pub type JobInputs = BTreeMap<String, (bool, Vec<Upstream>)>;
 
 /// One stage's work, moved into its task.
 pub(super) struct StageJob {
@@ -134,8 +135,8 @@ impl StageJob {
         let node = &self.plan.nodes[self.idx];
         let store = self.store.clone();
         let key = self.key.clone();
-        // Wait for any other process computing this key, then look again.
-        let lock = tokio::task::spawn_blocking(move || store.lock_key(&key))
+        // Wait for any other process computing this key (on any host), then look again.
+        let lock = tokio::task::spawn_blocking(move || store.lease_key(&key))
             .await
             .map_err(|e| EngineError::Other(e.to_string()))??;
         if !self.forced
@@ -168,7 +169,26 @@ impl StageJob {
                         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                         duration_ms: t0.elapsed().as_millis() as u64,
                     };
-                    self.store.put_record(&record)?;
+                    // First writer wins: a process that stored this key meanwhile (its lease
+                    // lost, on a filesystem shared by hosts) gave the answer everyone uses.
+                    let outputs = if self.forced {
+                        self.store.put_record(&record)?;
+                        outputs
+                    } else {
+                        match self.store.create_record(&record)? {
+                            Placed::Created => outputs,
+                            Placed::Adopted(winner) => {
+                                self.notes.set(
+                                    "adopted",
+                                    format!(
+                                        "another process stored key {} first; its outputs are used",
+                                        self.key.short()
+                                    ),
+                                );
+                                winner.outputs
+                            }
+                        }
+                    };
                     let _ = std::fs::remove_dir_all(&work);
                     drop(lock);
                     return Ok(self.done(StageOutcome::Ran, Some(outputs), None, false, attempt, log));

@@ -26,7 +26,7 @@ pub use explain::{ExplainedInput, ExplainedOutput, ExplainedStage};
 
 use crate::diag::{Diags, PipelineErrors};
 use crate::interp;
-use crate::op::{Op, OpInfo, OpRegistry, PortType};
+use crate::op::{Op, OpInfo, OpRegistry, PortType, SectionAt};
 use crate::spec::{PipelineSpec, StageSpec};
 use crate::yaml::{Node, Span};
 
@@ -79,6 +79,9 @@ pub struct PlanNode {
     pub resources: BTreeMap<String, u64>,
     pub seed: u64,
     pub span: Span,
+    /// The stage's entries of declared sections (its `slurm:` settings), as written: for the
+    /// part that owns each; never in the key.
+    pub sections: BTreeMap<String, Value>,
     /// Which columns of which output table are metrics (`metrics:`), checked.
     pub metrics: Option<crate::metrics::Metrics>,
 }
@@ -236,6 +239,7 @@ impl<'s> Draft<'s> {
             resources: self.spec.resources.clone(),
             seed: self.spec.seed.unwrap_or(default_seed),
             span: self.spec.name_span,
+            sections: self.spec.sections.iter().map(|(name, node)| (name.clone(), node.to_json())).collect(),
             metrics: self.metrics,
         }
     }
@@ -249,6 +253,7 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
     for (name, node) in &spec.sections {
         report_non_finite(&mut d, None, node, |key| format!("`{name}` setting `{}`", key.unwrap_or("")));
     }
+    check_sections(spec, ops, &mut d);
     let params = object_or_empty(spec.params.to_json());
     let sections: BTreeMap<String, Value> =
         spec.sections.iter().map(|(name, node)| (name.clone(), object_or_empty(node.to_json()))).collect();
@@ -276,6 +281,32 @@ pub fn build(spec: &PipelineSpec, ops: &OpRegistry) -> Result<Plan, PipelineErro
         order,
         by_id,
     })
+}
+
+/// Runs each declared section's own check on the section at the top of the file and in every
+/// stage, reporting each problem at its place.
+fn check_sections(spec: &PipelineSpec, ops: &OpRegistry, d: &mut Diags) {
+    for decl in ops.sections() {
+        let Some(check) = decl.check else { continue };
+        let mut report = |stage: Option<&str>, node: &Node, at: SectionAt| {
+            for p in check(&node.to_json(), at) {
+                let span = spans::deepest(node, &p.path)
+                    .map(|n| n.span)
+                    .filter(|s| *s != Span::default())
+                    .unwrap_or(node.span);
+                let label = if p.path.is_empty() { decl.name.to_string() } else { p.path.join(".") };
+                d.error(stage, span, format!("`{}`: {}", decl.name, p.message), label, p.help);
+            }
+        };
+        if let Some(node) = spec.sections.get(decl.name) {
+            report(None, node, SectionAt::Pipeline);
+        }
+        for stage in &spec.stages {
+            if let Some(node) = stage.sections.get(decl.name) {
+                report(Some(&stage.name), node, SectionAt::Stage);
+            }
+        }
+    }
 }
 
 /// An absent block (`params:`, a section) reads as an empty mapping.

@@ -40,7 +40,7 @@ fn param_key<'n>(root: &'n Node, path: &[String]) -> Option<&'n Node> {
 }
 
 /// The deepest node along a param path (a missing field points at its parent).
-fn deepest<'n>(root: &'n Node, path: &[String]) -> Option<&'n Node> {
+pub(super) fn deepest<'n>(root: &'n Node, path: &[String]) -> Option<&'n Node> {
     (0..=path.len()).rev().find_map(|i| root.at_path(&path[..i]))
 }
 

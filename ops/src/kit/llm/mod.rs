@@ -43,6 +43,8 @@ pub fn section() -> drover_engine::SectionDecl {
             "$defs": defs,
         }),
         env: Some("LLM"),
+        stage_schema: None,
+        check: None,
     }
 }
 
