@@ -25,6 +25,23 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 
+/// Mesa's Vulkan device-select layer (an implicit layer, on wherever Mesa is installed) asks a
+/// display server which GPU is the default each time Vulkan devices are listed. With none to ask
+/// (a server, a container, a cron job: no `XDG_RUNTIME_DIR`, no `DISPLAY`), libwayland prints
+/// "error: XDG_RUNTIME_DIR is invalid or not set in the environment." on every probe, which reads
+/// as drover failing. The layer only reorders devices, drover ranks adapters itself, and without a
+/// display the layer has nothing to go by: there it is switched off with its own documented
+/// variable, unless the user set that variable.
+fn quiet_vulkan_device_select() {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let runtime_dir = var("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir());
+    let display = runtime_dir || var("DISPLAY").is_some() || var("WAYLAND_DISPLAY").is_some();
+    if !display && std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: the first thing `main` does: no other thread exists to read the environment.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 /// How a command failed, which decides the exit code.
 #[derive(Debug)]
 pub enum Failure {
@@ -63,6 +80,7 @@ impl<E: Into<miette::Report>> From<E> for Failure {
 }
 
 fn main() -> ExitCode {
+    quiet_vulkan_device_select();
     let cli = cli::Cli::parse();
     if cli.command.only_prints() {
         // `drover runs | head` closes the pipe early: a command that only prints ends there, as
