@@ -29,7 +29,8 @@
 //! memo, the same replies give the same outputs.
 //!
 //! Not carried over: ICAI's prompt principles ("Is the prompt ...", added to ICAI after the
-//! paper) and its optional extra test principles.
+//! paper) and its lists of standard test principles (`s0_added_standard_principles_to_test`;
+//! `added_principles` takes any list).
 
 use std::sync::Arc;
 
@@ -119,6 +120,11 @@ pub struct IcaiParams {
     /// Order of the kept principles: `for_minus_against` (default) or `for`.
     #[serde(default)]
     pub order_by: OrderBy,
+    /// Principles voted on beside the proposed ones, not clustered (ICAI's
+    /// `s0_added_principles_to_test`), e.g. the principles planted in a synthetic set, to see
+    /// how they fare. Default none.
+    #[serde(default)]
+    pub added_principles: Vec<String>,
     /// Measure the constitution's agreement with the labels (two more requests per pair).
     /// Default true.
     #[serde(default = "yes")]
@@ -363,7 +369,11 @@ async fn run(p: IcaiParams, cx: RunCx, device: DeviceChoice) -> Result<(), OpErr
         failed.len(),
         proposed.len()
     ));
-    if proposed.is_empty() {
+    if let Some(k) = pairs.iter().position(|pair| failed.first() == Some(&pair.row)) {
+        let text: String = replies[k].text().chars().take(300).collect();
+        log.push(format!("the first unreadable proposal reply (row {}): {text:?}", pairs[k].row));
+    }
+    if proposed.is_empty() && p.added_principles.is_empty() {
         llm::append_log(&cx, &log.join("\n"));
         return Err(OpError::failed(format!(
             "no principle could be read from the model's {} proposal replies (endpoint `{}`): a model this small \
@@ -375,9 +385,12 @@ async fn run(p: IcaiParams, cx: RunCx, device: DeviceChoice) -> Result<(), OpErr
 
     // 2. Clusters and their summaries.
     let (k, seed) = (p.num_clusters, cx.seed);
-    let clusters = {
-        let (texts, model) = (proposed.clone(), model.clone());
-        run_blocking(move || cluster(&texts, k, seed ^ STREAM_CLUSTER, |t| embed(&model, device, t))).await?
+    let mut clusters = match proposed.is_empty() {
+        true => Vec::new(),
+        false => {
+            let (texts, model) = (proposed.clone(), model.clone());
+            run_blocking(move || cluster(&texts, k, seed ^ STREAM_CLUSTER, |t| embed(&model, device, t))).await?
+        }
     };
     let sampled = sample_members(&clusters, seed ^ STREAM_SUMMARY);
     let mut summaries: Vec<String> = sampled.iter().map(|&i| proposed[i].clone()).collect();
@@ -401,6 +414,14 @@ async fn run(p: IcaiParams, cx: RunCx, device: DeviceChoice) -> Result<(), OpErr
         log.push(format!("{} clusters rewritten by the model, {empty} empty replies kept the drawn member", big.len()));
     }
     log.push(format!("{} principles in {} clusters (num_clusters {k})", proposed.len(), clusters.len()));
+    // Added principles, as ICAI adds them: after the summaries, unless already there; they
+    // have no members.
+    for added in &p.added_principles {
+        if !summaries.contains(added) {
+            summaries.push(added.clone());
+            clusters.push(Vec::new());
+        }
+    }
 
     // 3. Votes.
     let mut ballots = Vec::new();
@@ -739,6 +760,25 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn added_principles_are_voted_on_when_no_proposal_is_readable() {
+        let server = MockLlm::start(|body| match body["messages"][1]["content"].as_str().unwrap() {
+            u if u.starts_with("Selected sample:") => "I'd rather not.".to_string(),
+            _ => annotator(body),
+        });
+        let t = OpTest::new(params(json!({"added_principles": [SHORTER], "evaluate": false})))
+            .llms(server.llms())
+            .input("pairs", pairs());
+        let out = run(&t).unwrap();
+        let principles = read(&out["principles"]);
+        assert_eq!(column(&principles, "text"), [SHORTER]);
+        assert_eq!(column(&principles, "members"), ["0"]);
+        assert_eq!(column(&principles, "for"), ["3"]);
+        assert_eq!(std::fs::read_to_string(&out["constitution"]).unwrap(), format!("1. {SHORTER}"));
+        let log = std::fs::read_to_string(t.dir().join("log.txt")).unwrap();
+        assert!(log.contains("the first unreadable proposal reply (row 0): \"I'd rather not.\""), "{log}");
     }
 
     #[test]
