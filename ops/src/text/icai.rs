@@ -38,7 +38,8 @@ use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field};
 use drover_engine::{
-    CheckCx, CheckError, CheckErrors, Checked, OpError, OpKit, PortDecl, PortType, Ports, RunCx, Work, run_blocking,
+    CheckCx, CheckError, CheckErrors, Checked, OpError, OpKit, PortDecl, PortType, Ports, RunCx, StageCx, Work,
+    run_blocking,
 };
 use serde::Deserialize;
 
@@ -274,6 +275,18 @@ impl OpKit for Icai {
         errors.or(checked)
     }
 
+    /// The proposals only: what is asked next depends on their replies.
+    fn work_left(&self, p: &IcaiParams, cx: &StageCx) -> Option<String> {
+        let pairs = read_pairs(p, cx, &mut Vec::new()).ok()?;
+        let client = Client::new(cx, &p.llm).ok()?;
+        let mut requests = proposals(p, &pairs);
+        client.seed_by_prompt(&mut requests);
+        Some(format!(
+            "proposals: {} (votes and evaluation follow from the replies)",
+            llm::work_left(&client, &requests)
+        ))
+    }
+
     fn run(&self, p: IcaiParams, cx: RunCx) -> Work {
         let device = self.device;
         Work::future(async move { run(p, cx, device).await })
@@ -292,7 +305,7 @@ async fn send(client: &Client, mut requests: Vec<Request>, cx: &RunCx) -> Result
 }
 
 /// The pairs of the input; the rows skipped go to the log.
-fn read_pairs(p: &IcaiParams, cx: &RunCx, log: &mut Vec<String>) -> Result<Vec<Pair>, OpError> {
+fn read_pairs(p: &IcaiParams, cx: &StageCx, log: &mut Vec<String>) -> Result<Vec<Pair>, OpError> {
     let (schema, batches) = table::read_input(&cx.input("pairs")?.path)?;
     let batch = concat_batches(&schema, &batches).map_err(|e| OpError::failed(format!("icai: {e}")))?;
     let columns = table::table_schema(&schema).columns;
@@ -307,6 +320,20 @@ fn read_pairs(p: &IcaiParams, cx: &RunCx, log: &mut Vec<String>) -> Result<Vec<P
     }
     log.push(format!("{} pairs", read.pairs.len()));
     Ok(read.pairs)
+}
+
+/// One proposal request per pair (ICAI's generator prompt).
+fn proposals(p: &IcaiParams, pairs: &[Pair]) -> Vec<Request> {
+    let sampling = p.sampling.or(default_sampling());
+    let per_pair = p.principles_per_pair.to_string();
+    pairs
+        .iter()
+        .map(|pair| {
+            let (chosen, rejected) = pair.chosen_rejected();
+            let fields = [("preferred_sample", chosen), ("rejected_sample", rejected), ("num_principles", &per_pair)];
+            request(&GENERATOR, &fields, &sampling)
+        })
+        .collect()
 }
 
 /// Unit vectors of `texts` from the encoder, loaded for this call.
@@ -336,16 +363,7 @@ async fn run(p: IcaiParams, cx: RunCx, device: DeviceChoice) -> Result<(), OpErr
     let sampling = p.sampling.or(default_sampling());
 
     // 1. Proposals.
-    let per_pair = p.principles_per_pair.to_string();
-    let requests: Vec<Request> = pairs
-        .iter()
-        .map(|pair| {
-            let (chosen, rejected) = pair.chosen_rejected();
-            let fields = [("preferred_sample", chosen), ("rejected_sample", rejected), ("num_principles", &per_pair)];
-            request(&GENERATOR, &fields, &sampling)
-        })
-        .collect();
-    let replies = send(&client, requests, &cx).await?;
+    let replies = send(&client, proposals(&p, &pairs), &cx).await?;
     let mut proposed: Vec<String> = Vec::new();
     let (mut clean, mut recovered, mut failed) = (0, 0, Vec::new());
     for (pair, reply) in pairs.iter().zip(&replies) {
@@ -728,6 +746,11 @@ mod tests {
             .collect();
         assert_eq!(preferred_first.len(), 3);
         assert!(preferred_first.contains(&true) && preferred_first.contains(&false), "{preferred_first:?}");
+        // `drover plan` counts the proposals the memo holds.
+        assert_eq!(
+            t.work_left(&Icai { device: DeviceChoice::Cpu }).unwrap(),
+            "proposals: all 3 requests already answered (votes and evaluation follow from the replies)"
+        );
         // A rerun is answered from the memo.
         let again = run(&t).unwrap();
         assert_eq!(server.sent(), 18);
