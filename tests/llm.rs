@@ -569,6 +569,40 @@ fn icai_learns_a_constitution_and_a_rerun_sends_nothing() {
 }
 
 #[test]
+fn a_killed_icai_stage_resumes_without_asking_twice() {
+    let server = Server::start(&[]);
+    let p = icai_project(&server.base_url(), "");
+    p.write("drover.yaml", &p.read("drover.yaml").replace("model: smollm2 }", "model: smollm2, max_concurrency: 1 }"));
+    let mut child = p.cmd(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    // Past the 3 proposals, into the votes.
+    while server.forwarded() < 5 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(child.id() as i32, SIGKILL);
+    child.wait().unwrap();
+    let before = server.stats();
+    assert!(before["forwarded"].as_u64().unwrap() < 12, "killed too late to test a resume: {before}");
+    let plan = p.drover(&["plan"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout
+            .contains("proposals: all 3 requests already answered (votes and evaluation follow from the replies)"),
+        "{}",
+        plan.all()
+    );
+
+    p.drover(&["run"]).expect_code(0);
+    let after = server.stats();
+    // Every answered request came from the memo; at most the one in flight at the kill is sent again.
+    assert_eq!(after["resent_after_answer"], 0, "{after}");
+    assert!(after["forwarded"].as_u64().unwrap() <= 13, "{after}");
+    assert_eq!(after["by_body"].as_object().unwrap().len(), 12, "{after}");
+}
+
+#[test]
 fn icai_skips_rows_that_are_not_pairs_and_fails_on_a_table_without_pairs() {
     let server = Server::start(&[]);
     let p = icai_project(&server.base_url(), ", evaluate: false");

@@ -258,6 +258,18 @@ mod tests {
     }
 
     #[test]
+    fn identical_vectors_from_different_texts_do_not_break_kmeans() {
+        // MiniLM is uncased: "Select X" and "select x" embed the same. Three identical points
+        // and k = 2: k-means++ can only repeat the centre; the empty cluster takes a point.
+        let points = line(&[2.0, 2.0, 2.0]);
+        for seed in 0..5 {
+            let clusters = group(&labels_of(&points, 2, seed));
+            assert_eq!(clusters.len(), 2, "seed {seed}");
+            assert_eq!(clusters.iter().map(Vec::len).sum::<usize>(), 3);
+        }
+    }
+
+    #[test]
     fn enough_clusters_only_merge_identical_texts_without_embedding() {
         let texts: Vec<String> = ["b", "a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let clusters = cluster(&texts, 3, 0, |_| -> Result<Vec<Vec<f32>>, &str> { Err("must not embed") }).unwrap();
