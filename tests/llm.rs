@@ -186,15 +186,7 @@ fn a_killed_stage_resumes_without_asking_twice() {
     let server = Server::start(&[]);
     let p = Project::new();
     p.write("q.jsonl", &questions(10)).write("drover.yaml", &pipeline(&server.base_url(), ", max_concurrency: 1", 24));
-    let mut child = p.cmd(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let started = Instant::now();
-    while server.forwarded() < 4 {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal(child.id() as i32, SIGKILL);
-    child.wait().unwrap();
+    kill_run_after(&p, &server, 4);
     let before = server.stats();
     assert!(before["forwarded"].as_u64().unwrap() < 10, "killed too late to test a resume: {before}");
     // `drover plan` counts what the memo already holds.
@@ -202,14 +194,31 @@ fn a_killed_stage_resumes_without_asking_twice() {
     plan.expect_code(0);
     assert!(plan.stdout.contains(" of 10 requests already answered, "), "{}", plan.all());
 
-    let out = p.drover(&["run"]);
-    out.expect_code(0);
-    let after = server.stats();
-    // Every answered request came from the memo; at most the one in flight at the kill is sent again.
-    assert_eq!(after["resent_after_answer"], 0, "{after}");
-    assert!(after["forwarded"].as_u64().unwrap() <= 11, "{after}");
-    assert_eq!(after["by_body"].as_object().unwrap().len(), 10, "{after}");
+    p.drover(&["run"]).expect_code(0);
+    assert_resumed(&server, 10);
     assert_eq!(answers(&p).len(), 10);
+}
+
+/// Starts `drover run` in `p` and kills it (SIGKILL) once `server` has forwarded `n` requests.
+fn kill_run_after(p: &Project, server: &Server, n: u64) {
+    let mut child = p.cmd(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while server.forwarded() < n {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(child.id() as i32, SIGKILL);
+    child.wait().unwrap();
+}
+
+/// After a killed run and a rerun of `total` distinct requests: every answered request came from
+/// the memo; at most the one in flight at the kill was sent again.
+fn assert_resumed(server: &Server, total: u64) {
+    let after = server.stats();
+    assert_eq!(after["resent_after_answer"], 0, "{after}");
+    assert!(after["forwarded"].as_u64().unwrap() <= total + 1, "{after}");
+    assert_eq!(after["by_body"].as_object().unwrap().len() as u64, total, "{after}");
 }
 
 #[test]
@@ -573,16 +582,8 @@ fn a_killed_icai_stage_resumes_without_asking_twice() {
     let server = Server::start(&[]);
     let p = icai_project(&server.base_url(), "");
     p.write("drover.yaml", &p.read("drover.yaml").replace("model: smollm2 }", "model: smollm2, max_concurrency: 1 }"));
-    let mut child = p.cmd(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let started = Instant::now();
     // Past the 3 proposals, into the votes.
-    while server.forwarded() < 5 {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal(child.id() as i32, SIGKILL);
-    child.wait().unwrap();
+    kill_run_after(&p, &server, 5);
     let before = server.stats();
     assert!(before["forwarded"].as_u64().unwrap() < 12, "killed too late to test a resume: {before}");
     let plan = p.drover(&["plan"]);
@@ -595,11 +596,7 @@ fn a_killed_icai_stage_resumes_without_asking_twice() {
     );
 
     p.drover(&["run"]).expect_code(0);
-    let after = server.stats();
-    // Every answered request came from the memo; at most the one in flight at the kill is sent again.
-    assert_eq!(after["resent_after_answer"], 0, "{after}");
-    assert!(after["forwarded"].as_u64().unwrap() <= 13, "{after}");
-    assert_eq!(after["by_body"].as_object().unwrap().len(), 12, "{after}");
+    assert_resumed(&server, 12);
 }
 
 #[test]
