@@ -413,7 +413,10 @@ async fn run(p: IcaiParams, cx: RunCx, device: DeviceChoice) -> Result<(), OpErr
     let sampled = sample_members(&clusters, seed ^ STREAM_SUMMARY);
     let mut summaries: Vec<String> = sampled.iter().map(|&i| proposed[i].clone()).collect();
     if p.summary == Summary::Rewrite {
-        let big: Vec<usize> = (0..clusters.len()).filter(|&c| clusters[c].len() > 1).collect();
+        // Only clusters of different texts: ICAI rewrites none when it merely merges identical
+        // texts (each is then a cluster of one).
+        let differs = |c: &Vec<usize>| c.iter().any(|&i| proposed[i] != proposed[c[0]]);
+        let big: Vec<usize> = (0..clusters.len()).filter(|&c| differs(&clusters[c])).collect();
         let requests = big
             .iter()
             .map(|&c| {
@@ -768,6 +771,43 @@ mod tests {
         assert_eq!(server.sent(), 3 + 12);
         assert_eq!(column(&read(&out["principles"]), "for"), ["3", "0"]);
         assert_eq!(read(&out["evaluation"]).num_rows(), 0);
+    }
+
+    #[test]
+    fn fewer_clusters_embed_the_principles_and_rewrite_a_cluster_with_the_model() {
+        // One cluster for two distinct principles: k-means over MiniLM embeddings (k = 1 puts
+        // all five proposals together), then the model's rewrite of the cluster.
+        let server = MockLlm::start(|body| match body["messages"][0]["content"].as_str().unwrap() {
+            s if s.starts_with("Your job is to summarize the principles") => {
+                let user = body["messages"][1]["content"].as_str().unwrap();
+                assert_eq!(user.matches("\n\n").count(), 4, "five members: {user}");
+                "  Select the shorter answer.\n".to_string()
+            }
+            _ => annotator(body),
+        });
+        let t = OpTest::new(params(json!({"num_clusters": 1, "summary": "rewrite", "evaluate": false})))
+            .llms(server.llms())
+            .input("pairs", pairs());
+        let out = run(&t).unwrap();
+        // 3 proposals, 1 rewrite, 3 pairs x 3 seeds.
+        assert_eq!(server.sent(), 3 + 1 + 9);
+        let principles = read(&out["principles"]);
+        assert_eq!(column(&principles, "text"), ["Select the shorter answer."]);
+        assert_eq!(column(&principles, "members"), ["5"]);
+        assert_eq!(column(&principles, "for"), ["3"]);
+        let log = std::fs::read_to_string(t.dir().join("log.txt")).unwrap();
+        assert!(log.contains("1 clusters rewritten by the model, 0 empty replies kept the drawn member"), "{log}");
+    }
+
+    #[test]
+    fn identical_texts_are_not_rewritten() {
+        let server = MockLlm::start(annotator);
+        let t = OpTest::new(params(json!({"summary": "rewrite", "evaluate": false})))
+            .llms(server.llms())
+            .input("pairs", pairs());
+        run(&t).unwrap();
+        // No rewrite request: 40 clusters only merge identical texts.
+        assert_eq!(server.sent(), 3 + 9);
     }
 
     #[test]
