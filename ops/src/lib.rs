@@ -26,6 +26,7 @@ pub fn registry(device: kit::compute::DeviceChoice) -> OpRegistry {
     ops.register(data::concat::Concat);
     ops.register(data::dedup::Dedup);
     ops.register(text::embed::Embed { device });
+    ops.register(text::icai::Icai { device });
     ops.register(text::llm_generate::LlmGenerate);
     ops.register(models::merge_models::MergeModels { device });
     ops.register(text::principle_generate_responses::PrincipleGenerateResponses);

@@ -46,6 +46,31 @@ pub fn after_last<'a>(s: &'a str, sep: &str) -> &'a str {
     s.rsplit_once(sep).map_or(s, |(_, rest)| rest)
 }
 
+/// Python's `repr(s)` of a string: single quotes unless the text has a single quote and no
+/// double quote; backslashes, the quote, `\n`, `\r`, `\t` and other control characters
+/// escaped. (ICAI puts `repr` of a dict of principles into its voting prompt.)
+pub fn py_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
 /// A template in Python's `str.format` syntax whose only fields are `{}`, split around them.
 pub struct Format {
     pieces: Vec<String>,
@@ -107,5 +132,15 @@ mod tests {
         for bad in ["a { b", "a } b", "{0}", "{}}"] {
             assert!(Format::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn repr_quotes_as_python_does() {
+        // Expected values: Python 3's repr() of the same strings.
+        assert_eq!(py_repr("Select the response that is short"), "'Select the response that is short'");
+        assert_eq!(py_repr("it's"), "\"it's\"");
+        assert_eq!(py_repr("it's \"x\""), "'it\\'s \"x\"'");
+        assert_eq!(py_repr("a\\b\nc\td\u{1}"), "'a\\\\b\\nc\\td\\x01'");
+        assert_eq!(py_repr("café"), "'café'");
     }
 }

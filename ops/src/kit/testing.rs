@@ -177,12 +177,33 @@ impl OpTest {
 
     /// Runs the op and reads its `out` table back as one batch.
     pub(crate) fn run(&self, op: &dyn Op) -> Result<RecordBatch, OpError> {
-        let out: PathBuf = self.dir.path().join("out.parquet");
+        let outputs = self.run_ports(op, &[("out", PortType::any_table())])?;
+        let (schema, batches) = read_input(&outputs["out"])?;
+        Ok(concat_batches(&schema, &batches).expect("concat output"))
+    }
+
+    /// Runs an op with several outputs; returns where each was written (`PORT.parquet` for a
+    /// table, else `PORT.out`, in the pipeline directory).
+    #[allow(dead_code)]
+    pub(crate) fn run_ports(
+        &self,
+        op: &dyn Op,
+        ports: &[(&str, PortType)],
+    ) -> Result<BTreeMap<String, PathBuf>, OpError> {
+        let file = |p: &str, ty: &PortType| match ty {
+            PortType::Table(_) => format!("{p}.parquet"),
+            _ => format!("{p}.out"),
+        };
+        let paths: BTreeMap<String, PathBuf> =
+            ports.iter().map(|(p, ty)| (p.to_string(), self.dir.path().join(file(p, ty)))).collect();
         let work_dir = self.dir.path().join("work");
         std::fs::create_dir_all(&work_dir).expect("work dir");
         let cx = RunCx {
             stage_cx: self.stage_cx(),
-            outputs: BTreeMap::from([("out".to_string(), OutputSlot { path: out.clone(), ty: PortType::any_table() })]),
+            outputs: ports
+                .iter()
+                .map(|(p, ty)| (p.to_string(), OutputSlot { path: paths[*p].clone(), ty: ty.clone() }))
+                .collect(),
             work_dir,
             log_path: self.dir.path().join("log.txt"),
             progress: Arc::new(NoProgress),
@@ -193,8 +214,7 @@ impl OpTest {
             .build()
             .expect("tokio runtime")
             .block_on(op.run(cx))?;
-        let (schema, batches) = read_input(&out)?;
-        Ok(concat_batches(&schema, &batches).expect("concat output"))
+        Ok(paths)
     }
 }
 

