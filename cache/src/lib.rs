@@ -33,4 +33,4 @@ pub use memo::Memo;
 pub use object::{DirEntry, DirManifest, ObjectHash};
 pub use record::{CacheKey, OutputKind, OutputRef, Provenance, StageRecord};
 pub use runs::{RunRecord, RunStage, StageOutcome, Trigger, utc};
-pub use store::{Placed, ScheduleLease, Store};
+pub use store::{Placed, ScheduleLease, Store, escape};

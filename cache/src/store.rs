@@ -541,8 +541,9 @@ pub(crate) fn stat_cache_path(root: &Path) -> PathBuf {
     root.join(format!("statcache-{}.json", crate::host::me().tag))
 }
 
-/// A file name for an arbitrary stage or pipeline name: `[A-Za-z0-9_.-]` kept, the rest `%XX`.
-pub(crate) fn escape(name: &str) -> String {
+/// A file name for an arbitrary stage or pipeline name: `[A-Za-z0-9_.-]` kept, the rest `%XX`
+/// (a leading `.` escaped too).
+pub fn escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && !out.is_empty()) {

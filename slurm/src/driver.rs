@@ -717,19 +717,12 @@ mod tests {
                     };
                     let ok = outcome == StageOutcome::Ran;
                     let status = StageStatus {
-                        stage: stage.clone(),
-                        outcome,
-                        key: None,
                         outputs: ok.then(|| [("out".to_string(), out)].into()),
                         error: (!ok).then(|| "it broke".to_string()),
-                        env: false,
                         attempts: 1,
                         duration_ms: 5,
-                        log: None,
-                        notes: BTreeMap::new(),
                         job: Some(JobId(n.to_string())),
-                        restarts: 0,
-                        reasons: Vec::new(),
+                        ..StageStatus::new(&stage, outcome)
                     };
                     run.write_json(&run.status_path(&stage), &status).unwrap();
                 }

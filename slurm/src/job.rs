@@ -85,19 +85,12 @@ pub async fn run_job(run: &RunDir, info: &RunInfo, ops: &OpRegistry, stage: &str
     let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| drover_cache::host::me().hostname.clone());
     let t0 = Instant::now();
     let base = |outcome, error: Option<String>, env| StageStatus {
-        stage: stage.to_string(),
-        outcome,
-        key: None,
-        outputs: None,
         error,
         env,
-        attempts: 0,
         duration_ms: t0.elapsed().as_millis() as u64,
-        log: None,
-        notes: BTreeMap::new(),
         job: job.clone(),
         restarts,
-        reasons: Vec::new(),
+        ..StageStatus::new(stage, outcome)
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut warn = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
@@ -188,21 +181,7 @@ async fn run_one(
     let key = recipe.key();
     let forced = info.forced.iter().any(|f| f == stage);
     let status = |outcome, outputs, f: Option<drover_engine::exec::Finished>| {
-        let mut s = StageStatus {
-            stage: stage.to_string(),
-            outcome,
-            key: Some(key.clone()),
-            outputs,
-            error: None,
-            env: false,
-            attempts: 0,
-            duration_ms: 0,
-            log: None,
-            notes: BTreeMap::new(),
-            job: None,
-            restarts,
-            reasons: Vec::new(),
-        };
+        let mut s = StageStatus { key: Some(key.clone()), outputs, restarts, ..StageStatus::new(stage, outcome) };
         if let Some(f) = f {
             s.error = f.error;
             s.env = f.env;

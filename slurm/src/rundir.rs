@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use drover_cache::{CacheKey, OutputRef, StageOutcome};
+use drover_cache::{CacheKey, OutputRef, StageOutcome, escape};
 use serde::{Deserialize, Serialize};
 
 use crate::ctl::JobId;
@@ -107,6 +107,26 @@ pub struct StageStatus {
 }
 
 impl StageStatus {
+    /// A stage's end with nothing else known yet; writers fill in what they know with
+    /// `StageStatus { key, outputs, .., ..StageStatus::new(stage, outcome) }`.
+    pub fn new(stage: &str, outcome: StageOutcome) -> StageStatus {
+        StageStatus {
+            stage: stage.to_string(),
+            outcome,
+            key: None,
+            outputs: None,
+            error: None,
+            env: false,
+            attempts: 0,
+            duration_ms: 0,
+            log: None,
+            notes: BTreeMap::new(),
+            job: None,
+            restarts: 0,
+            reasons: Vec::new(),
+        }
+    }
+
     /// An end the driver may act on; `interrupted` is a job stopped by a signal, which Slurm
     /// may requeue, or whose end the queue tells better (a time limit).
     pub fn is_final(&self) -> bool {
@@ -261,19 +281,6 @@ impl RunDir {
 /// A status file, if it parses.
 pub fn read_status_at(path: &Path) -> Option<StageStatus> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// A file name for a stage id (`train[size=1]`): `[A-Za-z0-9_.-]` kept, the rest `%XX`.
-pub fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && !out.is_empty()) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

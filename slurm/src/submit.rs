@@ -59,19 +59,9 @@ pub async fn submit(
                 let key = recipe.key();
                 if let Some(stored) = store.cached_outputs(&key) {
                     let status = StageStatus {
-                        stage: plan.nodes[idx].id.clone(),
-                        outcome: StageOutcome::Cached,
                         key: Some(key),
                         outputs: Some(stored.clone()),
-                        error: None,
-                        env: false,
-                        attempts: 0,
-                        duration_ms: 0,
-                        log: None,
-                        notes: BTreeMap::new(),
-                        job: None,
-                        restarts: 0,
-                        reasons: Vec::new(),
+                        ..StageStatus::new(&plan.nodes[idx].id, StageOutcome::Cached)
                     };
                     run.write_json(&run.status_path(&plan.nodes[idx].id), &status)
                         .map_err(|e| format!("cannot write into {}: {e}", run.path.display()))?;
