@@ -1,0 +1,253 @@
+//! The remote tier against a real S3-compatible server: SeaweedFS on loopback, started by
+//! `tests/support/s3-server.sh start DIR` (whose `export` lines set `DROVER_TEST_S3_*`). In CI
+//! (`CI` or `DROVER_REQUIRE_S3` set) these tests fail without it; elsewhere they say they did
+//! not run. Each test works under a prefix of its own, so they run in parallel on one bucket.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use drover_cache::{CacheKey, OutputKind, OutputRef, Placed, Provenance, StageRecord};
+use drover_remote::{Credentials, Mode, Remote, RemoteConfig, RemoteError};
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutMultipartOptions,
+    PutOptions, PutPayload, PutResult,
+};
+
+struct Server {
+    endpoint: String,
+    bucket: String,
+    credentials: Credentials,
+}
+
+fn server() -> Option<Server> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (
+        var("DROVER_TEST_S3_ENDPOINT"),
+        var("DROVER_TEST_S3_BUCKET"),
+        var("DROVER_TEST_S3_ACCESS_KEY_ID"),
+        var("DROVER_TEST_S3_SECRET_ACCESS_KEY"),
+    ) {
+        (Some(endpoint), Some(bucket), Some(access_key_id), Some(secret_access_key)) => Some(Server {
+            endpoint,
+            bucket,
+            credentials: Credentials { access_key_id, secret_access_key, session_token: None },
+        }),
+        _ if std::env::var_os("CI").is_some() || std::env::var_os("DROVER_REQUIRE_S3").is_some() => panic!(
+            "these tests need an S3 server and none is set up: DROVER_TEST_S3_ENDPOINT etc. are unset \
+             (eval \"$(tests/support/s3-server.sh start DIR)\")"
+        ),
+        _ => {
+            eprintln!("NOT RUN: no S3 server (eval \"$(tests/support/s3-server.sh start DIR)\")");
+            None
+        }
+    }
+}
+
+impl Server {
+    /// A prefix no other test (or earlier run) uses.
+    fn config(&self) -> RemoteConfig {
+        let nonce: u64 = rand::random();
+        RemoteConfig::from_value(&serde_json::json!({
+            "url": format!("s3://{}/tests/{nonce:016x}", self.bucket),
+            "endpoint": self.endpoint,
+            "allow_http": true,
+        }))
+        .unwrap()
+    }
+
+    async fn connect(&self, config: &RemoteConfig) -> Remote {
+        Remote::connect(config.clone(), &self.credentials).await.unwrap()
+    }
+}
+
+fn record(key: &CacheKey, stage: &str, output: &[u8]) -> StageRecord {
+    let hash = drover_cache::hash::bytes(output);
+    let outputs =
+        BTreeMap::from([("out".to_string(), OutputRef { kind: OutputKind::Blob, hash, size: output.len() as u64 })]);
+    StageRecord {
+        key: key.clone(),
+        stage: stage.to_string(),
+        recipe: serde_json::json!({"op": "test"}),
+        provenance: Provenance::default(),
+        outputs,
+        created: 1,
+        duration_ms: 2,
+    }
+}
+
+fn key(seed: &str) -> CacheKey {
+    drover_cache::hash::key(seed.as_bytes())
+}
+
+#[tokio::test]
+async fn a_stage_stored_by_one_machine_is_found_by_another() {
+    let Some(s) = server() else { return };
+    let config = s.config();
+    let (a, b) = (s.connect(&config).await, s.connect(&config).await);
+    assert_eq!(a.mode(), &Mode::ReadWrite);
+    let output = b"a table's bytes".to_vec();
+    let hash = drover_cache::hash::bytes(&output);
+    let k = key("stage one");
+    assert!(!b.has_object(&hash).await.unwrap());
+    assert_eq!(b.get_record(&k).await.unwrap(), None);
+
+    a.put_object(&hash, Bytes::from(output.clone())).await.unwrap();
+    let mine = record(&k, "one", &output);
+    assert_eq!(a.create_record(&mine).await.unwrap(), Placed::Created);
+
+    assert!(b.has_object(&hash).await.unwrap());
+    assert_eq!(b.get_object(&hash).await.unwrap().as_deref(), Some(&output[..]));
+    assert_eq!(b.get_record(&k).await.unwrap(), Some(mine.clone()));
+    // B computed the key too (a stage that is not deterministic): it adopts A's record.
+    let theirs = record(&k, "one-again", b"other bytes");
+    assert_eq!(b.create_record(&theirs).await.unwrap(), Placed::Adopted(mine));
+    // An object uploaded twice is no error (content-addressed: same name, same bytes).
+    b.put_object(&hash, Bytes::from(output)).await.unwrap();
+}
+
+#[tokio::test]
+async fn eight_racing_creates_of_one_key_leave_exactly_one_record() {
+    let Some(s) = server() else { return };
+    let config = s.config();
+    let k = key("raced");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let remote = s.connect(&config).await;
+        let rec = record(&k, &format!("racer-{i}"), format!("output {i}").as_bytes());
+        tasks.spawn(async move { (rec.clone(), remote.create_record(&rec).await.unwrap()) });
+    }
+    let results = tasks.join_all().await;
+    let winners: Vec<&StageRecord> =
+        results.iter().filter(|(_, placed)| *placed == Placed::Created).map(|(rec, _)| rec).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let winner = winners[0].clone();
+    for (_, placed) in &results {
+        if let Placed::Adopted(adopted) = placed {
+            assert_eq!(adopted, &winner);
+        }
+    }
+    let stored = s.connect(&config).await.get_record(&k).await.unwrap();
+    assert_eq!(stored, Some(winner));
+}
+
+/// A direct handle on the bucket, to plant what a broken or malicious writer would leave.
+fn raw_store(s: &Server) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&s.bucket)
+        .with_region("us-east-1")
+        .with_endpoint(&s.endpoint)
+        .with_allow_http(true)
+        .with_access_key_id(&s.credentials.access_key_id)
+        .with_secret_access_key(&s.credentials.secret_access_key)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn corrupt_remote_objects_and_records_are_refused() {
+    let Some(s) = server() else { return };
+    let config = s.config();
+    let remote = s.connect(&config).await;
+    let good = b"the real bytes".to_vec();
+    let hash = drover_cache::hash::bytes(&good);
+    let raw = raw_store(&s);
+    let object_at = format!("{}/objects/{}/{hash}", config.prefix, &hash.as_str()[..2]);
+    raw.put(&Path::from(object_at.as_str()), PutPayload::from_static(b"tampered")).await.unwrap();
+    let e = remote.get_object(&hash).await.unwrap_err();
+    assert!(matches!(e, RemoteError::Corrupt { .. }), "{e:?}");
+    assert!(e.to_string().starts_with(&format!("remote object {object_at} is corrupt: its 8 bytes hash to ")), "{e}");
+
+    let k = key("planted");
+    let record_at = format!("{}/records/{}/{k}.json", config.prefix, &k.as_str()[..2]);
+    let other = record(&key("another key"), "x", &good);
+    raw.put(&Path::from(record_at.as_str()), PutPayload::from(serde_json::to_vec(&other).unwrap())).await.unwrap();
+    let e = remote.get_record(&k).await.unwrap_err().to_string();
+    assert_eq!(e, format!("remote record {record_at} is corrupt: it is the record of key {}", other.key));
+
+    // Bytes that are not what the hash names are never uploaded.
+    let e = remote.put_object(&hash, Bytes::from_static(b"not it")).await.unwrap_err().to_string();
+    assert!(e.contains("is corrupt: its bytes hash to "), "{e}");
+    assert_eq!(remote.get_object(&drover_cache::hash::bytes(b"not it")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_without_showing_the_secret() {
+    let Some(s) = server() else { return };
+    let secret = "wrong-secret-do-not-print";
+    let creds = Credentials { secret_access_key: secret.to_string(), ..s.credentials.clone() };
+    let e = Remote::connect(s.config(), &creds).await.err().expect("a wrong secret is refused");
+    let (shown, debug) = (e.to_string(), format!("{e:?}"));
+    assert!(shown.starts_with("remote probe "), "{shown}");
+    assert!(!shown.contains(secret) && !debug.contains(secret), "{shown}\n{debug}");
+    assert!(!shown.contains(&s.credentials.secret_access_key), "{shown}");
+}
+
+/// An object store that drops the condition from every create, as some S3-compatible servers
+/// do: a second create of one key overwrites the first.
+#[derive(Debug)]
+struct IgnoresConditions(object_store::aws::AmazonS3);
+
+impl std::fmt::Display for IgnoresConditions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IgnoresConditions({})", self.0)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for IgnoresConditions {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let opts = PutOptions { mode: PutMode::Overwrite, ..opts };
+        self.0.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.0.get_opts(location, options).await
+    }
+    async fn delete(&self, location: &Path) -> object_store::Result<()> {
+        self.0.delete(location).await
+    }
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.0.list(prefix)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+    async fn copy(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+        self.0.copy(from, to).await
+    }
+    async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+        self.0.copy_if_not_exists(from, to).await
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_conditional_creates_makes_the_remote_read_only() {
+    let Some(s) = server() else { return };
+    let config = s.config();
+    let remote = Remote::over(config.clone(), Arc::new(IgnoresConditions(raw_store(&s)))).await.unwrap();
+    let Mode::ReadOnly(reason) = remote.mode() else { panic!("{:?}", remote.mode()) };
+    assert!(reason.starts_with("the server does not honour conditional creates"), "{reason}");
+    let output = b"bytes".to_vec();
+    let e = remote.create_record(&record(&key("k"), "s", &output)).await.unwrap_err().to_string();
+    assert_eq!(e, format!("remote {} is read-only: {reason}", config.url));
+    let hash = drover_cache::hash::bytes(&output);
+    let e = remote.put_object(&hash, Bytes::from(output)).await.unwrap_err().to_string();
+    assert!(e.starts_with(&format!("remote {} is read-only: ", config.url)), "{e}");
+    // Reading still works.
+    assert_eq!(remote.get_record(&key("k")).await.unwrap(), None);
+}
