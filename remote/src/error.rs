@@ -16,6 +16,9 @@ pub enum RemoteError {
     /// What the remote holds does not match its name (a corrupt or tampered object).
     #[error("remote {what} {location} is corrupt: {detail}")]
     Corrupt { what: &'static str, location: String, detail: String },
+    /// The local store failed while pushing from it or pulling into it.
+    #[error("local store: {0}")]
+    Local(#[from] drover_cache::CacheError),
     /// A write to a remote that is in read-only mode.
     #[error("remote {url} is read-only: {reason}")]
     ReadOnly { url: String, reason: String },

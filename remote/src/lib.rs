@@ -17,8 +17,10 @@ mod config;
 mod credentials;
 mod error;
 mod remote;
+mod sync;
 
 pub use config::RemoteConfig;
 pub use credentials::Credentials;
 pub use error::{RemoteError, Result};
 pub use remote::{Mode, Remote};
+pub use sync::{Pulled, Pushed};

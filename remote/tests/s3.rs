@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use drover_cache::{CacheKey, OutputKind, OutputRef, Placed, Provenance, StageRecord};
-use drover_remote::{Credentials, Mode, Remote, RemoteConfig, RemoteError};
+use drover_remote::{Credentials, Mode, Pushed, Remote, RemoteConfig, RemoteError};
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
@@ -250,4 +250,54 @@ async fn a_server_that_ignores_conditional_creates_makes_the_remote_read_only() 
     assert!(e.starts_with(&format!("remote {} is read-only: ", config.url)), "{e}");
     // Reading still works.
     assert_eq!(remote.get_record(&key("k")).await.unwrap(), None);
+}
+
+/// A local store with one stage done: a blob output and a dir output of two files.
+fn store_with_a_stage(root: &std::path::Path, k: &CacheKey) -> (drover_cache::Store, StageRecord) {
+    let store = drover_cache::Store::open_private(&root.join(".drover")).unwrap();
+    let blob = store.put_bytes(b"metrics: 0.93").unwrap();
+    let dir = root.join("model");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("weights.bin"), vec![7u8; 100_000]).unwrap();
+    std::fs::write(dir.join("sub/config.json"), b"{}").unwrap();
+    let (manifest, size) = store.put_dir(&dir).unwrap();
+    let rec = StageRecord {
+        outputs: BTreeMap::from([
+            ("metrics".to_string(), OutputRef { kind: OutputKind::Blob, hash: blob, size: 13 }),
+            ("model".to_string(), OutputRef { kind: OutputKind::Dir, hash: manifest, size }),
+        ]),
+        ..record(k, "train", b"")
+    };
+    assert_eq!(store.create_record(&rec).unwrap(), Placed::Created);
+    (store, rec)
+}
+
+#[tokio::test]
+async fn a_stage_pushed_by_one_store_is_pulled_whole_by_another() {
+    let Some(s) = server() else { return };
+    let config = s.config();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let k = key("train stage");
+    let (a, rec) = store_with_a_stage(a_dir.path(), &k);
+    let remote = s.connect(&config).await;
+    // Four objects: the blob, the manifest and its two files.
+    let manifest_size = std::fs::metadata(a.object_path(&rec.outputs["model"].hash)).unwrap().len();
+    let sent = Pushed::Sent { objects: 4, bytes: 13 + 100_002 + manifest_size };
+    assert_eq!(remote.push_key(&a, &k).await.unwrap(), sent);
+    assert_eq!(remote.push_key(&a, &k).await.unwrap(), Pushed::AlreadyThere);
+    assert_eq!(remote.push_key(&a, &key("never run")).await.unwrap(), Pushed::NotLocal);
+
+    let b = drover_cache::Store::open_private(&b_dir.path().join(".drover")).unwrap();
+    let other = s.connect(&config).await;
+    assert_eq!(other.pull_key(&b, &key("never run")).await.unwrap(), None);
+    let pulled = other.pull_key(&b, &k).await.unwrap().expect("the remote has the key");
+    assert_eq!((pulled.objects, pulled.placed), (4, Placed::Created));
+    assert_eq!(b.get_record(&k), Some(rec.clone()));
+    let dest = b_dir.path().join("restored");
+    b.materialize_dir(&rec.outputs["model"].hash, &dest).unwrap();
+    assert_eq!(std::fs::read(dest.join("weights.bin")).unwrap(), vec![7u8; 100_000]);
+    assert_eq!(std::fs::read(dest.join("sub/config.json")).unwrap(), b"{}");
+    // Pulling again downloads nothing.
+    let again = other.pull_key(&b, &k).await.unwrap().unwrap();
+    assert_eq!((again.objects, again.bytes), (0, 0));
 }
