@@ -15,6 +15,10 @@ pub struct Cli {
     /// Store directory (default: `.drover` beside the pipeline file).
     #[arg(long, global = true, env = "DROVER_STORE")]
     pub store: Option<PathBuf>,
+    /// The team cache, over the pipeline's `remote:`: `s3://BUCKET/PREFIX`, or the mapping
+    /// as JSON (`{"url": "s3://b/p", "endpoint": "http://127.0.0.1:8333", "allow_http": true}`).
+    #[arg(long, global = true, env = "DROVER_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -115,6 +119,24 @@ pub enum Command {
         /// cached; a stage that has not finished sends its requests again.
         #[arg(long)]
         memo: bool,
+    },
+    /// Send the pipeline's finished stages (records and the objects they name) to the remote
+    /// (`remote:`, `--remote`): only what it lacks.
+    Push {
+        #[command(flatten)]
+        file: FileArgs,
+        /// Only this stage and what it needs (repeatable).
+        #[arg(long = "target", value_name = "STAGE")]
+        targets: Vec<String>,
+    },
+    /// Fetch from the remote every stage of the pipeline that is not cached here and that
+    /// someone already computed (verified by hash).
+    Pull {
+        #[command(flatten)]
+        file: FileArgs,
+        /// Only this stage and what it needs (repeatable).
+        #[arg(long = "target", value_name = "STAGE")]
+        targets: Vec<String>,
     },
     /// Store maintenance.
     Cache {

@@ -30,6 +30,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
     }
     let ops = registry(device);
     let store_override = cli.store.clone();
+    let remote_flag = cli.remote.clone();
     match cli.command {
         Command::Run(args) => run(&ops, store_override, args),
         Command::Job(_) => unreachable!("handled above"),
@@ -75,16 +76,23 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             crate::html::report(&store, pipeline_name.as_deref(), run.as_deref(), &html)
         }
         Command::Schedule { command } => crate::schedule::command(&ops, &store_override, command),
+        Command::Push { file, targets } => {
+            crate::remote::push(&ops, &store_override, &remote_flag, &SelectArgs { file, targets, force: Vec::new() })
+        }
+        Command::Pull { file, targets } => {
+            crate::remote::pull(&ops, &store_override, &remote_flag, &SelectArgs { file, targets, force: Vec::new() })
+        }
         Command::Cache { command: CacheCommand::Verify { pipeline } } => verify(store_override, &pipeline.resolved()),
     }
 }
 
 /// The ops, and the sections of the parts that own them: the ops' (`llms:`), the Slurm
-/// executor's (`slurm:`) and notifications' (`notify:`).
+/// executor's (`slurm:`), notifications' (`notify:`) and the team cache's (`remote:`).
 fn registry(device: drover_ops::kit::compute::DeviceChoice) -> OpRegistry {
     let mut ops = drover_ops::registry(device);
     ops.register_section(drover_slurm::section());
     ops.register_section(crate::notify::section());
+    ops.register_section(crate::remote::section());
     ops
 }
 
@@ -223,7 +231,7 @@ pub fn env<E: std::fmt::Display>(e: E) -> Failure {
 }
 
 /// Resolves `--target` and `--force` names to nodes; unknown names are user errors.
-fn selection(plan: &Plan, select: &SelectArgs) -> Result<(BTreeSet<usize>, BTreeSet<usize>), Failure> {
+pub fn selection(plan: &Plan, select: &SelectArgs) -> Result<(BTreeSet<usize>, BTreeSet<usize>), Failure> {
     let resolve = |names: &[String], flag: &str| -> Result<Vec<usize>, Failure> {
         let mut out = Vec::new();
         for name in names {

@@ -17,46 +17,25 @@ use object_store::{
     PutOptions, PutPayload, PutResult,
 };
 
+#[path = "../../tests/support/s3_env.rs"]
+mod s3_env;
+
 struct Server {
-    endpoint: String,
-    bucket: String,
+    s3: s3_env::TestS3,
     credentials: Credentials,
 }
 
 fn server() -> Option<Server> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    match (
-        var("DROVER_TEST_S3_ENDPOINT"),
-        var("DROVER_TEST_S3_BUCKET"),
-        var("DROVER_TEST_S3_ACCESS_KEY_ID"),
-        var("DROVER_TEST_S3_SECRET_ACCESS_KEY"),
-    ) {
-        (Some(endpoint), Some(bucket), Some(access_key_id), Some(secret_access_key)) => Some(Server {
-            endpoint,
-            bucket,
-            credentials: Credentials { access_key_id, secret_access_key, session_token: None },
-        }),
-        _ if std::env::var_os("CI").is_some() || std::env::var_os("DROVER_REQUIRE_S3").is_some() => panic!(
-            "these tests need an S3 server and none is set up: DROVER_TEST_S3_ENDPOINT etc. are unset \
-             (eval \"$(tests/support/s3-server.sh start DIR)\")"
-        ),
-        _ => {
-            eprintln!("NOT RUN: no S3 server (eval \"$(tests/support/s3-server.sh start DIR)\")");
-            None
-        }
-    }
+    let s3 = s3_env::test_s3()?;
+    let credentials =
+        Credentials { access_key_id: s3.key_id.clone(), secret_access_key: s3.secret.clone(), session_token: None };
+    Some(Server { s3, credentials })
 }
 
 impl Server {
     /// A prefix no other test (or earlier run) uses.
     fn config(&self) -> RemoteConfig {
-        let nonce: u64 = rand::random();
-        RemoteConfig::from_value(&serde_json::json!({
-            "url": format!("s3://{}/tests/{nonce:016x}", self.bucket),
-            "endpoint": self.endpoint,
-            "allow_http": true,
-        }))
-        .unwrap()
+        RemoteConfig::from_value(&self.s3.fresh_remote("tests")).unwrap()
     }
 
     async fn connect(&self, config: &RemoteConfig) -> Remote {
@@ -137,9 +116,9 @@ async fn eight_racing_creates_of_one_key_leave_exactly_one_record() {
 /// A direct handle on the bucket, to plant what a broken or malicious writer would leave.
 fn raw_store(s: &Server) -> object_store::aws::AmazonS3 {
     object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(&s.bucket)
+        .with_bucket_name(&s.s3.bucket)
         .with_region("us-east-1")
-        .with_endpoint(&s.endpoint)
+        .with_endpoint(&s.s3.endpoint)
         .with_allow_http(true)
         .with_access_key_id(&s.credentials.access_key_id)
         .with_secret_access_key(&s.credentials.secret_access_key)

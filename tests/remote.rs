@@ -1,0 +1,153 @@
+//! The team cache end to end: `remote:`, `drover push` and `drover pull` against a real
+//! S3-compatible server (SeaweedFS on loopback from `tests/support/s3-server.sh start DIR`,
+//! whose `export` lines set `DROVER_TEST_S3_*`). In CI (`CI` or `DROVER_REQUIRE_S3` set) the
+//! tests that need the server fail without it; elsewhere they say they did not run. Each test
+//! uses a prefix of its own in the one bucket.
+
+mod common;
+
+use common::Project;
+
+const PIPELINE: &str = r#"
+stages:
+  gen:
+    op: command
+    with: { run: "echo gen >> calls.log; echo 'rows from gen' > ${out.out}" }
+    out: { out: blob }
+  double:
+    op: command
+    in: { x: gen }
+    with: { run: "echo double >> calls.log; cat ${in.x} ${in.x} > ${out.out}" }
+    out: { out: blob }
+"#;
+
+#[path = "support/s3_env.rs"]
+mod s3_env;
+
+use s3_env::TestS3 as S3;
+
+fn server() -> Option<S3> {
+    s3_env::test_s3()
+}
+
+trait Drover {
+    fn remote(&self) -> String;
+    fn drover(&self, p: &Project, remote: &str, secret: &str, args: &[&str]) -> common::Output;
+}
+
+impl Drover for S3 {
+    /// `--remote` for a prefix of the test's own.
+    fn remote(&self) -> String {
+        self.fresh_remote("e2e").to_string()
+    }
+
+    /// `drover ARGS` with these credentials and `--remote REMOTE`.
+    fn drover(&self, p: &Project, remote: &str, secret: &str, args: &[&str]) -> common::Output {
+        let out = p
+            .cmd(args)
+            .args(["--remote", remote])
+            .env("AWS_ACCESS_KEY_ID", &self.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .output()
+            .expect("run drover");
+        common::Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// A fresh remote and two checkouts of the pipeline ("two machines"), the first one run.
+fn two_checkouts(s: &S3) -> (String, Project, Project) {
+    let (a, b) = (Project::new(), Project::new());
+    a.write("drover.yaml", PIPELINE);
+    b.write("drover.yaml", PIPELINE);
+    a.drover(&["run"]).expect_code(0);
+    assert_eq!(a.read("calls.log"), "gen\ndouble\n");
+    (s.remote(), a, b)
+}
+
+#[test]
+fn stages_pushed_from_one_checkout_are_pulled_by_another_and_not_recomputed() {
+    let Some(s) = server() else { return };
+    let (remote, a, b) = two_checkouts(&s);
+
+    let out = s.drover(&a, &remote, &s.secret, &["push"]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("pushed 2 stages (2 objects, 42 bytes) to s3://"), "{}", out.stdout);
+    let again = s.drover(&a, &remote, &s.secret, &["push"]);
+    again.expect_code(0);
+    assert!(again.stdout.contains("pushed 0 stages (0 objects, 0 bytes) to s3://"), "{}", again.stdout);
+    assert!(again.stdout.ends_with("; 2 already there; 0 not computed here\n"), "{}", again.stdout);
+
+    let pulled = s.drover(&b, &remote, &s.secret, &["pull"]);
+    pulled.expect_code(0);
+    assert!(
+        pulled.stdout.contains("pulled gen: 1 objects, 14 bytes\npulled double: 1 objects, 28 bytes\n"),
+        "{}",
+        pulled.stdout
+    );
+    assert!(pulled.stdout.ends_with("; 0 not on the remote\n"), "{}", pulled.stdout);
+    b.drover(&["run"]).expect_code(0);
+    assert_eq!(b.read_opt("calls.log"), None, "a pulled stage ran again");
+    let plan = b.plan(&[]);
+    assert!(plan.iter().all(|(_, action, _)| action == "cached"), "{plan:?}");
+}
+
+#[test]
+fn pull_with_a_target_brings_only_that_stage_and_what_it_needs() {
+    let Some(s) = server() else { return };
+    let (remote, a, b) = two_checkouts(&s);
+    s.drover(&a, &remote, &s.secret, &["push"]).expect_code(0);
+    let out = s.drover(&b, &remote, &s.secret, &["pull", "--target", "gen"]);
+    out.expect_code(0);
+    assert!(out.stdout.starts_with("pulled gen: 1 objects, 14 bytes\npulled 1 stages"), "{}", out.stdout);
+    let plan = b.plan(&[]);
+    let actions: Vec<(&str, &str)> = plan.iter().map(|(s, a, _)| (s.as_str(), a.as_str())).collect();
+    assert_eq!(actions, [("gen", "cached"), ("double", "run")]);
+}
+
+#[test]
+fn a_wrong_secret_fails_with_exit_3_and_is_never_printed() {
+    let Some(s) = server() else { return };
+    let p = Project::new();
+    p.write("drover.yaml", PIPELINE);
+    p.drover(&["run"]).expect_code(0);
+    let secret = "not-the-secret-4d1f";
+    let out = s.drover(&p, &s.remote(), secret, &["push"]);
+    out.expect_code(3);
+    assert!(out.stderr.contains("remote probe "), "{}", out.stderr);
+    assert!(!out.all().contains(secret) && !out.all().contains(&s.secret), "{}", out.all());
+}
+
+#[test]
+fn push_without_a_remote_says_how_to_configure_one() {
+    let p = Project::new();
+    p.write("drover.yaml", PIPELINE);
+    let out = p.drover(&["push"]);
+    out.expect_code(2);
+    let text = out.unwrapped();
+    assert!(text.contains("drover.yaml: no remote configured"), "{text}");
+    assert!(
+        text.contains(
+            "help: add `remote: { url: s3://BUCKET/PREFIX }` to the pipeline, or pass `--remote s3://BUCKET/PREFIX`"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_malformed_remote_section_is_reported_in_the_file() {
+    let p = Project::new();
+    p.write("drover.yaml", &format!("remote: {{ url: gs://team/cache }}\n{PIPELINE}"));
+    let out = p.drover(&["validate"]);
+    out.expect_code(2);
+    let text = out.unwrapped();
+    assert!(text.contains("expected a URL that starts with `s3://`"), "{text}");
+    p.write("drover.yaml", &format!("remote: {{ url: s3://team/cache, endpoint: http://10.0.0.5:8333 }}\n{PIPELINE}"));
+    let text = p.drover(&["validate"]).expect_code(2).unwrapped();
+    assert!(text.contains("a plain-HTTP endpoint sends objects unencrypted; it needs `allow_http: true`"), "{text}");
+    p.write("drover.yaml", &format!("remote: {{ url: s3://team/cache, region: eu-west-1 }}\n{PIPELINE}"));
+    p.drover(&["validate"]).expect_code(0);
+}
