@@ -32,7 +32,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
     let store_override = cli.store.clone();
     let remote_flag = cli.remote.clone();
     match cli.command {
-        Command::Run(args) => run(&ops, store_override, args),
+        Command::Run(args) => run(&ops, store_override, &remote_flag, args),
         Command::Job(_) => unreachable!("handled above"),
         Command::Submit(args) => submit(&ops, store_override, args),
         Command::Plan { select, json, explain: true } => explain(&ops, &select, json),
@@ -380,9 +380,18 @@ pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigge
     Ok(Executed { record, outcome })
 }
 
-fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: RunArgs) -> Result<(), Failure> {
+fn run(
+    ops: &OpRegistry,
+    store_override: Option<PathBuf>,
+    remote_flag: &Option<String>,
+    args: RunArgs,
+) -> Result<(), Failure> {
     let loaded = prepare(ops, &store_override, &args)?;
-    execute(ops, loaded, &args, Trigger { kind: "manual".into(), schedule: None })?.outcome
+    let store = loaded.store.clone();
+    let remote = crate::remote::before_run(remote_flag, &loaded)?;
+    let executed = execute(ops, loaded, &args, Trigger { kind: "manual".into(), schedule: None })?;
+    crate::remote::after_run(remote, &store, &executed.record);
+    executed.outcome
 }
 
 /// What the jobs of a Slurm run need to rebuild its plan on their nodes.

@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use drover_cache::Store;
+use drover_cache::{RunRecord, StageOutcome, Store};
 use drover_engine::plan::Plan;
 use drover_engine::spec::PipelineSpec;
 use drover_engine::status::{Action, plan_status};
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::Failure;
 use crate::cli::SelectArgs;
-use crate::commands::{env, load, open_store, pipeline_file, selection};
+use crate::commands::{Loaded, env, load, open_store, pipeline_file, selection};
 
 /// The section's name.
 pub const SECTION: &str = "remote";
@@ -126,6 +126,75 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(env)
 }
 
+/// What a push or a pull moved.
+#[derive(Default)]
+struct Moved {
+    stages: usize,
+    objects: usize,
+    bytes: u64,
+    /// Push: already on the remote. Pull: not on the remote.
+    elsewhere: usize,
+    /// Push: not computed here.
+    not_here: usize,
+}
+
+/// Pushes every selected stage cached here that the remote lacks, one line per stage pushed.
+async fn push_all(remote: &Remote, plan: &Plan, store: &Store, selected: &BTreeSet<usize>) -> Result<Moved, Failure> {
+    let statuses = plan_status(plan, store, selected, &BTreeSet::new()).map_err(env)?;
+    let mut m = Moved::default();
+    for status in &statuses {
+        let Some(key) = status.key.as_ref().filter(|_| status.action == Action::Cached) else {
+            m.not_here += 1;
+            continue;
+        };
+        let (objects, bytes) = match remote.push_key(store, key).await.map_err(env)? {
+            Pushed::NotLocal => {
+                m.not_here += 1;
+                continue;
+            }
+            Pushed::AlreadyThere => {
+                m.elsewhere += 1;
+                continue;
+            }
+            Pushed::Sent { objects, bytes } => {
+                println!("pushed {}: {objects} objects, {bytes} bytes", status.stage);
+                (objects, bytes)
+            }
+            Pushed::Adopted { objects, bytes, .. } => {
+                println!("pushed {}: another machine stored its record first; that one stands", status.stage);
+                (objects, bytes)
+            }
+        };
+        (m.stages, m.objects, m.bytes) = (m.stages + 1, m.objects + objects, m.bytes + bytes);
+    }
+    Ok(m)
+}
+
+/// Pulls every selected stage not cached here that the remote has. A stage's key depends on
+/// what its inputs hold, so pulling goes round by round: what one round brings lets the next
+/// compute the keys of the stages downstream.
+async fn pull_all(remote: &Remote, plan: &Plan, store: &Store, selected: &BTreeSet<usize>) -> Result<Moved, Failure> {
+    let mut asked = BTreeSet::new();
+    let mut m = Moved::default();
+    loop {
+        let statuses = plan_status(plan, store, selected, &BTreeSet::new()).map_err(env)?;
+        let mut progressed = false;
+        for status in statuses.iter().filter(|s| s.action == Action::Run) {
+            let Some(key) = status.key.as_ref().filter(|k| asked.insert((*k).clone())) else { continue };
+            if let Some(got) = remote.pull_key(store, key).await.map_err(env)? {
+                println!("pulled {}: {} objects, {} bytes", status.stage, got.objects, got.bytes);
+                (m.stages, m.objects, m.bytes) = (m.stages + 1, m.objects + got.objects, m.bytes + got.bytes);
+                progressed = true;
+            }
+        }
+        if !progressed {
+            m.elsewhere = statuses.iter().filter(|s| s.action == Action::Run).count();
+            store.flush();
+            return Ok(m);
+        }
+    }
+}
+
 /// `drover push`: every selected stage that is cached here and not on the remote.
 pub fn push(
     ops: &OpRegistry,
@@ -134,43 +203,23 @@ pub fn push(
     select: &SelectArgs,
 ) -> Result<(), Failure> {
     let (plan, selected, store, config) = setup(ops, store_override, remote_flag, select)?;
-    let statuses = plan_status(&plan, &store, &selected, &BTreeSet::new()).map_err(env)?;
     runtime()?.block_on(async {
         let remote = connect(config).await?;
-        let (mut pushed, mut there, mut not_here, mut objects, mut bytes) = (0, 0, 0, 0, 0);
-        for status in &statuses {
-            let key = match (&status.key, status.action) {
-                (Some(key), Action::Cached) => key,
-                _ => {
-                    not_here += 1;
-                    continue;
-                }
-            };
-            match remote.push_key(&store, key).await.map_err(env)? {
-                Pushed::NotLocal => not_here += 1,
-                Pushed::AlreadyThere => there += 1,
-                Pushed::Sent { objects: o, bytes: b } => {
-                    println!("pushed {}: {o} objects, {b} bytes", status.stage);
-                    (pushed, objects, bytes) = (pushed + 1, objects + o, bytes + b);
-                }
-                Pushed::Adopted { objects: o, bytes: b, .. } => {
-                    println!("pushed {}: another machine stored its record first; that one stands", status.stage);
-                    (pushed, objects, bytes) = (pushed + 1, objects + o, bytes + b);
-                }
-            }
-        }
+        let m = push_all(&remote, &plan, &store, &selected).await?;
         println!(
-            "pushed {pushed} stages ({objects} objects, {bytes} bytes) to {}; {there} already there; \
-             {not_here} not computed here",
-            remote.config().url
+            "pushed {} stages ({} objects, {} bytes) to {}; {} already there; {} not computed here",
+            m.stages,
+            m.objects,
+            m.bytes,
+            remote.config().url,
+            m.elsewhere,
+            m.not_here
         );
         Ok(())
     })
 }
 
-/// `drover pull`: every selected stage that is not cached here and is on the remote. A stage's
-/// key depends on what its inputs hold, so pulling goes round by round: what one round brings
-/// lets the next compute the keys of the stages downstream.
+/// `drover pull`: every selected stage that is not cached here and is on the remote.
 pub fn pull(
     ops: &OpRegistry,
     store_override: &Option<PathBuf>,
@@ -180,28 +229,69 @@ pub fn pull(
     let (plan, selected, store, config) = setup(ops, store_override, remote_flag, select)?;
     runtime()?.block_on(async {
         let remote = connect(config).await?;
-        let mut asked = BTreeSet::new();
-        let (mut pulled, mut objects, mut bytes) = (0, 0, 0);
-        loop {
-            let statuses = plan_status(&plan, &store, &selected, &BTreeSet::new()).map_err(env)?;
-            let mut progressed = false;
-            for status in statuses.iter().filter(|s| s.action == Action::Run) {
-                let Some(key) = status.key.as_ref().filter(|k| asked.insert((*k).clone())) else { continue };
-                if let Some(got) = remote.pull_key(&store, key).await.map_err(env)? {
-                    println!("pulled {}: {} objects, {} bytes", status.stage, got.objects, got.bytes);
-                    (pulled, objects, bytes) = (pulled + 1, objects + got.objects, bytes + got.bytes);
-                    progressed = true;
-                }
-            }
-            if !progressed {
-                let missing = statuses.iter().filter(|s| s.action == Action::Run).count();
-                store.flush();
-                println!(
-                    "pulled {pulled} stages ({objects} objects, {bytes} bytes) from {}; {missing} not on the remote",
-                    remote.config().url
-                );
-                return Ok(());
-            }
-        }
+        let m = pull_all(&remote, &plan, &store, &selected).await?;
+        println!(
+            "pulled {} stages ({} objects, {} bytes) from {}; {} not on the remote",
+            m.stages,
+            m.objects,
+            m.bytes,
+            remote.config().url,
+            m.elsewhere
+        );
+        Ok(())
     })
+}
+
+/// A run's remote, connected before it starts.
+pub struct RunRemote {
+    rt: tokio::runtime::Runtime,
+    remote: Remote,
+}
+
+/// `drover run` with a remote, before the run: what the remote has of the selected stages is
+/// pulled, so they count as cached. A remote that cannot be reached, or fails midway, never
+/// stops the run: it is said once on stderr and the run goes on locally.
+pub fn before_run(remote_flag: &Option<String>, loaded: &Loaded) -> Result<Option<RunRemote>, Failure> {
+    let Some(config) = config(remote_flag, &loaded.spec)? else { return Ok(None) };
+    let url = config.url.clone();
+    let rt = runtime()?;
+    let remote = match rt.block_on(connect(config)) {
+        Ok(remote) => remote,
+        Err(e) => {
+            eprintln!("note: remote {url} not used: {}; running locally", failure_text(&e));
+            return Ok(None);
+        }
+    };
+    match rt.block_on(pull_all(&remote, &loaded.plan, &loaded.store, &loaded.selected)) {
+        Ok(_) => Ok(Some(RunRemote { rt, remote })),
+        Err(e) => {
+            eprintln!("note: pulling from remote {url} failed: {}; running locally", failure_text(&e));
+            Ok(None)
+        }
+    }
+}
+
+/// After the run: each stage it computed is pushed. A failed push fails nothing (the stage is
+/// done here); it is said, and `drover push` or the next run sends it.
+pub fn after_run(remote: Option<RunRemote>, store: &Store, record: &RunRecord) {
+    let Some(RunRemote { rt, remote }) = remote else { return };
+    if *remote.mode() != Mode::ReadWrite {
+        return;
+    }
+    let ran = record.stages.iter().filter(|s| s.outcome == StageOutcome::Ran);
+    for stage in ran {
+        let Some(key) = &stage.key else { continue };
+        if let Err(e) = rt.block_on(remote.push_key(store, key)) {
+            eprintln!("note: pushing to remote {} failed: {e}; it is pushed next time", remote.config().url);
+            return;
+        }
+    }
+}
+
+fn failure_text(f: &Failure) -> String {
+    match f {
+        Failure::Environment(text) => text.clone(),
+        Failure::User(report) => report.to_string(),
+        _ => "failed".to_string(),
+    }
 }

@@ -151,3 +151,37 @@ fn a_malformed_remote_section_is_reported_in_the_file() {
     p.write("drover.yaml", &format!("remote: {{ url: s3://team/cache, region: eu-west-1 }}\n{PIPELINE}"));
     p.drover(&["validate"]).expect_code(0);
 }
+
+#[test]
+fn a_run_with_a_remote_pushes_what_it_computed_and_another_machine_s_run_recomputes_nothing() {
+    let Some(s) = server() else { return };
+    let remote = s.remote();
+    let (a, b) = (Project::new(), Project::new());
+    a.write("drover.yaml", PIPELINE);
+    b.write("drover.yaml", PIPELINE);
+    s.drover(&a, &remote, &s.secret, &["run"]).expect_code(0);
+    assert_eq!(a.read("calls.log"), "gen\ndouble\n");
+    let out = s.drover(&b, &remote, &s.secret, &["run"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout, "pulled gen: 1 objects, 14 bytes\npulled double: 1 objects, 28 bytes\n");
+    assert_eq!(b.read_opt("calls.log"), None, "a stage on the remote ran again");
+}
+
+#[test]
+fn an_unreachable_remote_does_not_stop_a_run() {
+    let Some(s) = server() else { return };
+    let p = Project::new();
+    p.write("drover.yaml", PIPELINE);
+    // Port 9 (discard) on loopback: nothing listens there.
+    let remote = r#"{"url": "s3://drover/e2e/nowhere", "endpoint": "http://127.0.0.1:9", "allow_http": true}"#;
+    let out = s.drover(&p, remote, &s.secret, &["run"]);
+    out.expect_code(0);
+    assert_eq!(
+        out.stderr.matches("note: remote s3://drover/e2e/nowhere not used: remote probe ").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("; running locally\n"), "{}", out.stderr);
+    assert_eq!(p.read("calls.log"), "gen\ndouble\n");
+}
