@@ -396,6 +396,10 @@ pub struct RunArgs {
     /// Also print cached stages.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// Fail (exit 3) when the remote (`remote:`, `--remote`) cannot be used, rather than
+    /// running locally.
+    #[arg(long)]
+    pub remote_required: bool,
     /// Compute device for numeric ops: `auto` (a GPU through wgpu when one exists, else the
     /// CPU), `cpu` or `wgpu`. Recorded in the run record, never in cache keys.
     #[arg(long, env = "DROVER_DEVICE", default_value = "auto", value_parser = parse_device)]

@@ -69,7 +69,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
             let keep = Keep { runs: keep_runs, days: keep_days };
             gc(&ops, store_override, &pipeline.resolved(), dry_run, memo, keep)
         }
-        Command::Nightly(args) => crate::nightly::nightly(&ops, &store_override, args),
+        Command::Nightly(args) => crate::nightly::nightly(&ops, &store_override, &remote_flag, args),
         Command::Metrics { command } => metrics_cmd(&ops, store_override, command),
         Command::Report { run, html, pipeline } => {
             let (store, pipeline_name) = store_and_pipeline(&ops, &store_override, &pipeline)?;
@@ -280,15 +280,30 @@ pub struct Loaded {
     pub selected: BTreeSet<usize>,
     pub forced: BTreeSet<usize>,
     pub store: Arc<Store>,
+    /// The team cache (`remote:`, `--remote`), if one is configured.
+    pub remote: Option<drover_remote::RemoteConfig>,
 }
 
 /// Loads and plans what `args` name, and opens the store.
-pub fn prepare(ops: &OpRegistry, store_override: &Option<PathBuf>, args: &RunArgs) -> Result<Loaded, Failure> {
+pub fn prepare(
+    ops: &OpRegistry,
+    store_override: &Option<PathBuf>,
+    remote_flag: &Option<String>,
+    args: &RunArgs,
+) -> Result<Loaded, Failure> {
     let pargs = args.select.file.resolved();
     let (spec, plan) = load(ops, &pargs)?;
     let (selected, forced) = selection(&plan, &args.select)?;
     let store = Arc::new(open_store(store_override, &pipeline_file(&pargs))?);
-    Ok(Loaded { spec, plan, selected, forced, store })
+    let remote = crate::remote::config(remote_flag, &spec)?;
+    if remote.is_none() && args.remote_required {
+        return Err(Failure::User(miette::miette!(
+            help = "add `remote: { url: s3://BUCKET/PREFIX }` to the pipeline, or pass `--remote s3://BUCKET/PREFIX`",
+            "--remote-required: {} has no remote configured",
+            plan.file.display()
+        )));
+    }
+    Ok(Loaded { spec, plan, selected, forced, store, remote })
 }
 
 /// What a run did: its record (metrics included) and how it ended, as an exit status.
@@ -302,7 +317,7 @@ pub struct Executed {
 /// metrics.
 pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigger) -> Result<Executed, Failure> {
     let t0 = Instant::now();
-    let Loaded { spec, plan, selected, forced, store } = loaded;
+    let Loaded { spec, plan, selected, forced, store, remote } = loaded;
     let mut slurm = match args.executor {
         ExecutorChoice::Local => None,
         ExecutorChoice::Slurm => {
@@ -316,6 +331,11 @@ pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigge
         (Some(s), None) => s.driver_settings().max_jobs,
         (None, None) => crate::cli::default_jobs(),
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
+    let tier = match remote {
+        Some(config) => runtime.block_on(crate::remote::open_tier(config, &store, args.remote_required))?,
+        None => None,
+    };
     let opts = RunOptions {
         jobs,
         fail_fast: args.fail_fast,
@@ -323,15 +343,18 @@ pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigge
         forced,
         resources: parse_resources(&args.resources)?,
         meta: crate::provenance::meta(&spec, trigger),
+        tier: tier.clone().map(|t| t as Arc<dyn exec::Tier>),
     };
     let plan = Arc::new(plan);
     let reporter = Arc::new(TermReporter::new(args.verbose));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
     let ran = match slurm.as_mut() {
         Some(executor) => runtime.block_on(exec::run_on(plan.clone(), store.clone(), opts, reporter.clone(), executor)),
         None => runtime.block_on(exec::run(plan.clone(), store.clone(), opts, reporter.clone())),
     };
     let summary_ = ran.map_err(env)?;
+    if let Some(tier) = tier {
+        runtime.block_on(crate::remote::close_tier(tier, &store));
+    }
     // After Ctrl-C an op's blocking work (a numeric fit, say) may still be running, and dropping
     // the runtime would wait for it to end. Shutting down drops every task first (so that a
     // command's process group is killed by its guard), then waits a bounded time for blocking
@@ -350,6 +373,7 @@ pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigge
         summary(
             count(StageOutcome::Ran),
             count(StageOutcome::Cached),
+            record.stages.iter().filter(|s| s.note("remote").is_some()).count(),
             failed,
             count(StageOutcome::Skipped) + count(StageOutcome::Interrupted),
             t0.elapsed()
@@ -386,12 +410,8 @@ fn run(
     remote_flag: &Option<String>,
     args: RunArgs,
 ) -> Result<(), Failure> {
-    let loaded = prepare(ops, &store_override, &args)?;
-    let store = loaded.store.clone();
-    let remote = crate::remote::before_run(remote_flag, &loaded)?;
-    let executed = execute(ops, loaded, &args, Trigger { kind: "manual".into(), schedule: None })?;
-    crate::remote::after_run(remote, &store, &executed.record);
-    executed.outcome
+    let loaded = prepare(ops, &store_override, remote_flag, &args)?;
+    execute(ops, loaded, &args, Trigger { kind: "manual".into(), schedule: None })?.outcome
 }
 
 /// What the jobs of a Slurm run need to rebuild its plan on their nodes.

@@ -14,10 +14,14 @@
 //! Credentials come from the `AWS_*` variables or `~/.aws/credentials` when a command needs
 //! the remote; they are never written anywhere.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use drover_cache::{RunRecord, StageOutcome, Store};
+use drover_cache::{CacheKey, OutputRef, Store};
+use drover_engine::exec::Tier;
+use drover_engine::op::BoxFuture;
 use drover_engine::plan::Plan;
 use drover_engine::spec::PipelineSpec;
 use drover_engine::status::{Action, plan_status};
@@ -27,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::Failure;
 use crate::cli::SelectArgs;
-use crate::commands::{Loaded, env, load, open_store, pipeline_file, selection};
+use crate::commands::{env, load, open_store, pipeline_file, selection};
 
 /// The section's name.
 pub const SECTION: &str = "remote";
@@ -242,49 +246,138 @@ pub fn pull(
     })
 }
 
-/// A run's remote, connected before it starts.
-pub struct RunRemote {
-    rt: tokio::runtime::Runtime,
+/// The team cache as a run's cache tier: each stage not cached here is looked up on the remote
+/// before it is computed, and each stage the run computed is pushed as it finishes.
+#[derive(Debug)]
+pub struct RunTier {
     remote: Remote,
+    /// Where the keys of pushes not yet done are kept, one empty file each: a push that
+    /// fails, or a run killed before its pushes end, leaves them for the next run.
+    pending: PathBuf,
+    fetched: AtomicUsize,
+    pushed: AtomicUsize,
+    /// The first failure of each kind, said once after the run.
+    lookup_failure: Mutex<Option<String>>,
+    push_failure: Mutex<Option<String>>,
 }
 
-/// `drover run` with a remote, before the run: what the remote has of the selected stages is
-/// pulled, so they count as cached. A remote that cannot be reached, or fails midway, never
-/// stops the run: it is said once on stderr and the run goes on locally.
-pub fn before_run(remote_flag: &Option<String>, loaded: &Loaded) -> Result<Option<RunRemote>, Failure> {
-    let Some(config) = config(remote_flag, &loaded.spec)? else { return Ok(None) };
+impl Tier for RunTier {
+    fn location(&self) -> &str {
+        &self.remote.config().url
+    }
+
+    fn fetch<'a>(&'a self, store: &'a Store, key: &'a CacheKey) -> BoxFuture<'a, Option<BTreeMap<String, OutputRef>>> {
+        Box::pin(async move {
+            match self.remote.pull_key(store, key).await {
+                Ok(Some(_)) => {
+                    self.fetched.fetch_add(1, Ordering::Relaxed);
+                    store.cached_outputs(key)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    let mut first = self.lookup_failure.lock().unwrap_or_else(|p| p.into_inner());
+                    if first.is_none() {
+                        eprintln!(
+                            "note: looking up key {} on remote {} failed: {e}; computing here",
+                            key.short(),
+                            self.location()
+                        );
+                        *first = Some(e.to_string());
+                    }
+                    None
+                }
+            }
+        })
+    }
+
+    fn push<'a>(&'a self, store: &'a Store, key: &'a CacheKey) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if *self.remote.mode() != Mode::ReadWrite {
+                return;
+            }
+            let marker = self.pending.join(key.as_str());
+            let _ = std::fs::create_dir_all(&self.pending).and_then(|()| std::fs::write(&marker, b""));
+            match self.remote.push_key(store, key).await {
+                Ok(Pushed::Sent { .. } | Pushed::Adopted { .. }) => {
+                    self.pushed.fetch_add(1, Ordering::Relaxed);
+                    let _ = std::fs::remove_file(&marker);
+                }
+                Ok(Pushed::AlreadyThere | Pushed::NotLocal) => {
+                    let _ = std::fs::remove_file(&marker);
+                }
+                Err(e) => {
+                    let mut first = self.push_failure.lock().unwrap_or_else(|p| p.into_inner());
+                    first.get_or_insert_with(|| e.to_string());
+                }
+            }
+        })
+    }
+}
+
+/// Connects a run to its remote, if it has one: pushes what earlier runs left unpushed, and
+/// reads the memo packs other machines added. An unreachable remote is said once and the run
+/// goes on locally, unless `required` (then exit 3).
+pub async fn open_tier(config: RemoteConfig, store: &Store, required: bool) -> Result<Option<Arc<RunTier>>, Failure> {
     let url = config.url.clone();
-    let rt = runtime()?;
-    let remote = match rt.block_on(connect(config)) {
+    let remote = match connect(config).await {
         Ok(remote) => remote,
+        Err(e) if required => {
+            return Err(Failure::Environment(format!(
+                "remote {url} is required (--remote-required) and cannot be used: {}",
+                failure_text(&e)
+            )));
+        }
         Err(e) => {
             eprintln!("note: remote {url} not used: {}; running locally", failure_text(&e));
             return Ok(None);
         }
     };
-    match rt.block_on(pull_all(&remote, &loaded.plan, &loaded.store, &loaded.selected)) {
-        Ok(_) => Ok(Some(RunRemote { rt, remote })),
-        Err(e) => {
-            eprintln!("note: pulling from remote {url} failed: {}; running locally", failure_text(&e));
-            Ok(None)
-        }
+    let pending = remote.state_dir(store).join("pending");
+    let tier = Arc::new(RunTier {
+        remote,
+        pending,
+        fetched: AtomicUsize::new(0),
+        pushed: AtomicUsize::new(0),
+        lookup_failure: Mutex::new(None),
+        push_failure: Mutex::new(None),
+    });
+    let left: Vec<CacheKey> = std::fs::read_dir(&tier.pending)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| CacheKey::parse(&e.file_name().to_string_lossy()))
+        .collect();
+    for key in &left {
+        tier.push(store, key).await;
     }
+    if !left.is_empty() {
+        eprintln!("note: pushed {} stage(s) an earlier run left unpushed", tier.pushed.swap(0, Ordering::Relaxed));
+    }
+    if let Err(e) = tier.remote.pull_memo(store).await {
+        eprintln!("note: reading language-model responses from remote {url} failed: {e}");
+    }
+    Ok(Some(tier))
 }
 
-/// After the run: each stage it computed is pushed. A failed push fails nothing (the stage is
-/// done here); it is said, and `drover push` or the next run sends it.
-pub fn after_run(remote: Option<RunRemote>, store: &Store, record: &RunRecord) {
-    let Some(RunRemote { rt, remote }) = remote else { return };
-    if *remote.mode() != Mode::ReadWrite {
-        return;
-    }
-    let ran = record.stages.iter().filter(|s| s.outcome == StageOutcome::Ran);
-    for stage in ran {
-        let Some(key) = &stage.key else { continue };
-        if let Err(e) = rt.block_on(remote.push_key(store, key)) {
-            eprintln!("note: pushing to remote {} failed: {e}; it is pushed next time", remote.config().url);
-            return;
+/// After the run: the memo entries it added go up as one pack, and what the remote did is said
+/// in one line (failures once each: a failed push is retried by the next run).
+pub async fn close_tier(tier: Arc<RunTier>, store: &Store) {
+    let url = tier.location().to_string();
+    let mut memo = None;
+    if *tier.remote.mode() == Mode::ReadWrite {
+        match tier.remote.push_memo(store).await {
+            Ok(sync) => memo = Some(sync.entries),
+            Err(e) => eprintln!("note: pushing language-model responses to remote {url} failed: {e}"),
         }
+    }
+    let (fetched, pushed) = (tier.fetched.load(Ordering::Relaxed), tier.pushed.load(Ordering::Relaxed));
+    let memo = match memo {
+        Some(n) if n > 0 => format!(", {n} language-model response(s) shared"),
+        _ => String::new(),
+    };
+    eprintln!("remote {url}: {fetched} stage(s) fetched, {pushed} pushed{memo}");
+    if let Some(e) = tier.push_failure.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        eprintln!("note: a push to remote {url} failed: {e}; the next run (or `drover push`) sends it");
     }
 }
 

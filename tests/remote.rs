@@ -159,12 +159,61 @@ fn a_run_with_a_remote_pushes_what_it_computed_and_another_machine_s_run_recompu
     let (a, b) = (Project::new(), Project::new());
     a.write("drover.yaml", PIPELINE);
     b.write("drover.yaml", PIPELINE);
-    s.drover(&a, &remote, &s.secret, &["run"]).expect_code(0);
+    let out = s.drover(&a, &remote, &s.secret, &["run"]);
+    out.expect_code(0);
     assert_eq!(a.read("calls.log"), "gen\ndouble\n");
+    let url = serde_json::from_str::<serde_json::Value>(&remote).unwrap()["url"].as_str().unwrap().to_string();
+    assert!(out.stderr.contains(&format!("remote {url}: 0 stage(s) fetched, 2 pushed\n")), "{}", out.stderr);
     let out = s.drover(&b, &remote, &s.secret, &["run"]);
     out.expect_code(0);
-    assert_eq!(out.stdout, "pulled gen: 1 objects, 14 bytes\npulled double: 1 objects, 28 bytes\n");
     assert_eq!(b.read_opt("calls.log"), None, "a stage on the remote ran again");
+    assert!(out.stderr.contains("  cached  gen (remote)\n  cached  double (remote)\n"), "{}", out.stderr);
+    assert!(out.stderr.contains("2 stages: 0 ran, 2 cached (2 remote)"), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("remote {url}: 2 stage(s) fetched, 0 pushed\n")), "{}", out.stderr);
+    // Fetched, the outputs are this store's own: a run without the remote finds them cached.
+    b.drover(&["run"]).expect_code(0);
+    assert_eq!(b.read_opt("calls.log"), None);
+}
+
+/// A stage that must run here (its command changed) but makes the same bytes gives its
+/// dependent the key someone else computed: found on the remote as the run reaches it, which
+/// no pull before the run could know.
+#[test]
+fn a_stage_downstream_of_one_computed_here_is_still_found_on_the_remote() {
+    let Some(s) = server() else { return };
+    let remote = s.remote();
+    let (a, b) = (Project::new(), Project::new());
+    a.write("drover.yaml", PIPELINE);
+    b.write("drover.yaml", &PIPELINE.replace("echo gen >> calls.log", "echo gen-v2 >> calls.log"));
+    s.drover(&a, &remote, &s.secret, &["run"]).expect_code(0);
+    let out = s.drover(&b, &remote, &s.secret, &["run"]);
+    out.expect_code(0);
+    assert_eq!(b.read("calls.log"), "gen-v2\n", "double ran here: {}", out.stderr);
+    assert!(out.stderr.contains("  cached  double (remote)\n"), "{}", out.stderr);
+    assert!(out.stderr.contains("2 stages: 1 ran, 1 cached (1 remote)"), "{}", out.stderr);
+}
+
+#[test]
+fn remote_required_fails_with_exit_3_when_the_remote_cannot_be_used_and_2_when_there_is_none() {
+    let Some(s) = server() else { return };
+    let p = Project::new();
+    p.write("drover.yaml", PIPELINE);
+    let remote = r#"{"url": "s3://drover/e2e/nowhere", "endpoint": "http://127.0.0.1:9", "allow_http": true}"#;
+    let out = s.drover(&p, remote, &s.secret, &["run", "--remote-required"]);
+    out.expect_code(3);
+    assert!(
+        out.stderr.contains(
+            "remote s3://drover/e2e/nowhere is required (--remote-required) and cannot be used: remote probe "
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(p.read_opt("calls.log"), None, "a stage ran although the remote was required");
+    let out = p.drover(&["run", "--remote-required"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("--remote-required: "), "{}", out.stderr);
+    assert!(out.stderr.contains("has no remote configured"), "{}", out.stderr);
+    assert_eq!(p.read_opt("calls.log"), None);
 }
 
 #[test]

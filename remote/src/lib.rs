@@ -16,11 +16,13 @@
 mod config;
 mod credentials;
 mod error;
+mod memo;
 mod remote;
 mod sync;
 
 pub use config::RemoteConfig;
 pub use credentials::Credentials;
 pub use error::{RemoteError, Result};
+pub use memo::MemoSync;
 pub use remote::{Mode, Remote};
 pub use sync::{Pulled, Pushed};

@@ -29,6 +29,12 @@ pub struct Remote {
     mode: Mode,
 }
 
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("url", &self.config.url).field("mode", &self.mode).finish()
+    }
+}
+
 /// Retries of 5xx answers and dropped connections (object_store's backoff), bounded so that an
 /// unreachable remote costs a run seconds, not object_store's default three minutes.
 fn retry() -> RetryConfig {
@@ -138,6 +144,10 @@ impl Remote {
         &self.config
     }
 
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     fn path(&self, rest: &str) -> Path {
         Path::from(self.config.key(rest))
     }
@@ -152,7 +162,7 @@ impl Remote {
         self.path(&format!("records/{}/{k}.json", &k[..2]))
     }
 
-    fn writable(&self) -> Result<()> {
+    pub(crate) fn writable(&self) -> Result<()> {
         match &self.mode {
             Mode::ReadWrite => Ok(()),
             Mode::ReadOnly(reason) => {
@@ -194,7 +204,7 @@ impl Remote {
     }
 
     /// The bytes at `location`; `None` when there is nothing there.
-    async fn fetch(&self, action: &'static str, location: &Path) -> Result<Option<Bytes>> {
+    pub(crate) async fn fetch_bytes(&self, action: &'static str, location: &Path) -> Result<Option<Bytes>> {
         let fail = |source| RemoteError::Request { action, location: location.to_string(), source };
         match self.store.get(location).await {
             Ok(got) => got.bytes().await.map(Some).map_err(fail),
@@ -206,7 +216,7 @@ impl Remote {
     /// Downloads an object, verified against its name; `None` when the remote lacks it.
     pub async fn get_object(&self, hash: &ObjectHash) -> Result<Option<Bytes>> {
         let location = self.object_path(hash);
-        let Some(bytes) = self.fetch("download", &location).await? else { return Ok(None) };
+        let Some(bytes) = self.fetch_bytes("download", &location).await? else { return Ok(None) };
         let actual = drover_cache::hash::bytes(&bytes);
         if &actual != hash {
             return Err(RemoteError::Corrupt {
@@ -222,7 +232,7 @@ impl Remote {
     /// is an error, never an answer.
     pub async fn get_record(&self, key: &CacheKey) -> Result<Option<StageRecord>> {
         let location = self.record_path(key);
-        let Some(bytes) = self.fetch("read record", &location).await? else { return Ok(None) };
+        let Some(bytes) = self.fetch_bytes("read record", &location).await? else { return Ok(None) };
         let corrupt = |detail: String| RemoteError::Corrupt { what: "record", location: location.to_string(), detail };
         let record: StageRecord = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if &record.key != key {

@@ -280,3 +280,52 @@ async fn a_stage_pushed_by_one_store_is_pulled_whole_by_another() {
     let again = other.pull_key(&b, &k).await.unwrap().unwrap();
     assert_eq!((again.objects, again.bytes), (0, 0));
 }
+
+/// Language-model responses one machine kept are answered on another: its run's new entries go
+/// up as one pack (one request, however many), and the other machine reads each pack once.
+#[tokio::test]
+async fn memo_entries_go_up_as_one_pack_and_are_read_once_by_another_store() {
+    let Some(s) = server() else { return };
+    let config = s.config();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = drover_cache::Store::open_private(&a_dir.path().join(".drover")).unwrap();
+    let b = drover_cache::Store::open_private(&b_dir.path().join(".drover")).unwrap();
+    let keys: Vec<String> = (0..50).map(|i| key(&format!("request {i}")).as_str().to_string()).collect();
+    for (i, k) in keys.iter().enumerate() {
+        a.memo().put(k, format!("response {i}").as_bytes()).unwrap();
+    }
+    let remote = s.connect(&config).await;
+    assert_eq!(remote.push_memo(&a).await.unwrap(), drover_remote::MemoSync { packs: 1, entries: 50 });
+    // Nothing new: nothing sent.
+    assert_eq!(remote.push_memo(&a).await.unwrap(), drover_remote::MemoSync::default());
+    // B had an answer of its own to one request: it keeps it (the first answer stays).
+    b.memo().put(&keys[0], b"b's own answer").unwrap();
+    let other = s.connect(&config).await;
+    assert_eq!(other.pull_memo(&b).await.unwrap(), drover_remote::MemoSync { packs: 1, entries: 49 });
+    assert_eq!(b.memo().get(&keys[7]).as_deref(), Some(&b"response 7"[..]));
+    assert_eq!(b.memo().get(&keys[0]).as_deref(), Some(&b"b's own answer"[..]));
+    assert_eq!(other.pull_memo(&b).await.unwrap(), drover_remote::MemoSync::default());
+    // What B adds later goes up alone; what it read is not sent back.
+    b.memo().put(&key("request 50").as_str().to_string(), b"response 50").unwrap();
+    assert_eq!(other.push_memo(&b).await.unwrap(), drover_remote::MemoSync { packs: 1, entries: 1 });
+    assert_eq!(remote.pull_memo(&a).await.unwrap(), drover_remote::MemoSync { packs: 1, entries: 1 });
+}
+
+/// A memo pack whose bytes are not what its name says is refused, and nothing of it is kept.
+#[tokio::test]
+async fn a_corrupt_memo_pack_is_refused() {
+    let Some(s) = server() else { return };
+    let config = s.config();
+    let dir = tempfile::tempdir().unwrap();
+    let store = drover_cache::Store::open_private(&dir.path().join(".drover")).unwrap();
+    let raw = raw_store(&s);
+    let name = format!("{}.pack", blake3::hash(b"something else").to_hex());
+    let body = format!("{}\n5\nforged", key("q").as_str());
+    let len = body.len();
+    raw.put(&Path::from(format!("{}/memo/{name}", config.prefix)), PutPayload::from(body.into_bytes())).await.unwrap();
+    let remote = s.connect(&config).await;
+    let err = remote.pull_memo(&store).await.unwrap_err().to_string();
+    assert!(err.starts_with(&format!("remote memo pack {}/memo/{name} is corrupt: ", config.prefix)), "{err}");
+    assert!(err.ends_with(&format!("its {len} bytes do not hash to its name")), "{err}");
+    assert_eq!(store.memo().get(key("q").as_str()), None);
+}
