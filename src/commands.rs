@@ -9,7 +9,7 @@ use drover_cache::{CacheKey, OutputKind, OutputRef, RunRecord, StageOutcome, Sto
 use drover_engine::exec::{self, RunOptions, humanize};
 use drover_engine::plan::{self, Plan};
 use drover_engine::spec::{self, ParamOverrides, PipelineSpec};
-use drover_engine::status::{Action, plan_status};
+use drover_engine::status::{Action, StageStatus, plan_status};
 use drover_engine::{OpRegistry, SectionDecl, diag};
 
 use crate::Failure;
@@ -36,7 +36,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Job(_) => unreachable!("handled above"),
         Command::Submit(args) => submit(&ops, store_override, args),
         Command::Plan { select, json, explain: true } => explain(&ops, &select, json),
-        Command::Plan { select, json, explain: false } => plan_cmd(&ops, store_override, &select, json),
+        Command::Plan { select, json, explain: false } => plan_cmd(&ops, store_override, &remote_flag, &select, json),
         Command::Dag { pipeline, format } => dag(&ops, &pipeline.resolved(), format),
         Command::Show { target, pipeline, rows } => show(&ops, store_override, &pipeline, &target, rows),
         Command::Export { target, path, pipeline, force } => {
@@ -512,17 +512,31 @@ fn job(args: crate::cli::JobArgs) -> Result<(), Failure> {
     }
 }
 
-fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectArgs, json: bool) -> Result<(), Failure> {
+fn plan_cmd(
+    ops: &OpRegistry,
+    store_override: Option<PathBuf>,
+    remote_flag: &Option<String>,
+    select: &SelectArgs,
+    json: bool,
+) -> Result<(), Failure> {
     let pargs = select.file.resolved();
-    let (_, plan) = load(ops, &pargs)?;
+    let (spec, plan) = load(ops, &pargs)?;
     let (selected, forced) = selection(&plan, select)?;
     let store = open_store(&store_override, &pipeline_file(&pargs))?;
     let statuses = plan_status(&plan, &store, &selected, &forced).map_err(env)?;
     store.flush();
+    // With a remote: which of the stages to run someone already computed.
+    let remote = crate::remote::config(remote_flag, &spec)?
+        .and_then(|config| crate::remote::on_remote(config, &statuses, &forced, &plan));
+    let on_remote = |s: &StageStatus| remote.as_ref().is_some_and(|(_, names)| names.contains(&s.stage));
     let mut out = String::new();
     if json {
         for s in &statuses {
-            out.push_str(&serde_json::to_string(s).expect("status serialises"));
+            let mut line = serde_json::to_value(s).expect("status serialises");
+            if on_remote(s) {
+                line["remote"] = serde_json::Value::Bool(true);
+            }
+            out.push_str(&line.to_string());
             out.push('\n');
         }
     } else {
@@ -530,6 +544,7 @@ fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectAr
         for s in &statuses {
             let action = match s.action {
                 Action::Cached => "cached",
+                Action::Run if on_remote(s) => "remote",
                 Action::Run => "run   ",
             };
             let mut why = if s.reasons.is_empty() { String::new() } else { format!("  {}", s.reasons.join("; ")) };
@@ -539,7 +554,15 @@ fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectAr
             out.push_str(&format!("{action}  {:width$}{why}\n", s.stage));
         }
         let to_run = statuses.iter().filter(|s| s.action == Action::Run).count();
-        out.push_str(&format!("{} to run, {} cached\n", to_run, statuses.len() - to_run));
+        let cached = statuses.len() - to_run;
+        match &remote {
+            Some((url, names)) => out.push_str(&format!(
+                "{} to run, {cached} cached, {} on remote {url} (`drover pull` or a run fetches them)\n",
+                to_run - names.len(),
+                names.len()
+            )),
+            None => out.push_str(&format!("{to_run} to run, {cached} cached\n")),
+        }
     }
     print!("{out}");
     Ok(())

@@ -8,8 +8,8 @@
 //! remote: { url: s3://drover/proj, endpoint: http://10.0.0.5:8333, allow_http: true }
 //! ```
 //!
-//! In the file the section is a mapping (the engine's sections are mappings; the bare-URL form
-//! `remote: s3://...` needs a `SectionDecl` that admits a scalar); `--remote` takes either.
+//! The bare URL (`remote: s3://team-cache/drover/my-project`) is the short form for AWS itself;
+//! `--remote` takes either form (the mapping as JSON).
 //!
 //! Credentials come from the `AWS_*` variables or `~/.aws/credentials` when a command needs
 //! the remote; they are never written anywhere.
@@ -24,9 +24,10 @@ use drover_engine::exec::Tier;
 use drover_engine::op::BoxFuture;
 use drover_engine::plan::Plan;
 use drover_engine::spec::PipelineSpec;
-use drover_engine::status::{Action, plan_status};
+use drover_engine::status::{Action, StageStatus, plan_status};
 use drover_engine::{OpRegistry, SectionAt, SectionDecl, SectionProblem};
 use drover_remote::{Credentials, Mode, Pushed, Remote, RemoteConfig, RemoteError};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::Failure;
@@ -52,15 +53,16 @@ pub fn section() -> SectionDecl {
     });
     SectionDecl {
         name: SECTION,
-        holds: "a mapping with `url: s3://BUCKET/PREFIX` and the server's settings",
+        holds: "`s3://BUCKET/PREFIX`, or a mapping with `url:` and the server's settings",
         example: "remote: { url: s3://team-cache/drover/my-project }",
         schema: json!({
             "description": "the team cache: stages someone already computed are fetched from it; `drover push` fills it",
-            "allOf": [mapping],
+            "anyOf": [{"type": "string", "description": "s3://BUCKET/PREFIX (AWS)"}, mapping],
         }),
         env: None,
         stage_schema: None,
         check: Some(check),
+        scalar: true,
     }
 }
 
@@ -379,6 +381,56 @@ pub async fn close_tier(tier: Arc<RunTier>, store: &Store) {
     if let Some(e) = tier.push_failure.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         eprintln!("note: a push to remote {url} failed: {e}; the next run (or `drover push`) sends it");
     }
+}
+
+/// `drover plan` with a remote: the stages to run whose records the remote has (a HEAD each, 16
+/// at a time), and the remote's URL; `None`, said once, when it cannot be reached. Stages
+/// downstream of one that will run have no key yet, so they are not asked about.
+pub fn on_remote(
+    config: RemoteConfig,
+    statuses: &[StageStatus],
+    forced: &BTreeSet<usize>,
+    plan: &Plan,
+) -> Option<(String, BTreeSet<String>)> {
+    let url = config.url.clone();
+    let forced: BTreeSet<&str> = forced.iter().map(|&i| plan.nodes[i].id.as_str()).collect();
+    let asked: Vec<(&str, &CacheKey)> = statuses
+        .iter()
+        .filter(|s| s.action == Action::Run && !forced.contains(s.stage.as_str()))
+        .filter_map(|s| s.key.as_ref().map(|k| (s.stage.as_str(), k)))
+        .collect();
+    let found = runtime().ok()?.block_on(async {
+        let remote = match connect(config).await {
+            Ok(remote) => remote,
+            Err(e) => {
+                eprintln!("note: remote {url} not asked: {}", failure_text(&e));
+                return None;
+            }
+        };
+        let looked = futures::stream::iter(asked)
+            .map(|(stage, key)| {
+                let remote = &remote;
+                async move { (stage, remote.has_record(key).await) }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let mut found = BTreeSet::new();
+        for (stage, has) in looked {
+            match has {
+                Ok(true) => {
+                    found.insert(stage.to_string());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("note: remote {url}: {e}");
+                    return None;
+                }
+            }
+        }
+        Some(found)
+    })?;
+    Some((url, found))
 }
 
 fn failure_text(f: &Failure) -> String {

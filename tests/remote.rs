@@ -150,6 +150,45 @@ fn a_malformed_remote_section_is_reported_in_the_file() {
     assert!(text.contains("a plain-HTTP endpoint sends objects unencrypted; it needs `allow_http: true`"), "{text}");
     p.write("drover.yaml", &format!("remote: {{ url: s3://team/cache, region: eu-west-1 }}\n{PIPELINE}"));
     p.drover(&["validate"]).expect_code(0);
+    // The short form, a bare URL; and what is neither.
+    p.write("drover.yaml", &format!("remote: s3://team/cache\n{PIPELINE}"));
+    p.drover(&["validate"]).expect_code(0);
+    p.write("drover.yaml", &format!("remote: gs://team/cache\n{PIPELINE}"));
+    let text = p.drover(&["validate"]).expect_code(2).unwrapped();
+    assert!(text.contains("expected a URL that starts with `s3://`"), "{text}");
+    p.write("drover.yaml", &format!("remote: 42\n{PIPELINE}"));
+    let text = p.drover(&["validate"]).expect_code(2).unwrapped();
+    assert!(
+        text.contains(
+            "`remote` must be `s3://BUCKET/PREFIX`, or a mapping with `url:` and the server's settings; found"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn plan_says_which_stages_the_remote_has() {
+    let Some(s) = server() else { return };
+    let (remote, a, b) = two_checkouts(&s);
+    s.drover(&a, &remote, &s.secret, &["push"]).expect_code(0);
+    let url = serde_json::from_str::<serde_json::Value>(&remote).unwrap()["url"].as_str().unwrap().to_string();
+    let out = s.drover(&b, &remote, &s.secret, &["plan"]);
+    out.expect_code(0);
+    // `double`'s key needs `gen`'s output, which only a fetch brings: it is not asked about.
+    assert!(out.stdout.starts_with("remote  gen"), "{}", out.stdout);
+    assert!(out.stdout.contains("\nrun     double"), "{}", out.stdout);
+    assert!(
+        out.stdout.ends_with(&format!("1 to run, 0 cached, 1 on remote {url} (`drover pull` or a run fetches them)\n")),
+        "{}",
+        out.stdout
+    );
+    let out = s.drover(&b, &remote, &s.secret, &["plan", "--json"]);
+    let first: serde_json::Value = serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (first["stage"].as_str(), first["action"].as_str(), first["remote"].as_bool()),
+        (Some("gen"), Some("run"), Some(true))
+    );
+    assert_eq!(b.read_opt("calls.log"), None, "plan ran something");
 }
 
 #[test]

@@ -228,6 +228,16 @@ impl Remote {
         Ok(Some(bytes))
     }
 
+    /// True when the remote has a record of the key (a HEAD request; not read or checked).
+    pub async fn has_record(&self, key: &CacheKey) -> Result<bool> {
+        let location = self.record_path(key);
+        match self.store.head(&location).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(RemoteError::Request { action: "look up", location: location.to_string(), source }),
+        }
+    }
+
     /// The key's record on the remote, if any. One that does not parse, or names another key,
     /// is an error, never an answer.
     pub async fn get_record(&self, key: &CacheKey) -> Result<Option<StageRecord>> {
