@@ -144,16 +144,26 @@ struct Moved {
     not_here: usize,
 }
 
+/// Requests in flight at once for `drover push` and `drover pull` (each stage's objects go one
+/// after another; stages go side by side).
+const CONCURRENT_STAGES: usize = 16;
+
 /// Pushes every selected stage cached here that the remote lacks, one line per stage pushed.
 async fn push_all(remote: &Remote, plan: &Plan, store: &Store, selected: &BTreeSet<usize>) -> Result<Moved, Failure> {
     let statuses = plan_status(plan, store, selected, &BTreeSet::new()).map_err(env)?;
     let mut m = Moved::default();
+    let mut cached = Vec::new();
     for status in &statuses {
-        let Some(key) = status.key.as_ref().filter(|_| status.action == Action::Cached) else {
-            m.not_here += 1;
-            continue;
-        };
-        let (objects, bytes) = match remote.push_key(store, key).await.map_err(env)? {
+        match status.key.as_ref().filter(|_| status.action == Action::Cached) {
+            Some(key) => cached.push((status.stage.as_str(), key)),
+            None => m.not_here += 1,
+        }
+    }
+    let mut pushes = futures::stream::iter(cached)
+        .map(|(stage, key)| async move { (stage, remote.push_key(store, key).await) })
+        .buffer_unordered(CONCURRENT_STAGES);
+    while let Some((stage, pushed)) = pushes.next().await {
+        let (objects, bytes) = match pushed.map_err(env)? {
             Pushed::NotLocal => {
                 m.not_here += 1;
                 continue;
@@ -163,11 +173,11 @@ async fn push_all(remote: &Remote, plan: &Plan, store: &Store, selected: &BTreeS
                 continue;
             }
             Pushed::Sent { objects, bytes } => {
-                println!("pushed {}: {objects} objects, {bytes} bytes", status.stage);
+                println!("pushed {stage}: {objects} objects, {bytes} bytes");
                 (objects, bytes)
             }
             Pushed::Adopted { objects, bytes, .. } => {
-                println!("pushed {}: another machine stored its record first; that one stands", status.stage);
+                println!("pushed {stage}: another machine stored its record first; that one stands");
                 (objects, bytes)
             }
         };
@@ -184,11 +194,18 @@ async fn pull_all(remote: &Remote, plan: &Plan, store: &Store, selected: &BTreeS
     let mut m = Moved::default();
     loop {
         let statuses = plan_status(plan, store, selected, &BTreeSet::new()).map_err(env)?;
+        let round: Vec<(&str, &CacheKey)> = statuses
+            .iter()
+            .filter(|s| s.action == Action::Run)
+            .filter_map(|s| s.key.as_ref().filter(|k| asked.insert((*k).clone())).map(|k| (s.stage.as_str(), k)))
+            .collect();
+        let mut pulls = futures::stream::iter(round)
+            .map(|(stage, key)| async move { (stage, remote.pull_key(store, key).await) })
+            .buffer_unordered(CONCURRENT_STAGES);
         let mut progressed = false;
-        for status in statuses.iter().filter(|s| s.action == Action::Run) {
-            let Some(key) = status.key.as_ref().filter(|k| asked.insert((*k).clone())) else { continue };
-            if let Some(got) = remote.pull_key(store, key).await.map_err(env)? {
-                println!("pulled {}: {} objects, {} bytes", status.stage, got.objects, got.bytes);
+        while let Some((stage, pulled)) = pulls.next().await {
+            if let Some(got) = pulled.map_err(env)? {
+                println!("pulled {stage}: {} objects, {} bytes", got.objects, got.bytes);
                 (m.stages, m.objects, m.bytes) = (m.stages + 1, m.objects + got.objects, m.bytes + got.bytes);
                 progressed = true;
             }

@@ -18,6 +18,7 @@ mod credentials;
 mod error;
 mod memo;
 mod remote;
+mod stream;
 mod sync;
 
 pub use config::RemoteConfig;
@@ -25,4 +26,5 @@ pub use credentials::Credentials;
 pub use error::{RemoteError, Result};
 pub use memo::MemoSync;
 pub use remote::{Mode, Remote};
+pub use stream::STREAM_FROM;
 pub use sync::{Pulled, Pushed};

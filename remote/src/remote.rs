@@ -152,7 +152,7 @@ impl Remote {
         Path::from(self.config.key(rest))
     }
 
-    fn object_path(&self, hash: &ObjectHash) -> Path {
+    pub(crate) fn object_path(&self, hash: &ObjectHash) -> Path {
         let h = hash.as_str();
         self.path(&format!("objects/{}/{h}", &h[..2]))
     }

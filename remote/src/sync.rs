@@ -61,14 +61,21 @@ impl Remote {
                 continue;
             }
             let path = store.object_path(&hash);
-            let data = std::fs::read(&path).map_err(|e| drover_cache::CacheError::Io {
-                action: "read",
-                path: path.clone(),
-                source: e,
-            })?;
-            bytes += data.len() as u64;
+            let size = std::fs::metadata(&path)
+                .map_err(|e| drover_cache::CacheError::Io { action: "stat", path: path.clone(), source: e })?
+                .len();
+            if size >= crate::STREAM_FROM {
+                self.put_object_streamed(&hash, &path).await?;
+            } else {
+                let data = std::fs::read(&path).map_err(|e| drover_cache::CacheError::Io {
+                    action: "read",
+                    path: path.clone(),
+                    source: e,
+                })?;
+                self.put_object(&hash, Bytes::from(data)).await?;
+            }
+            bytes += size;
             objects += 1;
-            self.put_object(&hash, Bytes::from(data)).await?;
         }
         Ok(match self.create_record(&record).await? {
             Placed::Created => Pushed::Sent { objects, bytes },
@@ -86,14 +93,13 @@ impl Remote {
             if store.has_object(hash) {
                 return Ok(());
             }
-            let data = self.get_object(hash).await?.ok_or_else(|| RemoteError::Corrupt {
+            let size = self.get_object_streamed(store, hash).await?.ok_or_else(|| RemoteError::Corrupt {
                 what: "record",
                 location: format!("{} of key {key}", self.config().url),
                 detail: format!("it names object {hash}, which the remote does not have"),
             })?;
             objects += 1;
-            bytes += data.len() as u64;
-            store.put_bytes(&data)?;
+            bytes += size;
             Ok(())
         };
         for output in record.outputs.values() {

@@ -329,3 +329,80 @@ async fn a_corrupt_memo_pack_is_refused() {
     assert!(err.ends_with(&format!("its {len} bytes do not hash to its name")), "{err}");
     assert_eq!(store.memo().get(key("q").as_str()), None);
 }
+
+/// A local store whose one stage made a blob of `size` bytes (a pattern, not zeros).
+fn store_with_a_blob(root: &std::path::Path, k: &CacheKey, size: usize) -> (drover_cache::Store, StageRecord) {
+    let store = drover_cache::Store::open_private(&root.join(".drover")).unwrap();
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let hash = store.put_bytes(&data).unwrap();
+    let outputs = BTreeMap::from([("out".to_string(), OutputRef { kind: OutputKind::Blob, hash, size: size as u64 })]);
+    let rec = StageRecord { outputs, ..record(k, "big", b"") };
+    assert_eq!(store.create_record(&rec).unwrap(), Placed::Created);
+    (store, rec)
+}
+
+/// An object past `STREAM_FROM` goes up in parts and comes down as a stream, whole.
+#[tokio::test]
+async fn a_large_object_goes_up_in_parts_and_comes_down_whole() {
+    let Some(s) = server() else { return };
+    let config = s.config();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let k = key("large");
+    let size = drover_remote::STREAM_FROM as usize + 4097;
+    let (a, rec) = store_with_a_blob(a_dir.path(), &k, size);
+    let remote = s.connect(&config).await;
+    assert_eq!(remote.push_key(&a, &k).await.unwrap(), Pushed::Sent { objects: 1, bytes: size as u64 });
+    let b = drover_cache::Store::open_private(&b_dir.path().join(".drover")).unwrap();
+    let pulled = remote.pull_key(&b, &k).await.unwrap().unwrap();
+    assert_eq!((pulled.objects, pulled.bytes), (1, size as u64));
+    let hash = &rec.outputs["out"].hash;
+    assert_eq!(drover_cache::hash::file(&b.object_path(hash)).unwrap(), *hash);
+    assert_eq!(b.cached_outputs(&k), Some(rec.outputs.clone()));
+}
+
+/// Bytes that rotted in the local store are never sent: the upload (in parts or whole) is
+/// refused before it completes, and the remote has neither the object nor the record.
+#[tokio::test]
+async fn rotten_local_bytes_are_never_pushed() {
+    let Some(s) = server() else { return };
+    let config = s.config();
+    let remote = s.connect(&config).await;
+    for size in [1000, drover_remote::STREAM_FROM as usize + 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(&format!("rotten {size}"));
+        let (store, rec) = store_with_a_blob(dir.path(), &k, size);
+        let path = store.object_path(&rec.outputs["out"].hash);
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&path, perms).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[size / 2] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = remote.push_key(&store, &k).await.unwrap_err().to_string();
+        assert!(err.starts_with("remote upload of object "), "{err}");
+        assert!(err.contains(" is corrupt: "), "{err}");
+        assert!(!remote.has_object(&rec.outputs["out"].hash).await.unwrap(), "size {size}");
+        assert_eq!(remote.get_record(&k).await.unwrap(), None);
+    }
+}
+
+/// A push killed after its objects went up and before its record: the objects are there and
+/// no record names them; the next push sends no object again and creates the record.
+#[tokio::test]
+async fn a_push_stopped_between_objects_and_record_is_finished_by_the_next() {
+    let Some(s) = server() else { return };
+    let config = s.config();
+    let dir = tempfile::tempdir().unwrap();
+    let k = key("half pushed");
+    let (store, rec) = store_with_a_blob(dir.path(), &k, 5000);
+    let remote = s.connect(&config).await;
+    let hash = &rec.outputs["out"].hash;
+    remote.put_object(hash, Bytes::from(std::fs::read(store.object_path(hash)).unwrap())).await.unwrap();
+    assert_eq!(remote.get_record(&k).await.unwrap(), None);
+    let other = tempfile::tempdir().unwrap();
+    let b = drover_cache::Store::open_private(&other.path().join(".drover")).unwrap();
+    assert_eq!(remote.pull_key(&b, &k).await.unwrap(), None, "an object without its record is no answer");
+    assert_eq!(remote.push_key(&store, &k).await.unwrap(), Pushed::Sent { objects: 0, bytes: 0 });
+    assert_eq!(remote.get_record(&k).await.unwrap(), Some(rec));
+}
