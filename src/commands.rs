@@ -65,7 +65,10 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Runs { id, log, limit, pipeline } => runs(store_override, &pipeline, id, log, limit),
         Command::Models { command } => models(command),
-        Command::Gc { pipeline, dry_run, memo, keep_runs, keep_days } => {
+        Command::Gc { pipeline, dry_run, yes, grace, .. } if remote_flag.is_some() => {
+            crate::remote::gc(&ops, &store_override, &remote_flag, &pipeline.resolved(), grace, yes && !dry_run)
+        }
+        Command::Gc { pipeline, dry_run, memo, keep_runs, keep_days, .. } => {
             let keep = Keep { runs: keep_runs, days: keep_days };
             gc(&ops, store_override, &pipeline.resolved(), dry_run, memo, keep)
         }

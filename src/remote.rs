@@ -77,7 +77,9 @@ fn check(value: &Value, _at: SectionAt) -> Vec<SectionProblem> {
 /// The remote to use: `--remote`/`DROVER_REMOTE` (a URL, or the mapping as JSON), else the
 /// pipeline's `remote:`; `None` when neither names one.
 pub fn config(flag: &Option<String>, spec: &PipelineSpec) -> Result<Option<RemoteConfig>, Failure> {
-    let parsed = match flag.as_deref().map(str::trim) {
+    // `--remote` alone names no remote: the environment's or the file's.
+    let named = flag.clone().filter(|f| !f.trim().is_empty()).or_else(|| std::env::var("DROVER_REMOTE").ok());
+    let parsed = match named.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
         Some(text) if text.starts_with('{') => match serde_json::from_str::<Value>(text) {
             Ok(value) => RemoteConfig::from_value(&value),
             Err(e) => {
@@ -455,5 +457,64 @@ fn failure_text(f: &Failure) -> String {
         Failure::Environment(text) => text.clone(),
         Failure::User(report) => report.to_string(),
         _ => "failed".to_string(),
+    }
+}
+
+/// `drover gc --remote`: previews (or with `--yes` does) a collection of the remote. Kept:
+/// everything younger than `grace`, every record this store holds, every stage key of this
+/// pipeline that can be computed here, and every object a kept record names.
+pub fn gc(
+    ops: &OpRegistry,
+    store_override: &Option<PathBuf>,
+    remote_flag: &Option<String>,
+    args: &crate::cli::PipelineArgs,
+    grace: std::time::Duration,
+    delete: bool,
+) -> Result<(), Failure> {
+    let (spec, plan) = load(ops, args)?;
+    let store = open_store(store_override, &pipeline_file(args))?;
+    let Some(config) = config(remote_flag, &spec)? else {
+        return Err(Failure::User(miette::miette!(
+            help = "add `remote: { url: s3://BUCKET/PREFIX }` to the pipeline, or pass `--remote s3://BUCKET/PREFIX`",
+            "{}: no remote configured to collect",
+            plan.file.display()
+        )));
+    };
+    let mut keep: BTreeSet<CacheKey> = store.all_record_keys().map_err(env)?.into_iter().collect();
+    let all: BTreeSet<usize> = (0..plan.nodes.len()).collect();
+    keep.extend(plan_status(&plan, &store, &all, &BTreeSet::new()).map_err(env)?.into_iter().filter_map(|s| s.key));
+    runtime()?.block_on(async {
+        let remote = connect(config).await?;
+        let url = remote.config().url.clone();
+        let found = remote.gc_plan(&keep, grace, std::time::SystemTime::now()).await.map_err(env)?;
+        if delete {
+            remote.gc_apply(&found).await.map_err(env)?;
+        }
+        let verb = if delete { "deleted" } else { "would delete" };
+        println!(
+            "{verb} {} records and {} objects ({} bytes) from {url}; kept {} records and {} objects \
+             (younger than {}, or known here)",
+            found.delete_records.len(),
+            found.delete_objects.len(),
+            found.bytes,
+            found.kept_records,
+            found.kept_objects,
+            age(grace)
+        );
+        if !delete {
+            println!("nothing deleted: this was a preview; `drover gc --remote --yes` deletes");
+        }
+        Ok(())
+    })
+}
+
+/// `7d`, `36h`, `90m`, `45s`: as `--grace` is written.
+fn age(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        _ if s >= 86_400 && s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s >= 3_600 && s.is_multiple_of(3_600) => format!("{}h", s / 3_600),
+        _ if s >= 60 && s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{s}s"),
     }
 }

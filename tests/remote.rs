@@ -273,3 +273,76 @@ fn an_unreachable_remote_does_not_stop_a_run() {
     assert!(out.stderr.contains("; running locally\n"), "{}", out.stderr);
     assert_eq!(p.read("calls.log"), "gen\ndouble\n");
 }
+
+/// `gc --remote` previews unless told `--yes`, keeps everything younger than `--grace` and
+/// every record the store running it holds; what it deletes is gone for every machine, and
+/// what it keeps still answers.
+#[test]
+fn gc_on_the_remote_previews_keeps_the_young_and_the_known_and_deletes_only_with_yes() {
+    let Some(s) = server() else { return };
+    let remote = s.remote();
+    let url = serde_json::from_str::<serde_json::Value>(&remote).unwrap()["url"].as_str().unwrap().to_string();
+    let other_pipeline = "stages:\n  other:\n    op: command\n    with: { run: \"echo other >> calls.log; echo other > ${out.out}\" }\n    out: { out: blob }\n";
+    let (a, c) = (Project::new(), Project::new());
+    a.write("drover.yaml", PIPELINE);
+    c.write("drover.yaml", other_pipeline);
+    s.drover(&a, &remote, &s.secret, &["run"]).expect_code(0);
+    s.drover(&c, &remote, &s.secret, &["run"]).expect_code(0);
+
+    let out = s.drover(&a, &remote, &s.secret, &["gc"]);
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "would delete 0 records and 0 objects (0 bytes) from {url}; kept 3 records and 3 objects (younger than 7d, or known here)\n\
+             nothing deleted: this was a preview; `drover gc --remote --yes` deletes\n"
+        )
+    );
+    // Past the grace period, only `other` (which this store never held) would go.
+    let out = s.drover(&a, &remote, &s.secret, &["gc", "--grace", "0s"]);
+    out.expect_code(0);
+    assert!(out.stdout.starts_with("would delete 1 records and 1 objects (6 bytes) from "), "{}", out.stdout);
+    let d = Project::new();
+    d.write("drover.yaml", other_pipeline);
+    assert!(s.drover(&d, &remote, &s.secret, &["plan"]).stdout.starts_with("remote  other"), "the preview deleted");
+
+    let out = s.drover(&a, &remote, &s.secret, &["gc", "--grace", "0s", "--yes"]);
+    out.expect_code(0);
+    assert!(out.stdout.starts_with("deleted 1 records and 1 objects (6 bytes) from "), "{}", out.stdout);
+    assert!(!out.stdout.contains("preview"), "{}", out.stdout);
+    let plan = s.drover(&d, &remote, &s.secret, &["plan"]);
+    assert!(plan.stdout.starts_with("run     other"), "{}", plan.stdout);
+    // What `a` holds stays, whole: another checkout of it computes nothing.
+    let b = Project::new();
+    b.write("drover.yaml", PIPELINE);
+    let out = s.drover(&b, &remote, &s.secret, &["run"]);
+    out.expect_code(0);
+    assert_eq!(b.read_opt("calls.log"), None, "{}", out.stderr);
+}
+
+/// `DROVER_REMOTE` in the environment never turns a local `gc` into one on the shared remote:
+/// that takes `--remote` on the command line.
+#[test]
+fn gc_with_drover_remote_in_the_environment_stays_local_and_a_bad_grace_is_refused() {
+    let Some(s) = server() else { return };
+    let p = Project::new();
+    p.write("drover.yaml", PIPELINE);
+    p.drover(&["run"]).expect_code(0);
+    let out = p
+        .cmd(&["gc", "--dry-run"])
+        .env("DROVER_REMOTE", s.remote())
+        .env("AWS_ACCESS_KEY_ID", &s.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &s.secret)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("would remove 0 objects (0 bytes), 0 records"), "{stdout}");
+    let out = p.drover(&["gc", "--remote", "--grace", "a week"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("`a week` is not an age: write a number and a unit, d, h, m or s (`7d`, `36h`)"),
+        "{}",
+        out.stderr
+    );
+}

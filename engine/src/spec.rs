@@ -274,8 +274,7 @@ pub fn parse_str(
             "stages" => {}
             other => match sections.iter().find(|sec| sec.name == other) {
                 Some(sec)
-                    if !matches!(v.kind, NodeKind::Map(_) | NodeKind::Null)
-                        && !(sec.scalar && v.as_str().is_some()) =>
+                    if !(matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) || sec.scalar && v.as_str().is_some()) =>
                 {
                     d.error(
                         None,

@@ -16,6 +16,7 @@
 mod config;
 mod credentials;
 mod error;
+mod gc;
 mod memo;
 mod remote;
 mod stream;
@@ -24,6 +25,7 @@ mod sync;
 pub use config::RemoteConfig;
 pub use credentials::Credentials;
 pub use error::{RemoteError, Result};
+pub use gc::GcPlan;
 pub use memo::MemoSync;
 pub use remote::{Mode, Remote};
 pub use stream::STREAM_FROM;

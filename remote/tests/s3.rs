@@ -158,7 +158,7 @@ async fn wrong_credentials_fail_without_showing_the_secret() {
     let Some(s) = server() else { return };
     let secret = "wrong-secret-do-not-print";
     let creds = Credentials { secret_access_key: secret.to_string(), ..s.credentials.clone() };
-    let e = Remote::connect(s.config(), &creds).await.err().expect("a wrong secret is refused");
+    let e = Remote::connect(s.config(), &creds).await.expect_err("a wrong secret is refused");
     let (shown, debug) = (e.to_string(), format!("{e:?}"));
     assert!(shown.starts_with("remote probe "), "{shown}");
     assert!(!shown.contains(secret) && !debug.contains(secret), "{shown}\n{debug}");
@@ -306,7 +306,7 @@ async fn memo_entries_go_up_as_one_pack_and_are_read_once_by_another_store() {
     assert_eq!(b.memo().get(&keys[0]).as_deref(), Some(&b"b's own answer"[..]));
     assert_eq!(other.pull_memo(&b).await.unwrap(), drover_remote::MemoSync::default());
     // What B adds later goes up alone; what it read is not sent back.
-    b.memo().put(&key("request 50").as_str().to_string(), b"response 50").unwrap();
+    b.memo().put(key("request 50").as_str(), b"response 50").unwrap();
     assert_eq!(other.push_memo(&b).await.unwrap(), drover_remote::MemoSync { packs: 1, entries: 1 });
     assert_eq!(remote.pull_memo(&a).await.unwrap(), drover_remote::MemoSync { packs: 1, entries: 1 });
 }
