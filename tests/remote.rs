@@ -346,3 +346,84 @@ fn gc_with_drover_remote_in_the_environment_stays_local_and_a_bad_grace_is_refus
         out.stderr
     );
 }
+
+/// `tests/support/s3_proxy.py` in front of the test server: counts requests, and answers the
+/// first `fail` with 503 SlowDown (a fault of the server's, injected: a mock, named so).
+struct Proxy {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Proxy {
+    fn start(s: &S3, fail: u32) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/s3_proxy.py");
+        let child = std::process::Command::new("python3")
+            .args([script, "--upstream", &s.endpoint, "--port-file"])
+            .arg(&port_file)
+            .args(["--fail", &fail.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("start python3");
+        let port = (0..200)
+            .find_map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse().ok())
+            })
+            .expect("the proxy did not start");
+        Proxy { child, port }
+    }
+
+    /// `--remote` through the proxy, for `remote`'s prefix.
+    fn remote(&self, remote: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(remote).unwrap();
+        v["endpoint"] = format!("http://127.0.0.1:{}", self.port).into();
+        v.to_string()
+    }
+
+    fn stats(&self, reset: bool) -> serde_json::Value {
+        let path = if reset { "/_proxy/reset" } else { "/_proxy/stats" };
+        let method = if reset { "POST" } else { "GET" };
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        use std::io::{Read, Write};
+        write!(stream, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// 503s from the server are retried with backoff: a run through a server that refuses its
+/// first requests still pushes everything, and another machine's run finds it all with one
+/// GET per record and one per object (and one listing of memo packs), nothing more.
+#[test]
+fn server_errors_are_retried_and_a_cold_fetch_costs_one_get_per_record_and_object() {
+    let Some(s) = server() else { return };
+    let proxy = Proxy::start(&s, 3);
+    let remote = proxy.remote(&s.remote());
+    let (a, b) = (Project::new(), Project::new());
+    a.write("drover.yaml", PIPELINE);
+    b.write("drover.yaml", PIPELINE);
+    let out = s.drover(&a, &remote, &s.secret, &["run"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains(" 0 stage(s) fetched, 2 pushed\n"), "{}", out.stderr);
+    assert_eq!(proxy.stats(false)["faulted"], 3);
+    proxy.stats(true);
+    let out = s.drover(&b, &remote, &s.secret, &["run"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains("2 stages: 0 ran, 2 cached (2 remote)"), "{}", out.stderr);
+    assert_eq!(b.read_opt("calls.log"), None);
+    // The connect probe is one HEAD, two PUTs and a DELETE; then one listing and four GETs.
+    let stats = proxy.stats(false);
+    assert_eq!(stats["by_method"]["GET"], 5, "{stats}");
+    assert_eq!(stats["requests"], 9, "{stats}");
+}
