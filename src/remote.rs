@@ -98,6 +98,12 @@ pub fn config(flag: &Option<String>, spec: &PipelineSpec) -> Result<Option<Remot
     parsed.map(Some).map_err(|e| Failure::User(miette::miette!("{e}")))
 }
 
+/// Connects without writing anything, for reading: `plan`, `pull`.
+fn reader(config: RemoteConfig) -> Result<Remote, Failure> {
+    let credentials = Credentials::from_env().map_err(env)?;
+    Remote::reader(config, &credentials).map_err(env)
+}
+
 /// Connects and probes; says once when the remote is read-only.
 async fn connect(config: RemoteConfig) -> Result<Remote, Failure> {
     let credentials = Credentials::from_env().map_err(env)?;
@@ -253,7 +259,7 @@ pub fn pull(
 ) -> Result<(), Failure> {
     let (plan, selected, store, config) = setup(ops, store_override, remote_flag, select)?;
     runtime()?.block_on(async {
-        let remote = connect(config).await?;
+        let remote = reader(config)?;
         let m = pull_all(&remote, &plan, &store, &selected).await?;
         println!(
             "pulled {} stages ({} objects, {} bytes) from {}; {} not on the remote",
@@ -419,7 +425,7 @@ pub fn on_remote(
         .filter_map(|s| s.key.as_ref().map(|k| (s.stage.as_str(), k)))
         .collect();
     let found = runtime().ok()?.block_on(async {
-        let remote = match connect(config).await {
+        let remote = match reader(config) {
             Ok(remote) => remote,
             Err(e) => {
                 eprintln!("note: remote {url} not asked: {}", failure_text(&e));

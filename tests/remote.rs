@@ -382,6 +382,7 @@ impl Proxy {
         v.to_string()
     }
 
+    /// The counters so far; `reset` zeroes them after.
     fn stats(&self, reset: bool) -> serde_json::Value {
         let path = if reset { "/_proxy/reset" } else { "/_proxy/stats" };
         let method = if reset { "POST" } else { "GET" };
@@ -426,4 +427,24 @@ fn server_errors_are_retried_and_a_cold_fetch_costs_one_get_per_record_and_objec
     let stats = proxy.stats(false);
     assert_eq!(stats["by_method"]["GET"], 5, "{stats}");
     assert_eq!(stats["requests"], 9, "{stats}");
+}
+
+/// `plan` and `pull` only read: no probe, no write; and a cold pull costs exactly one GET per
+/// record and one per object.
+#[test]
+fn plan_and_pull_only_read_and_a_cold_pull_costs_one_get_per_record_and_object() {
+    let Some(s) = server() else { return };
+    let (remote, a, b) = two_checkouts(&s);
+    s.drover(&a, &remote, &s.secret, &["push"]).expect_code(0);
+    let proxy = Proxy::start(&s, 0);
+    let through = proxy.remote(&remote);
+    s.drover(&b, &through, &s.secret, &["plan"]).expect_code(0);
+    // One HEAD: `gen`'s record (`double`'s key needs `gen`'s output, so it is not asked about).
+    let stats = proxy.stats(true);
+    assert_eq!(stats["by_method"], serde_json::json!({"HEAD": 1}), "{stats}");
+    let out = s.drover(&b, &through, &s.secret, &["pull"]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("pulled 2 stages (2 objects, 42 bytes)"), "{}", out.stdout);
+    let stats = proxy.stats(false);
+    assert_eq!(stats["by_method"], serde_json::json!({"GET": 4}), "{stats}");
 }

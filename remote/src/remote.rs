@@ -46,9 +46,17 @@ fn retry() -> RetryConfig {
 const CREATE_PASSES: usize = 4;
 
 impl Remote {
-    /// Connects to an S3 or S3-compatible remote with these credentials and probes it
-    /// ([`Remote::over`]).
+    /// Connects to an S3 or S3-compatible remote with these credentials and probes it, for
+    /// writing ([`Remote::over`]).
     pub async fn connect(config: RemoteConfig, credentials: &Credentials) -> Result<Remote> {
+        let mut remote = Remote::reader(config, credentials)?;
+        remote.mode = remote.probe().await?;
+        Ok(remote)
+    }
+
+    /// Connects for reading only (`drover plan`, `drover pull`): no probe, so nothing is
+    /// written; its first request finds out whether the remote can be reached.
+    pub fn reader(config: RemoteConfig, credentials: &Credentials) -> Result<Remote> {
         let region = config
             .region
             .clone()
@@ -83,7 +91,8 @@ impl Remote {
             location: config.url.clone(),
             source,
         })?;
-        Remote::over(config, Arc::new(store)).await
+        let mode = Mode::ReadOnly("connected for reading only".into());
+        Ok(Remote { config, store: Arc::new(store), mode })
     }
 
     /// A remote over any object store (tests give one that misbehaves on purpose), probed:
@@ -181,9 +190,10 @@ impl Remote {
         }
     }
 
-    /// Uploads an object under its hash, unless the remote has it already. Bytes that are not
-    /// what `hash` names are refused before anything is sent.
-    pub async fn put_object(&self, hash: &ObjectHash, bytes: Bytes) -> Result<()> {
+    /// Uploads an object under its hash, unless the remote has it already (a create, so one
+    /// request either way: no HEAD first); true when this upload created it. Bytes that are
+    /// not what `hash` names are refused before anything is sent.
+    pub async fn put_object(&self, hash: &ObjectHash, bytes: Bytes) -> Result<bool> {
         self.writable()?;
         let location = self.object_path(hash);
         let actual = drover_cache::hash::bytes(&bytes);
@@ -198,7 +208,8 @@ impl Remote {
         // PUT over it would cost a full upload for nothing.
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.store.put_opts(&location, PutPayload::from(bytes), opts).await {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(source) => Err(RemoteError::Request { action: "upload", location: location.to_string(), source }),
         }
     }

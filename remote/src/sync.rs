@@ -57,25 +57,29 @@ impl Remote {
         }
         let (mut objects, mut bytes) = (0, 0);
         for hash in objects_of(store, &record)? {
-            if self.has_object(&hash).await? {
-                continue;
-            }
             let path = store.object_path(&hash);
             let size = std::fs::metadata(&path)
                 .map_err(|e| drover_cache::CacheError::Io { action: "stat", path: path.clone(), source: e })?
                 .len();
-            if size >= crate::STREAM_FROM {
-                self.put_object_streamed(&hash, &path).await?;
+            // A large object is asked about first (a HEAD saves a multipart upload); a small
+            // one is simply created, which costs one request whether or not it is there.
+            let sent = if size >= crate::STREAM_FROM {
+                !self.has_object(&hash).await? && {
+                    self.put_object_streamed(&hash, &path).await?;
+                    true
+                }
             } else {
                 let data = std::fs::read(&path).map_err(|e| drover_cache::CacheError::Io {
                     action: "read",
                     path: path.clone(),
                     source: e,
                 })?;
-                self.put_object(&hash, Bytes::from(data)).await?;
+                self.put_object(&hash, Bytes::from(data)).await?
+            };
+            if sent {
+                bytes += size;
+                objects += 1;
             }
-            bytes += size;
-            objects += 1;
         }
         Ok(match self.create_record(&record).await? {
             Placed::Created => Pushed::Sent { objects, bytes },

@@ -9,7 +9,7 @@ the Host header, so a proxy that rewrote it would break every signature), and th
 as it streams. The first N requests get --fail-status (503 by default) with an S3 `SlowDown` error
 instead, which clients must retry. Control endpoints (never forwarded, never counted):
   GET  /_proxy/stats  {"requests", "by_method": {METHOD: n}, "faulted", "bytes_up", "bytes_down"}
-  POST /_proxy/reset  zeroes the counters (which also re-arms --fail)
+  POST /_proxy/reset  the same counters, then zeroes them (which also re-arms --fail)
 Exits on SIGTERM/SIGINT and when stdin reaches EOF (a parent holding a stdin pipe never leaks it).
 Standard library only.
 """
@@ -20,7 +20,6 @@ import http.server
 import json
 import os
 import signal
-import sys
 import threading
 import urllib.parse
 
@@ -89,9 +88,10 @@ def handler(upstream, counters, fail_status):
         def handle_any(self):
             body = self.read_body()
             if self.path.startswith("/_proxy/"):
+                stats = counters.stats()
                 if self.path == "/_proxy/reset":
                     counters.reset()
-                return self.reply(200, json.dumps(counters.stats()).encode(), "application/json")
+                return self.reply(200, json.dumps(stats).encode(), "application/json")
             if counters.take(self.command):
                 err = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>' \
                       b'<Message>injected fault</Message></Error>'
@@ -149,10 +149,12 @@ def main():
     signal.signal(signal.SIGINT, stop)
 
     def watch_stdin():
+        # os.read, not sys.stdin: a daemon thread blocked in a buffered read aborts the
+        # interpreter's shutdown.
         try:
-            while sys.stdin.buffer.read(1):
+            while os.read(0, 4096):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         stop()
 
