@@ -356,6 +356,10 @@ struct Proxy {
 
 impl Proxy {
     fn start(s: &S3, fail: u32) -> Proxy {
+        Proxy::start_with(s, fail, &[])
+    }
+
+    fn start_with(s: &S3, fail: u32, extra: &[&str]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let port_file = dir.path().join("port");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/s3_proxy.py");
@@ -363,6 +367,7 @@ impl Proxy {
             .args([script, "--upstream", &s.endpoint, "--port-file"])
             .arg(&port_file)
             .args(["--fail", &fail.to_string()])
+            .args(extra)
             .stdin(std::process::Stdio::piped())
             .spawn()
             .expect("start python3");
@@ -447,4 +452,31 @@ fn plan_and_pull_only_read_and_a_cold_pull_costs_one_get_per_record_and_object()
     assert!(out.stdout.contains("pulled 2 stages (2 objects, 42 bytes)"), "{}", out.stdout);
     let stats = proxy.stats(false);
     assert_eq!(stats["by_method"], serde_json::json!({"GET": 4}), "{stats}");
+}
+
+/// A server that ignores `If-None-Match` (here the proxy turns its 412s into 200s: a mock of
+/// such a server, named so) could let two machines both store a record for one key: drover finds out at
+/// connect time, says so once, and only reads from it; the run itself goes on.
+#[test]
+fn a_server_that_ignores_conditional_creates_is_only_read_from() {
+    let Some(s) = server() else { return };
+    let proxy = Proxy::start_with(&s, 0, &["--ignore-conditions"]);
+    let remote = s.remote();
+    let through = proxy.remote(&remote);
+    let p = Project::new();
+    p.write("drover.yaml", PIPELINE);
+    let out = s.drover(&p, &through, &s.secret, &["run"]);
+    out.expect_code(0);
+    assert_eq!(
+        out.stderr.matches("is read-only: the server does not honour conditional creates").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(": 0 stage(s) fetched, 0 pushed\n"), "{}", out.stderr);
+    assert_eq!(p.read("calls.log"), "gen\ndouble\n");
+    // Nothing reached the remote: another machine finds nothing there.
+    let q = Project::new();
+    q.write("drover.yaml", PIPELINE);
+    assert!(s.drover(&q, &remote, &s.secret, &["plan"]).stdout.starts_with("run     gen"));
 }

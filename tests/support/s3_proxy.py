@@ -1,13 +1,15 @@
 """Request-counting, fault-injecting proxy in front of an S3-compatible server, for tests and benchmarks.
 
 Usage:
-  s3_proxy.py --upstream http://127.0.0.1:P --port-file F [--fail N] [--fail-status 503]
+  s3_proxy.py --upstream http://127.0.0.1:P --port-file F [--fail N] [--fail-status 503] [--ignore-conditions]
 
 Listens on 127.0.0.1 (a free port) and writes that port to F (atomically) once it serves. Every
 request is forwarded to upstream with its headers as received, Host included (S3 signatures cover
 the Host header, so a proxy that rewrote it would break every signature), and the answer is relayed
 as it streams. The first N requests get --fail-status (503 by default) with an S3 `SlowDown` error
-instead, which clients must retry. Control endpoints (never forwarded, never counted):
+instead, which clients must retry. --ignore-conditions answers 200 where upstream answered 412 Precondition
+Failed, as a server that ignores `If-None-Match` would (some S3-compatible servers and gateways do); the
+header itself cannot be stripped, since the request's signature covers it. Control endpoints (never forwarded, never counted):
   GET  /_proxy/stats  {"requests", "by_method": {METHOD: n}, "faulted", "bytes_up", "bytes_down"}
   POST /_proxy/reset  the same counters, then zeroes them (which also re-arms --fail)
 Exits on SIGTERM/SIGINT and when stdin reaches EOF (a parent holding a stdin pipe never leaks it).
@@ -58,7 +60,7 @@ class Counters:
                     "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
 
 
-def handler(upstream, counters, fail_status):
+def handler(upstream, counters, fail_status, ignore_conditions):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -107,6 +109,13 @@ def handler(upstream, counters, fail_status):
                     conn.putheader("Content-Length", str(len(body)))
                 conn.endheaders(body if body else None)
                 resp = conn.getresponse()
+                if ignore_conditions and resp.status == 412:
+                    resp.read()
+                    self.send_response(200)
+                    self.send_header("ETag", '"0"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response_only(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP_BY_HOP:
@@ -132,10 +141,12 @@ def main():
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--fail", type=int, default=0)
     ap.add_argument("--fail-status", type=int, default=503)
+    ap.add_argument("--ignore-conditions", action="store_true")
     args = ap.parse_args()
     counters = Counters(args.fail)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             handler(urllib.parse.urlparse(args.upstream), counters, args.fail_status))
+                                             handler(urllib.parse.urlparse(args.upstream), counters, args.fail_status,
+                                                     args.ignore_conditions))
     server.daemon_threads = True
     tmp = args.port_file + ".tmp"
     with open(tmp, "w") as f:
