@@ -15,6 +15,11 @@ pub struct Cli {
     /// Store directory (default: `.drover` beside the pipeline file).
     #[arg(long, global = true, env = "DROVER_STORE")]
     pub store: Option<PathBuf>,
+    /// The team cache, over the pipeline's `remote:` and `DROVER_REMOTE`: `s3://BUCKET/PREFIX`,
+    /// or the mapping as JSON (`{"url": "s3://b/p", "endpoint": "http://127.0.0.1:8333",
+    /// "allow_http": true}`). Alone (`drover gc --remote`): the configured one.
+    #[arg(long, global = true, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+    pub remote: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -115,6 +120,30 @@ pub enum Command {
         /// cached; a stage that has not finished sends its requests again.
         #[arg(long)]
         memo: bool,
+        /// With `--remote`: keep everything on the remote younger than this (`7d`, `36h`, `90m`).
+        #[arg(long, value_name = "AGE", default_value = "7d", value_parser = parse_age)]
+        grace: std::time::Duration,
+        /// With `--remote`: delete (without it, `gc --remote` only says what it would delete).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Send the pipeline's finished stages (records and the objects they name) to the remote
+    /// (`remote:`, `--remote`): only what it lacks.
+    Push {
+        #[command(flatten)]
+        file: FileArgs,
+        /// Only this stage and what it needs (repeatable).
+        #[arg(long = "target", value_name = "STAGE")]
+        targets: Vec<String>,
+    },
+    /// Fetch from the remote every stage of the pipeline that is not cached here and that
+    /// someone already computed (verified by hash).
+    Pull {
+        #[command(flatten)]
+        file: FileArgs,
+        /// Only this stage and what it needs (repeatable).
+        #[arg(long = "target", value_name = "STAGE")]
+        targets: Vec<String>,
     },
     /// Store maintenance.
     Cache {
@@ -374,6 +403,10 @@ pub struct RunArgs {
     /// Also print cached stages.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// Fail (exit 3) when the remote (`remote:`, `--remote`) cannot be used, rather than
+    /// running locally.
+    #[arg(long)]
+    pub remote_required: bool,
     /// Compute device for numeric ops: `auto` (a GPU through wgpu when one exists, else the
     /// CPU), `cpu` or `wgpu`. Recorded in the run record, never in cache keys.
     #[arg(long, env = "DROVER_DEVICE", default_value = "auto", value_parser = parse_device)]
@@ -424,4 +457,20 @@ pub fn default_jobs() -> usize {
 pub enum DagFormat {
     Dot,
     Mermaid,
+}
+
+/// `7d`, `36h`, `90m`, `45s`: an age.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("`{text}` is not an age: write a number and a unit, d, h, m or s (`7d`, `36h`)");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
 }

@@ -9,7 +9,7 @@ use drover_cache::{CacheKey, OutputKind, OutputRef, RunRecord, StageOutcome, Sto
 use drover_engine::exec::{self, RunOptions, humanize};
 use drover_engine::plan::{self, Plan};
 use drover_engine::spec::{self, ParamOverrides, PipelineSpec};
-use drover_engine::status::{Action, plan_status};
+use drover_engine::status::{Action, StageStatus, plan_status};
 use drover_engine::{OpRegistry, SectionDecl, diag};
 
 use crate::Failure;
@@ -30,12 +30,13 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
     }
     let ops = registry(device);
     let store_override = cli.store.clone();
+    let remote_flag = cli.remote.clone();
     match cli.command {
-        Command::Run(args) => run(&ops, store_override, args),
+        Command::Run(args) => run(&ops, store_override, &remote_flag, args),
         Command::Job(_) => unreachable!("handled above"),
         Command::Submit(args) => submit(&ops, store_override, args),
         Command::Plan { select, json, explain: true } => explain(&ops, &select, json),
-        Command::Plan { select, json, explain: false } => plan_cmd(&ops, store_override, &select, json),
+        Command::Plan { select, json, explain: false } => plan_cmd(&ops, store_override, &remote_flag, &select, json),
         Command::Dag { pipeline, format } => dag(&ops, &pipeline.resolved(), format),
         Command::Show { target, pipeline, rows } => show(&ops, store_override, &pipeline, &target, rows),
         Command::Export { target, path, pipeline, force } => {
@@ -64,27 +65,37 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Runs { id, log, limit, pipeline } => runs(store_override, &pipeline, id, log, limit),
         Command::Models { command } => models(command),
-        Command::Gc { pipeline, dry_run, memo, keep_runs, keep_days } => {
+        Command::Gc { pipeline, dry_run, yes, grace, .. } if remote_flag.is_some() => {
+            crate::remote::gc(&ops, &store_override, &remote_flag, &pipeline.resolved(), grace, yes && !dry_run)
+        }
+        Command::Gc { pipeline, dry_run, memo, keep_runs, keep_days, .. } => {
             let keep = Keep { runs: keep_runs, days: keep_days };
             gc(&ops, store_override, &pipeline.resolved(), dry_run, memo, keep)
         }
-        Command::Nightly(args) => crate::nightly::nightly(&ops, &store_override, args),
+        Command::Nightly(args) => crate::nightly::nightly(&ops, &store_override, &remote_flag, args),
         Command::Metrics { command } => metrics_cmd(&ops, store_override, command),
         Command::Report { run, html, pipeline } => {
             let (store, pipeline_name) = store_and_pipeline(&ops, &store_override, &pipeline)?;
             crate::html::report(&store, pipeline_name.as_deref(), run.as_deref(), &html)
         }
         Command::Schedule { command } => crate::schedule::command(&ops, &store_override, command),
+        Command::Push { file, targets } => {
+            crate::remote::push(&ops, &store_override, &remote_flag, &SelectArgs { file, targets, force: Vec::new() })
+        }
+        Command::Pull { file, targets } => {
+            crate::remote::pull(&ops, &store_override, &remote_flag, &SelectArgs { file, targets, force: Vec::new() })
+        }
         Command::Cache { command: CacheCommand::Verify { pipeline } } => verify(store_override, &pipeline.resolved()),
     }
 }
 
 /// The ops, and the sections of the parts that own them: the ops' (`llms:`), the Slurm
-/// executor's (`slurm:`) and notifications' (`notify:`).
+/// executor's (`slurm:`), notifications' (`notify:`) and the team cache's (`remote:`).
 fn registry(device: drover_ops::kit::compute::DeviceChoice) -> OpRegistry {
     let mut ops = drover_ops::registry(device);
     ops.register_section(drover_slurm::section());
     ops.register_section(crate::notify::section());
+    ops.register_section(crate::remote::section());
     ops
 }
 
@@ -223,7 +234,7 @@ pub fn env<E: std::fmt::Display>(e: E) -> Failure {
 }
 
 /// Resolves `--target` and `--force` names to nodes; unknown names are user errors.
-fn selection(plan: &Plan, select: &SelectArgs) -> Result<(BTreeSet<usize>, BTreeSet<usize>), Failure> {
+pub fn selection(plan: &Plan, select: &SelectArgs) -> Result<(BTreeSet<usize>, BTreeSet<usize>), Failure> {
     let resolve = |names: &[String], flag: &str| -> Result<Vec<usize>, Failure> {
         let mut out = Vec::new();
         for name in names {
@@ -272,15 +283,30 @@ pub struct Loaded {
     pub selected: BTreeSet<usize>,
     pub forced: BTreeSet<usize>,
     pub store: Arc<Store>,
+    /// The team cache (`remote:`, `--remote`), if one is configured.
+    pub remote: Option<drover_remote::RemoteConfig>,
 }
 
 /// Loads and plans what `args` name, and opens the store.
-pub fn prepare(ops: &OpRegistry, store_override: &Option<PathBuf>, args: &RunArgs) -> Result<Loaded, Failure> {
+pub fn prepare(
+    ops: &OpRegistry,
+    store_override: &Option<PathBuf>,
+    remote_flag: &Option<String>,
+    args: &RunArgs,
+) -> Result<Loaded, Failure> {
     let pargs = args.select.file.resolved();
     let (spec, plan) = load(ops, &pargs)?;
     let (selected, forced) = selection(&plan, &args.select)?;
     let store = Arc::new(open_store(store_override, &pipeline_file(&pargs))?);
-    Ok(Loaded { spec, plan, selected, forced, store })
+    let remote = crate::remote::config(remote_flag, &spec)?;
+    if remote.is_none() && args.remote_required {
+        return Err(Failure::User(miette::miette!(
+            help = "add `remote: { url: s3://BUCKET/PREFIX }` to the pipeline, or pass `--remote s3://BUCKET/PREFIX`",
+            "--remote-required: {} has no remote configured",
+            plan.file.display()
+        )));
+    }
+    Ok(Loaded { spec, plan, selected, forced, store, remote })
 }
 
 /// What a run did: its record (metrics included) and how it ended, as an exit status.
@@ -294,7 +320,7 @@ pub struct Executed {
 /// metrics.
 pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigger) -> Result<Executed, Failure> {
     let t0 = Instant::now();
-    let Loaded { spec, plan, selected, forced, store } = loaded;
+    let Loaded { spec, plan, selected, forced, store, remote } = loaded;
     let mut slurm = match args.executor {
         ExecutorChoice::Local => None,
         ExecutorChoice::Slurm => {
@@ -308,6 +334,11 @@ pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigge
         (Some(s), None) => s.driver_settings().max_jobs,
         (None, None) => crate::cli::default_jobs(),
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
+    let tier = match remote {
+        Some(config) => runtime.block_on(crate::remote::open_tier(config, &store, args.remote_required))?,
+        None => None,
+    };
     let opts = RunOptions {
         jobs,
         fail_fast: args.fail_fast,
@@ -315,15 +346,18 @@ pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigge
         forced,
         resources: parse_resources(&args.resources)?,
         meta: crate::provenance::meta(&spec, trigger),
+        tier: tier.clone().map(|t| t as Arc<dyn exec::Tier>),
     };
     let plan = Arc::new(plan);
     let reporter = Arc::new(TermReporter::new(args.verbose));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(env)?;
     let ran = match slurm.as_mut() {
         Some(executor) => runtime.block_on(exec::run_on(plan.clone(), store.clone(), opts, reporter.clone(), executor)),
         None => runtime.block_on(exec::run(plan.clone(), store.clone(), opts, reporter.clone())),
     };
     let summary_ = ran.map_err(env)?;
+    if let Some(tier) = tier {
+        runtime.block_on(crate::remote::close_tier(tier, &store));
+    }
     // After Ctrl-C an op's blocking work (a numeric fit, say) may still be running, and dropping
     // the runtime would wait for it to end. Shutting down drops every task first (so that a
     // command's process group is killed by its guard), then waits a bounded time for blocking
@@ -342,6 +376,7 @@ pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigge
         summary(
             count(StageOutcome::Ran),
             count(StageOutcome::Cached),
+            record.stages.iter().filter(|s| s.note("remote").is_some()).count(),
             failed,
             count(StageOutcome::Skipped) + count(StageOutcome::Interrupted),
             t0.elapsed()
@@ -372,8 +407,13 @@ pub fn execute(ops: &OpRegistry, loaded: Loaded, args: &RunArgs, trigger: Trigge
     Ok(Executed { record, outcome })
 }
 
-fn run(ops: &OpRegistry, store_override: Option<PathBuf>, args: RunArgs) -> Result<(), Failure> {
-    let loaded = prepare(ops, &store_override, &args)?;
+fn run(
+    ops: &OpRegistry,
+    store_override: Option<PathBuf>,
+    remote_flag: &Option<String>,
+    args: RunArgs,
+) -> Result<(), Failure> {
+    let loaded = prepare(ops, &store_override, remote_flag, &args)?;
     execute(ops, loaded, &args, Trigger { kind: "manual".into(), schedule: None })?.outcome
 }
 
@@ -475,17 +515,31 @@ fn job(args: crate::cli::JobArgs) -> Result<(), Failure> {
     }
 }
 
-fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectArgs, json: bool) -> Result<(), Failure> {
+fn plan_cmd(
+    ops: &OpRegistry,
+    store_override: Option<PathBuf>,
+    remote_flag: &Option<String>,
+    select: &SelectArgs,
+    json: bool,
+) -> Result<(), Failure> {
     let pargs = select.file.resolved();
-    let (_, plan) = load(ops, &pargs)?;
+    let (spec, plan) = load(ops, &pargs)?;
     let (selected, forced) = selection(&plan, select)?;
     let store = open_store(&store_override, &pipeline_file(&pargs))?;
     let statuses = plan_status(&plan, &store, &selected, &forced).map_err(env)?;
     store.flush();
+    // With a remote: which of the stages to run someone already computed.
+    let remote = crate::remote::config(remote_flag, &spec)?
+        .and_then(|config| crate::remote::on_remote(config, &statuses, &forced, &plan));
+    let on_remote = |s: &StageStatus| remote.as_ref().is_some_and(|(_, names)| names.contains(&s.stage));
     let mut out = String::new();
     if json {
         for s in &statuses {
-            out.push_str(&serde_json::to_string(s).expect("status serialises"));
+            let mut line = serde_json::to_value(s).expect("status serialises");
+            if on_remote(s) {
+                line["remote"] = serde_json::Value::Bool(true);
+            }
+            out.push_str(&line.to_string());
             out.push('\n');
         }
     } else {
@@ -493,6 +547,7 @@ fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectAr
         for s in &statuses {
             let action = match s.action {
                 Action::Cached => "cached",
+                Action::Run if on_remote(s) => "remote",
                 Action::Run => "run   ",
             };
             let mut why = if s.reasons.is_empty() { String::new() } else { format!("  {}", s.reasons.join("; ")) };
@@ -502,7 +557,15 @@ fn plan_cmd(ops: &OpRegistry, store_override: Option<PathBuf>, select: &SelectAr
             out.push_str(&format!("{action}  {:width$}{why}\n", s.stage));
         }
         let to_run = statuses.iter().filter(|s| s.action == Action::Run).count();
-        out.push_str(&format!("{} to run, {} cached\n", to_run, statuses.len() - to_run));
+        let cached = statuses.len() - to_run;
+        match &remote {
+            Some((url, names)) => out.push_str(&format!(
+                "{} to run, {cached} cached, {} on remote {url} (`drover pull` or a run fetches them)\n",
+                to_run - names.len(),
+                names.len()
+            )),
+            None => out.push_str(&format!("{to_run} to run, {cached} cached\n")),
+        }
     }
     print!("{out}");
     Ok(())

@@ -13,6 +13,7 @@ mod metrics;
 mod nightly;
 mod notify;
 mod provenance;
+mod remote;
 mod report;
 mod schedule;
 mod schema;

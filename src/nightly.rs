@@ -24,6 +24,7 @@ use crate::notify::{self, Event};
 pub fn nightly(
     ops: &OpRegistry,
     store_override: &Option<std::path::PathBuf>,
+    remote_flag: &Option<String>,
     args: NightlyArgs,
 ) -> Result<(), Failure> {
     if !drover_engine::spec::valid_name(&args.name) {
@@ -33,7 +34,7 @@ pub fn nightly(
             args.name
         )));
     }
-    let loaded = prepare(ops, store_override, &args.run)?;
+    let loaded = prepare(ops, store_override, remote_flag, &args.run)?;
     let holder = format!(
         "pid {} on {} since {}",
         std::process::id(),

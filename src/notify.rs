@@ -106,6 +106,7 @@ pub fn section() -> SectionDecl {
         stage_schema: None,
         // Checked by [`check`], which locates each problem in the file itself.
         check: None,
+        scalar: false,
     }
 }
 

@@ -113,6 +113,9 @@ impl Reporter for TermReporter {
                     bar.inc(1);
                 }
                 match outcome {
+                    StageOutcome::Cached if notes.contains_key("remote") => {
+                        self.line(format!("  cached  {stage} (remote)"))
+                    }
                     StageOutcome::Cached if self.verbose => self.line(format!("  cached  {stage}")),
                     StageOutcome::Ran => self.line(format!("  ran     {stage} ({})", humanize(duration))),
                     StageOutcome::Failed => {
@@ -208,10 +211,14 @@ impl Progress for StageProgress {
     }
 }
 
-/// "12 stages: 3 ran, 9 cached (1.2s)".
-pub fn summary(ran: usize, cached: usize, failed: usize, skipped: usize, elapsed: Duration) -> String {
+/// "12 stages: 3 ran, 9 cached (1.2s)"; with stages fetched from the remote, "9 cached (2 remote)".
+pub fn summary(ran: usize, cached: usize, remote: usize, failed: usize, skipped: usize, elapsed: Duration) -> String {
     let total = ran + cached + failed + skipped;
-    let mut parts = vec![format!("{ran} ran"), format!("{cached} cached")];
+    let cached = match remote {
+        0 => format!("{cached} cached"),
+        n => format!("{cached} cached ({n} remote)"),
+    };
+    let mut parts = vec![format!("{ran} ran"), cached];
     if failed > 0 {
         parts.push(format!("{failed} failed"));
     }

@@ -1,5 +1,5 @@
 //! Architecture invariants as tests: dependencies point one way (cli -> ops | slurm -> engine ->
-//! cache).
+//! cache, and cli -> remote -> cache).
 
 use std::process::Command;
 
@@ -13,8 +13,10 @@ fn dependencies_point_one_way() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // Each crate may depend only on crates of a later layer: the CLI on the ops and the Slurm
-    // executor, which never depend on each other, both on the engine, the engine on the cache.
-    let layers: [&[&str]; 4] = [&["drover"], &["drover-ops", "drover-slurm"], &["drover-engine"], &["drover-cache"]];
+    // executor, which never depend on each other, both on the engine, the engine on the cache;
+    // the remote tier beside them, on the cache alone.
+    let layers: [&[&str]; 4] =
+        [&["drover"], &["drover-ops", "drover-slurm", "drover-remote"], &["drover-engine"], &["drover-cache"]];
     let layer_of = |name: &str| layers.iter().position(|l| l.contains(&name));
     let mut seen = 0;
     for pkg in meta["packages"].as_array().unwrap() {
@@ -32,7 +34,10 @@ fn dependencies_point_one_way() {
         }
         let forbidden: &[&str] = match name {
             "drover-engine" => &["arrow", "parquet", "burn", "clap"],
-            "drover-cache" => &["arrow", "parquet", "burn", "clap", "yaml-rust2", "tokio"],
+            // The store is synchronous and used on every compute node: no HTTP stack.
+            "drover-cache" => &["arrow", "parquet", "burn", "clap", "yaml-rust2", "tokio", "object_store", "reqwest"],
+            // Keys, records and objects only: it knows no plan and no op.
+            "drover-remote" => &["arrow", "parquet", "burn", "clap", "yaml-rust2", "drover-engine"],
             "drover-slurm" => &["arrow", "parquet", "burn", "clap"],
             _ => &[],
         };

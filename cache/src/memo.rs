@@ -111,6 +111,19 @@ impl Memo {
         Ok(usage)
     }
 
+    /// The key of every entry, in no particular order (torn entries included: [`Memo::get`]
+    /// tells them apart).
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for sub in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            let prefix = sub.file_name().to_string_lossy().into_owned();
+            for entry in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                keys.push(format!("{prefix}{}", entry.file_name().to_string_lossy()));
+            }
+        }
+        keys
+    }
+
     /// How many entries there are and their total size in bytes.
     pub fn usage(&self) -> (u64, u64) {
         let mut count = 0;

@@ -530,6 +530,9 @@ pub struct SectionDecl {
     /// at its place in the file with the file's other errors (exit 2), by `validate`, `plan`
     /// and `run` alike.
     pub check: Option<fn(&serde_json::Value, SectionAt) -> Vec<SectionProblem>>,
+    /// The section may also be written as one string (`remote: s3://bucket/prefix`), which
+    /// the section's own `check` and reader take; otherwise it must be a mapping.
+    pub scalar: bool,
 }
 
 /// Where a section being checked was written.

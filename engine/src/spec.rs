@@ -273,13 +273,17 @@ pub fn parse_str(
             "resources" => spec.resources = parse_resources(&mut d, None, v),
             "stages" => {}
             other => match sections.iter().find(|sec| sec.name == other) {
-                Some(sec) if !matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) => d.error(
-                    None,
-                    v.span,
-                    format!("`{other}` must be {}; found {}", sec.holds, v.type_name()),
-                    "expected a mapping",
-                    Some(format!("e.g. `{}`", sec.example)),
-                ),
+                Some(sec)
+                    if !(matches!(v.kind, NodeKind::Map(_) | NodeKind::Null) || sec.scalar && v.as_str().is_some()) =>
+                {
+                    d.error(
+                        None,
+                        v.span,
+                        format!("`{other}` must be {}; found {}", sec.holds, v.type_name()),
+                        "expected a mapping",
+                        Some(format!("e.g. `{}`", sec.example)),
+                    )
+                }
                 Some(_) => {
                     spec.sections.insert(other.to_string(), v.clone());
                 }
@@ -961,6 +965,7 @@ mod tests {
             env: Some("TEAM"),
             stage_schema: None,
             check: None,
+            scalar: false,
         }
     }
 

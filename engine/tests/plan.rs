@@ -454,6 +454,7 @@ fn placement() -> drover_engine::SectionDecl {
         env: None,
         stage_schema: Some(serde_json::json!({"type": "object"})),
         check: Some(check),
+        scalar: false,
     }
 }
 

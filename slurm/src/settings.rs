@@ -102,6 +102,7 @@ pub fn section() -> SectionDecl {
         env: None,
         stage_schema: Some(stage),
         check: Some(check),
+        scalar: false,
     }
 }
 

@@ -91,6 +91,10 @@ impl Project {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_drover"));
         c.args(args).current_dir(self.path()).env("NO_COLOR", "1").env("COLUMNS", "200").env_remove("DROVER_STORE");
+        // The remote tier only where a test asks for it (and never with the outer shell's keys).
+        for var in ["DROVER_REMOTE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"] {
+            c.env_remove(var);
+        }
         c
     }
 

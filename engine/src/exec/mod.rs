@@ -11,6 +11,7 @@
 mod executor;
 mod scheduler;
 mod stage;
+mod tier;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -25,6 +26,7 @@ use crate::plan::Plan;
 pub use executor::{Cancel, Dispatch, Executor, LocalExecutor, RunScope, job_inputs, run_stage};
 use scheduler::Scheduler;
 pub use stage::{Finished, JobInputs, Upstream};
+pub use tier::Tier;
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -40,6 +42,9 @@ pub struct RunOptions {
     pub resources: BTreeMap<String, u64>,
     /// What the run record says of how and where the run started.
     pub meta: RunMeta,
+    /// A cache tier behind the store (a team cache): looked in before a stage is computed,
+    /// and sent what this run computes.
+    pub tier: Option<Arc<dyn Tier>>,
 }
 
 /// How and where a run started, copied into its record as given (the engine reads none of it).
@@ -60,6 +65,7 @@ impl Default for RunOptions {
             forced: BTreeSet::new(),
             resources: BTreeMap::new(),
             meta: RunMeta::default(),
+            tier: None,
         }
     }
 }
@@ -150,6 +156,8 @@ pub async fn run_on(
     executor.begin(&scope).await?;
     let mut sched = Scheduler::new(&plan, &opts, &selected, executor.places_resources());
     let mut interrupted = false;
+    // Stages this run computed, on their way to the tier.
+    let mut pushes = tokio::task::JoinSet::new();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -159,7 +167,17 @@ pub async fn run_on(
             for d in &mut dispatched {
                 d.last_key = last_keys.get(&plan.nodes[d.idx].id).cloned();
             }
-            executor.start(&scope, dispatched).await;
+            let mut fetched = 0;
+            if let Some(tier) = &opts.tier {
+                (dispatched, fetched) = fetch_from_tier(tier, &store, dispatched, &mut sched, &*reporter).await;
+            }
+            if !dispatched.is_empty() {
+                executor.start(&scope, dispatched).await;
+            }
+            if fetched > 0 {
+                // Their dependents may be ready now.
+                continue;
+            }
         }
         if sched.nothing_running() {
             break;
@@ -173,6 +191,12 @@ pub async fn run_on(
                     )));
                 };
                 let failed = finished.outputs.is_none();
+                if let (Some(tier), StageOutcome::Ran, Some(key)) =
+                    (&opts.tier, finished.outcome, sched.key(finished.idx))
+                {
+                    let (tier, store, key) = (tier.clone(), store.clone(), key.clone());
+                    pushes.spawn(async move { tier.push(&store, &key).await });
+                }
                 sched.finish(finished, &store, &*reporter);
                 if failed && opts.fail_fast {
                     for stopped in executor.cancel(&scope, Cancel::FailFast).await {
@@ -189,6 +213,11 @@ pub async fn run_on(
         }
     }
 
+    // Interrupted: what was not sent is sent by the next run (the tier keeps the list).
+    if interrupted {
+        pushes.abort_all();
+    }
+    while pushes.join_next().await.is_some() {}
     let done = sched.end(interrupted);
     store.update_state(&plan.pipeline, &done.state_updates)?;
     store.flush();
@@ -216,6 +245,48 @@ pub async fn run_on(
     };
     store.put_run(&record)?;
     Ok(RunSummary { record, environment_failure: done.environment_failure, interrupted, repairs: store.take_repairs() })
+}
+
+/// Looks the dispatched stages up in the tier, at most [`tier::CONCURRENT_LOOKUPS`] at a time
+/// (forced ones are not looked up): each hit ends here as cached, with the note `remote`; the
+/// misses are returned to be started, and how many hit.
+async fn fetch_from_tier(
+    tier: &Arc<dyn Tier>,
+    store: &Arc<Store>,
+    dispatched: Vec<Dispatch>,
+    sched: &mut Scheduler<'_>,
+    reporter: &dyn Reporter,
+) -> (Vec<Dispatch>, usize) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(tier::CONCURRENT_LOOKUPS));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, d) in dispatched.iter().enumerate().filter(|(_, d)| !d.forced) {
+        let (tier, store, key, permits) = (tier.clone(), store.clone(), d.key.clone(), permits.clone());
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (i, tier.fetch(&store, &key).await)
+        });
+    }
+    let mut found = vec![None; dispatched.len()];
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, outputs)) = joined {
+            found[i] = outputs;
+        }
+    }
+    let mut misses = Vec::new();
+    let mut hits = 0;
+    for (d, outputs) in dispatched.into_iter().zip(found) {
+        match outputs {
+            Some(outputs) => {
+                hits += 1;
+                let mut finished = Finished::new(d.idx, StageOutcome::Cached, None, 0);
+                finished.outputs = Some(outputs);
+                finished.notes.insert("remote".to_string(), tier.location().to_string());
+                sched.finish(finished, store, reporter);
+            }
+            None => misses.push(d),
+        }
+    }
+    (misses, hits)
 }
 
 /// `1.5s`, `2m 03s`.

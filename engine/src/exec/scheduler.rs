@@ -169,6 +169,11 @@ impl<'a> Scheduler<'a> {
         launched
     }
 
+    /// The stage's key, once it was ready.
+    pub fn key(&self, idx: usize) -> Option<&CacheKey> {
+        self.keys.get(idx).and_then(Option::as_ref)
+    }
+
     /// Nothing runs: a run with nothing waiting either is over.
     pub fn nothing_running(&self) -> bool {
         self.running.is_empty()

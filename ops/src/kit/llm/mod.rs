@@ -45,6 +45,7 @@ pub fn section() -> drover_engine::SectionDecl {
         env: Some("LLM"),
         stage_schema: None,
         check: None,
+        scalar: false,
     }
 }
 
