@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod mmproj;
 #[cfg(test)]
 pub(crate) mod mock;
 pub mod serve;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use drover_engine::{CheckCx, CheckError, Checked, OpError, Progress, RunCx};
 
-pub use client::{Client, Completion, Message, Prompt, Request, Sampling};
+pub use client::{Client, Completion, Content, Message, Part, Prompt, Request, Sampling};
 pub use endpoint::{Endpoint, check_endpoint, default_llm};
 
 /// The pipeline's top-level section of language-model endpoints, which this backend owns.
