@@ -6,6 +6,7 @@ pub mod icai;
 pub mod inverse_cai;
 pub mod llm_generate;
 pub mod principle_generate_responses;
+pub mod recaption;
 pub mod self_instruct;
 pub mod tgrt_questions;
 pub mod tgrt_topics;
