@@ -205,6 +205,9 @@ impl OpKit for Recaption {
     fn run(&self, params: RecaptionParams, cx: RunCx) -> Work {
         Work::future(async move {
             let prepared = prepare(&params, &cx)?;
+            if prepared.kept.is_empty() && !prepared.skipped.is_empty() {
+                return Err(nothing_read(&prepared.skipped, &cx.pipeline_dir));
+            }
             let counter = match &params.tokenizer {
                 Some(path) => Counter::Tokenizer(Box::new(
                     load_tokenizer(&drover_engine::paths::resolve(&cx.pipeline_dir, path)).map_err(OpError::failed)?,
@@ -278,6 +281,20 @@ fn prepare(params: &RecaptionParams, cx: &StageCx) -> Result<Prepared, OpError> 
     }
     client.seed_by_prompt(&mut requests);
     Ok(Prepared { client, input, kept, skipped, requests, labels })
+}
+
+/// The error when not one image of a non-empty table could be read: most likely paths written
+/// relative to something other than the pipeline.
+fn nothing_read(skipped: &[(usize, String)], pipeline_dir: &std::path::Path) -> OpError {
+    let first: Vec<String> = skipped.iter().take(3).map(|(row, why)| format!("row {row} ({why})")).collect();
+    let more = if skipped.len() > 3 { format!("; and {} more", skipped.len() - 3) } else { String::new() };
+    OpError::failed(format!(
+        "not one of the {} images could be read: {}{more}; image paths are relative to the pipeline's directory ({}) \
+         or absolute",
+        skipped.len(),
+        first.join("; "),
+        pipeline_dir.display()
+    ))
 }
 
 fn read_table(path: &std::path::Path) -> Result<RecordBatch, OpError> {
@@ -653,6 +670,21 @@ mod tests {
             log.contains("row 2 (img/notes.png: not an image (PNG or JPEG)); row 3 (img/cut.png: does not decode: ")
         );
         assert!(log.contains("; row 4 (null: no image (null))\n"), "{log}");
+    }
+
+    #[test]
+    fn a_table_of_which_no_image_can_be_read_fails_the_stage() {
+        let server = MockLlm::start(captioner(0));
+        let t = OpTest::new(json!({})).llms(server.llms()).input("table", texts(&[("image", &["red.png"])]));
+        let e = run(&t).unwrap_err();
+        let message = format!(
+            "not one of the 1 images could be read: row 0 (red.png: no file at {}); image paths are relative to the \
+             pipeline's directory ({}) or absolute",
+            t.dir().join("red.png").display(),
+            t.dir().display()
+        );
+        assert_eq!((e.kind, e.message), (drover_engine::OpErrorKind::Failed, message));
+        assert_eq!(server.sent(), 0);
     }
 
     #[test]
