@@ -327,7 +327,7 @@ fn read_text_model(bytes: &[u8]) -> Result<TextModel, String> {
         8 => (32, 34),
         t => return Err(format!("`token_embd.weight` is of ggml type {t}")),
     };
-    if n_embd % block != 0 {
+    if !n_embd.is_multiple_of(block) {
         return Err(format!("an embedding width of {n_embd} is not a whole number of blocks"));
     }
     let row_bytes = n_embd / block * block_bytes;
