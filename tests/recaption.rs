@@ -12,9 +12,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use common::Project;
+use common::{Project, SIGKILL, signal, wait_for};
 
 /// `drover models pull smollm2`, once per test process.
 fn pull() {
@@ -213,4 +213,33 @@ fn a_projector_is_checked_at_plan_time_and_enters_the_key() {
     let out = p.drover(&["plan"]);
     out.expect_code(2);
     assert!(out.unwrapped().contains("unknown variant `medium`, expected one of `short`, `long`, `mix`"));
+}
+
+/// Responses in the project's memo.
+fn memo_entries(p: &Project) -> usize {
+    let Ok(dirs) = std::fs::read_dir(p.join(".drover/memo")) else { return 0 };
+    dirs.flatten().filter_map(|d| std::fs::read_dir(d.path()).ok()).map(|files| files.count()).sum()
+}
+
+#[test]
+fn a_killed_stage_resumes_from_the_memo() {
+    // Twelve requests: each image four times (a repeated image is asked again with its own seed).
+    let table: String = (0..12).map(|i| format!("img/{}.png\n", COLOURS[i % 3])).collect();
+    let p = project(&format!("image\n{table}"));
+    p.write("drover.yaml", &pipeline(SEEING, ""));
+    let mut child = p.cmd(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for("three responses in the memo", || {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        (memo_entries(&p) >= 3).then_some(())
+    });
+    signal(child.id() as i32, SIGKILL);
+    child.wait().unwrap();
+    let kept = memo_entries(&p);
+    p.drover(&["run"]).expect_code(0);
+    let log = stage_log(&p, "", "recaption");
+    let line = log.lines().find(|l| l.starts_with("llm `default`: ")).unwrap();
+    let numbers: Vec<usize> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+    // Every response kept before the kill is answered from the memo, and only the rest is sent.
+    assert_eq!((numbers[0], numbers[1]), (12 - kept, kept), "{line}");
+    assert_eq!(rows(&p, "recaption", "drover.yaml").len(), 12);
 }
