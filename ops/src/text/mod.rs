@@ -1,5 +1,6 @@
 //! Text ops: generation and prompt synthesis on language models (Self-Instruct, SELF-ALIGN),
-//! and sentence embeddings on burn (`embed`).
+//! sentence embeddings on burn (`embed`), and image recaptioning through a vision model
+//! (`recaption`).
 
 pub mod embed;
 pub mod icai;
