@@ -30,6 +30,7 @@ pub fn registry(device: kit::compute::DeviceChoice) -> OpRegistry {
     ops.register(text::llm_generate::LlmGenerate);
     ops.register(models::merge_models::MergeModels { device });
     ops.register(text::principle_generate_responses::PrincipleGenerateResponses);
+    ops.register(text::recaption::Recaption);
     ops.register(models::read_model::ReadModel);
     ops.register(data::read_table::ReadTable);
     ops.register(data::rouge_dedup::RougeDedup);

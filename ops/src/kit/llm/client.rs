@@ -27,13 +27,73 @@ const MEMO_FORMAT: &str = "drover llm response v1";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
-    pub content: String,
+    pub content: Content,
 }
 
 impl Message {
     pub fn new(role: &str, content: impl Into<String>) -> Message {
-        Message { role: role.to_string(), content: content.into() }
+        Message { role: role.to_string(), content: Content::Text(content.into()) }
     }
+
+    /// A message of several parts (text and images), as OpenAI's vision API takes them.
+    pub fn parts(role: &str, parts: Vec<Part>) -> Message {
+        Message { role: role.to_string(), content: Content::Parts(parts) }
+    }
+}
+
+/// A message's content: plain text, written as a JSON string exactly as before parts existed
+/// (so every memo key of a text request is unchanged), or a list of parts.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// Text is debug-printed as the bare string it was before parts existed: a chat's debug text
+/// is what `Client::seed_by_prompt` derives a row's seed from, so it must not change.
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Content::Text(t) => std::fmt::Debug::fmt(t, f),
+            Content::Parts(p) => f.debug_list().entries(p).finish(),
+        }
+    }
+}
+
+impl Content {
+    /// The text of a plain-text content; `None` for parts.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Content::Text(t) => Some(t),
+            Content::Parts(_) => None,
+        }
+    }
+}
+
+/// One part of a message: `{"type":"text","text":..}` or
+/// `{"type":"image_url","image_url":{"url":..}}` (a `data:` URL carries the image's bytes, so
+/// they enter the memo key).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Part {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+impl Part {
+    /// An image as a base64 `data:` URL of its bytes.
+    pub fn image(mime: &str, bytes: &[u8]) -> Part {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        Part::ImageUrl { image_url: ImageUrl { url: format!("data:{mime};base64,{b64}") } }
+    }
+}
+
+/// Where an image part's picture is: a URL, usually a `data:` URL.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
 }
 
 impl Sampling {
@@ -401,8 +461,9 @@ impl Client {
             .get_or_try_init(|| async move {
                 let base_url = match &endpoint.target {
                     Target::Remote { base_url } => base_url.clone(),
-                    Target::Serve { gguf, threads, context } => {
-                        serve::ensure(gguf, *threads, *context, endpoint.max_concurrency, &endpoint.model)
+                    Target::Serve { gguf, threads, context, mmproj } => {
+                        let mmproj = mmproj.as_deref();
+                        serve::ensure(gguf, mmproj, *threads, *context, endpoint.max_concurrency, &endpoint.model)
                             .await
                             .map_err(|e| OpError::environment(format!("llm `{}`: {e}", endpoint.name)))?
                             .base_url
@@ -434,6 +495,15 @@ impl Client {
             Ok(t) => t,
             Err(e) => return Err(Attempt::Retry(format!("response cut off: {}", error_chain(&e)), None)),
         };
+        if status.is_server_error() && text.contains(NO_IMAGES) {
+            // Not worth a retry: llama.cpp answers so when it was started without a projector.
+            return Err(Attempt::Fatal(OpError::failed(format!(
+                "llm `{}` does not accept images: HTTP {status}: {}; {}",
+                self.endpoint.name,
+                snippet(&text),
+                no_images_hint(&self.endpoint)
+            ))));
+        }
         if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
             return Err(Attempt::Retry(format!("HTTP {status}: {}", snippet(&text)), retry_after));
         }
@@ -464,6 +534,25 @@ impl Client {
             // A 200 whose body is not a completion: a proxy's error page or a cut stream.
             Attempt::Retry(format!("unreadable response ({e}): {}", snippet(&text)), None)
         })
+    }
+}
+
+/// What llama.cpp's server says to an image when it has no projector (`--mmproj`).
+const NO_IMAGES: &str = "image input is not supported";
+
+/// What to change when an endpoint refuses images.
+fn no_images_hint(endpoint: &Endpoint) -> String {
+    match endpoint.target {
+        Target::Serve { .. } => format!(
+            "give the endpoint the vision model's projector: `llms.{}.serve.mmproj: PATH` (the mmproj .gguf \
+             published beside the model's GGUF)",
+            endpoint.name
+        ),
+        Target::Remote { .. } => format!(
+            "point `llms.{}` at a vision model (a llama.cpp server started with `--mmproj`, vLLM or Ollama serving \
+             a VLM)",
+            endpoint.name
+        ),
     }
 }
 
@@ -591,9 +680,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn identity(endpoint: &Endpoint, memo: &Memo) -> Result<String, OpError> {
     Ok(match &endpoint.target {
         Target::Remote { .. } => format!("model {}", endpoint.model),
-        Target::Serve { gguf, context, .. } => {
+        Target::Serve { gguf, context, mmproj, .. } => {
             let hash = memo.hash_source_file(gguf).map_err(|e| OpError::environment(e.to_string()))?;
-            format!("gguf {hash} context {context}")
+            match mmproj {
+                // Without a projector, as it always was: existing memos keep answering.
+                None => format!("gguf {hash} context {context}"),
+                Some(mmproj) => {
+                    let projector = memo.hash_source_file(mmproj).map_err(|e| OpError::environment(e.to_string()))?;
+                    format!("gguf {hash} context {context} mmproj {projector}")
+                }
+            }
         }
     })
 }
@@ -673,6 +769,30 @@ mod tests {
         let llms = json!({"default": {"serve": {"gguf": "m.gguf", "context": 512}}});
         let endpoint = Endpoint::resolve(&llms, "default", d.path()).unwrap();
         assert_eq!(identity(&endpoint, &memo).unwrap(), format!("gguf {keyed} context 512"));
+    }
+
+    /// Image parts: a text message still serialises (and debug-prints, which row seeds are
+    /// derived from) as before parts existed; a message of parts as OpenAI's vision API takes it.
+    #[test]
+    fn text_content_is_unchanged_and_parts_are_openais() {
+        let text = vec![Message::new("user", "hi")];
+        assert_eq!(serde_json::to_string(&text).unwrap(), r#"[{"role":"user","content":"hi"}]"#);
+        assert_eq!(format!("{:?}", Prompt::Chat(text)), r#"Chat([Message { role: "user", content: "hi" }])"#);
+        let parts = vec![Message::parts(
+            "user",
+            vec![Part::image("image/png", b"\x89PNG"), Part::Text { text: "Describe.".into() }],
+        )];
+        assert_eq!(
+            serde_json::to_string(&parts).unwrap(),
+            r#"[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw=="}},{"type":"text","text":"Describe."}]}]"#
+        );
+        let d = tempfile::tempdir().unwrap();
+        let c = client("model m", d.path());
+        let ask = |bytes: &[u8]| Request {
+            prompt: Prompt::Chat(vec![Message::parts("user", vec![Part::image("image/png", bytes)])]),
+            sampling: Sampling::default(),
+        };
+        assert_ne!(c.key(&ask(b"red")), c.key(&ask(b"blue")), "the image's bytes enter the memo key");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use drover_engine::op::parse_params;
 use drover_engine::{CheckCx, CheckError, Checked};
 use serde::Deserialize;
 
+use super::mmproj;
 use crate::kit::pulled;
 
 /// The settings of one endpoint, as written under `llms: { NAME: ... }`.
@@ -55,6 +56,12 @@ pub struct ServeSpec {
     pub threads: Option<u32>,
     /// Context length of each request slot, in tokens. Default: 2048.
     pub context: Option<u32>,
+    /// A multimodal projector GGUF (llama.cpp's `--mmproj`), so that the model can see images
+    /// sent as `image_url` parts: relative to the pipeline directory or absolute. Its content
+    /// enters the key. `synthetic:colour` builds an untrained projector for the text model
+    /// that only passes each image's colours through (for testing the image path offline;
+    /// see the README's `recaption` section). Default: none (the server refuses images).
+    pub mmproj: Option<String>,
 }
 
 /// An endpoint checked and resolved, as the client uses it.
@@ -76,7 +83,7 @@ pub struct Endpoint {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
     Remote { base_url: String },
-    Serve { gguf: PathBuf, threads: u32, context: u32 },
+    Serve { gguf: PathBuf, threads: u32, context: u32, mmproj: Option<PathBuf> },
 }
 
 /// The alias a local server gives its model.
@@ -208,8 +215,12 @@ impl Endpoint {
             Target::Remote { .. } => {
                 checked.context.insert(format!("llm `{}` model", self.name), self.model.clone().into());
             }
-            Target::Serve { gguf, context, .. } => {
+            Target::Serve { gguf, context, mmproj, .. } => {
                 checked.named_deps.push((format!("llm `{}` gguf", self.name), gguf.clone()));
+                // Only when set, so that the keys of text-only endpoints are as they were.
+                if let Some(mmproj) = mmproj {
+                    checked.named_deps.push((format!("llm `{}` mmproj", self.name), mmproj.clone()));
+                }
                 // The context length decides where long prompts are cut.
                 checked.context.insert(format!("llm `{}` context", self.name), (*context).into());
             }
@@ -252,7 +263,29 @@ fn serve_target(name: &str, serve: &ServeSpec, pipeline_dir: &std::path::Path) -
     if serve.threads == Some(0) || serve.context.is_some_and(|c| c < 128) {
         return Err(at("threads", "threads must be at least 1 and context at least 128 tokens".into()));
     }
-    Ok(Target::Serve { gguf, threads: serve.threads.unwrap_or(1), context: serve.context.unwrap_or(2048) })
+    let mmproj = match serve.mmproj.as_deref() {
+        None => None,
+        Some(mmproj::SYNTHETIC) => Some(mmproj::ensure_synthetic(&gguf).map_err(|message| {
+            at("mmproj", format!("cannot build the synthetic projector for {}: {message}", gguf.display())).help(
+                "`synthetic:colour` needs a GGUF text model with a `token_embd.weight` in F32, F16, Q4_0, Q4_1 or Q8_0",
+            )
+        })?),
+        Some(path) if path.starts_with("synthetic:") => {
+            return Err(at("mmproj", format!("unknown synthetic projector `{path}`"))
+                .help(format!("the one built in is `{}`; otherwise give a path", mmproj::SYNTHETIC)));
+        }
+        Some(path) => {
+            let path = drover_engine::paths::resolve(pipeline_dir, path);
+            if !path.is_file() {
+                return Err(at("mmproj", format!("no projector file at {}", path.display())).help(
+                    "give the path of the model's mmproj .gguf (published beside a vision model's GGUF), relative \
+                     to the pipeline or absolute",
+                ));
+            }
+            Some(path)
+        }
+    };
+    Ok(Target::Serve { gguf, threads: serve.threads.unwrap_or(1), context: serve.context.unwrap_or(2048), mmproj })
 }
 
 /// The stage param every language-model op takes: which endpoint of `llms:` to use.
@@ -309,5 +342,36 @@ mod tests {
         assert_eq!(key(&a), key(&b));
         let c = json!({"default": {"base_url": "http://a:1/v1", "model": "other"}});
         assert_ne!(key(&a), key(&c));
+    }
+
+    /// A projector enters the key (by content, under a name) only when it is set, so that the
+    /// keys of text-only `serve:` endpoints are what they were before `mmproj` existed.
+    #[test]
+    fn a_projector_enters_the_key_only_when_set() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("m.gguf"), "GGUF").unwrap();
+        std::fs::write(d.path().join("p.gguf"), "GGUF mmproj").unwrap();
+        let key = |llms: serde_json::Value| {
+            let mut checked = Checked::default();
+            Endpoint::resolve(&llms, "default", d.path()).unwrap().add_to_key(&mut checked);
+            checked.named_deps
+        };
+        let plain = key(json!({"default": {"serve": {"gguf": "m.gguf"}}}));
+        assert_eq!(plain, [("llm `default` gguf".to_string(), d.path().join("m.gguf"))]);
+        let seeing = key(json!({"default": {"serve": {"gguf": "m.gguf", "mmproj": "p.gguf"}}}));
+        assert_eq!(seeing[1], ("llm `default` mmproj".to_string(), d.path().join("p.gguf")));
+
+        let missing = json!({"default": {"serve": {"gguf": "m.gguf", "mmproj": "nope.gguf"}}});
+        let errs = Endpoint::resolve(&missing, "default", d.path()).unwrap_err();
+        assert_eq!(
+            errs[0].message,
+            format!("llms.default.serve: no projector file at {}", d.path().join("nope.gguf").display())
+        );
+        let unknown = json!({"default": {"serve": {"gguf": "m.gguf", "mmproj": "synthetic:shapes"}}});
+        let errs = Endpoint::resolve(&unknown, "default", d.path()).unwrap_err();
+        assert_eq!(errs[0].message, "llms.default.serve: unknown synthetic projector `synthetic:shapes`");
+        let not_a_model = json!({"default": {"serve": {"gguf": "m.gguf", "mmproj": "synthetic:colour"}}});
+        let errs = Endpoint::resolve(&not_a_model, "default", d.path()).unwrap_err();
+        assert!(errs[0].message.ends_with("m.gguf: the file ends inside its header"), "{}", errs[0].message);
     }
 }

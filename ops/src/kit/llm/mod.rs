@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod mmproj;
 #[cfg(test)]
 pub(crate) mod mock;
 pub mod serve;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use drover_engine::{CheckCx, CheckError, Checked, OpError, Progress, RunCx};
 
-pub use client::{Client, Completion, Message, Prompt, Request, Sampling};
+pub use client::{Client, Completion, Content, Message, Part, Prompt, Request, Sampling};
 pub use endpoint::{Endpoint, check_endpoint, default_llm};
 
 /// The pipeline's top-level section of language-model endpoints, which this backend owns.
@@ -117,6 +118,17 @@ pub async fn run_all(
     requests: Vec<Request>,
     progress: &Arc<dyn Progress>,
 ) -> Result<Vec<Completion>, OpError> {
+    run_all_named(client, requests, progress, None).await
+}
+
+/// [`run_all`], whose error names the request that failed: `name(i)` for request `i` (e.g.
+/// "row 3 (images/a.png)") is put before the message.
+pub async fn run_all_named(
+    client: &Client,
+    requests: Vec<Request>,
+    progress: &Arc<dyn Progress>,
+    name: Option<&(dyn Fn(usize) -> String + Sync)>,
+) -> Result<Vec<Completion>, OpError> {
     let total = requests.len();
     let mut results: Vec<Option<Completion>> = vec![None; total];
     let mut pending = Vec::new();
@@ -146,7 +158,10 @@ pub async fn run_all(
             joined = tasks.join_next() => {
                 let Some(joined) = joined else { break };
                 let (i, result) = joined.map_err(|e| OpError::failed(format!("a request task ended: {e}")))?;
-                results[i] = Some(result?);
+                results[i] = Some(result.map_err(|e| match name {
+                    Some(name) => OpError { message: format!("{}: {}", name(i), e.message), ..e },
+                    None => e,
+                })?);
                 progress.advance(1);
             }
             _ = ticker.tick() => {

@@ -54,6 +54,9 @@ except ImportError as e:
     sys.exit(17)
 p = xlc.CommonParams()
 p.model.path = cfg["gguf"]
+if cfg["mmproj"]:
+    p.mmproj.path = cfg["mmproj"]
+    p.mmproj_use_gpu = False
 p.n_parallel = cfg["parallel"]
 p.n_ctx = cfg["context"] * cfg["parallel"]
 p.port = cfg["port"]
@@ -76,12 +79,14 @@ pub struct Served {
     _child: Mutex<(Child, ChildStdin)>,
 }
 
-type Servers = Mutex<HashMap<(PathBuf, u32, u32), Arc<tokio::sync::OnceCell<Arc<Served>>>>>;
+type Servers = Mutex<HashMap<(PathBuf, Option<PathBuf>, u32, u32), Arc<tokio::sync::OnceCell<Arc<Served>>>>>;
 static SERVERS: std::sync::OnceLock<Servers> = std::sync::OnceLock::new();
 
-/// The local server for this model file and settings, started (once per process) if needed.
+/// The local server for this model file (and projector) and settings, started (once per
+/// process) if needed.
 pub async fn ensure(
     gguf: &Path,
+    mmproj: Option<&Path>,
     threads: u32,
     context: u32,
     parallel: usize,
@@ -89,11 +94,11 @@ pub async fn ensure(
 ) -> Result<Arc<Served>, String> {
     let cell = {
         let mut servers = SERVERS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-        servers.entry((gguf.to_path_buf(), threads, context)).or_default().clone()
+        servers.entry((gguf.to_path_buf(), mmproj.map(Path::to_path_buf), threads, context)).or_default().clone()
     };
-    let (gguf, alias) = (gguf.to_path_buf(), alias.to_string());
+    let (gguf, mmproj, alias) = (gguf.to_path_buf(), mmproj.map(Path::to_path_buf), alias.to_string());
     cell.get_or_try_init(|| async move {
-        tokio::task::spawn_blocking(move || start(&gguf, threads, context, parallel, &alias))
+        tokio::task::spawn_blocking(move || start(&gguf, mmproj.as_deref(), threads, context, parallel, &alias))
             .await
             .map_err(|e| e.to_string())?
     })
@@ -101,7 +106,14 @@ pub async fn ensure(
     .cloned()
 }
 
-fn start(gguf: &Path, threads: u32, context: u32, parallel: usize, alias: &str) -> Result<Arc<Served>, String> {
+fn start(
+    gguf: &Path,
+    mmproj: Option<&Path>,
+    threads: u32,
+    context: u32,
+    parallel: usize,
+    alias: &str,
+) -> Result<Arc<Served>, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free loopback port: {e}"))?
@@ -109,7 +121,7 @@ fn start(gguf: &Path, threads: u32, context: u32, parallel: usize, alias: &str) 
     let runtime = runtime_dir();
     let cfg = serde_json::json!({
         "runtime": if runtime.is_dir() { runtime.to_string_lossy().to_string() } else { String::new() },
-        "gguf": gguf, "threads": threads, "context": context, "parallel": parallel, "port": port, "alias": alias,
+        "gguf": gguf, "mmproj": mmproj, "threads": threads, "context": context, "parallel": parallel, "port": port, "alias": alias,
     });
     let logs = cache_dir().join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("create {}: {e}", logs.display()))?;
