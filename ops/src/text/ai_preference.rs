@@ -24,7 +24,8 @@
 //! Languages are detected with the `whatlang` crate (ISO 639-3 codes such as `eng`), where
 //! SALMON uses fastText's `ftlangdetect` (ISO 639-1, `en`): the two disagree on short or mixed
 //! texts, so the language rule labels some pairs differently from SALMON's; a text whatlang
-//! cannot place leaves the rule out for that pair.
+//! cannot place reliably (often a short one) leaves the rule out for that pair, where
+//! ftlangdetect always names a language.
 //!
 //! Output `out`: SALMON's columns under SALMON's names, `instruction, input, output_1,
 //! output_2, preference` (1 or 2), `dimensions, negative_definitions, dimension_scores` (as
@@ -581,9 +582,13 @@ fn read_items(p: &AiPreferenceParams, path: &Path, log: &mut Vec<String>) -> Res
     Ok(items)
 }
 
-/// The language whatlang detects (ISO 639-3), or `None`.
+/// The language whatlang detects (ISO 639-3), or `None` when it cannot tell reliably: on a
+/// short text it often guesses (it takes "As an AI language model, I cannot count legs, but
+/// spiders have six." for Catalan), and a guess would decide the label by the language rule.
 fn language(text: &str) -> Option<String> {
-    whatlang::detect(&text.replace('\n', " ")).map(|info| info.lang().code().to_string())
+    whatlang::detect(&text.replace('\n', " "))
+        .filter(|info| info.is_reliable())
+        .map(|info| info.lang().code().to_string())
 }
 
 async fn run(p: AiPreferenceParams, cx: RunCx) -> Result<(), OpError> {
