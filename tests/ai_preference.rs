@@ -10,7 +10,7 @@ mod common;
 mod llm_server;
 
 use common::Project;
-use llm_server::{Server, assert_resumed, kill_run_after, stage_log};
+use llm_server::{Server, assert_resumed, kill_run_after, model, stage_log};
 
 const PROMPT: &str = include_str!("../pipelines/data/salmon/synthetic_preference_prompt.txt");
 const PRINCIPLES: &str = include_str!("../pipelines/data/salmon/principle_collection_rm.json");
@@ -196,4 +196,24 @@ fn bad_principles_and_pairs_are_reported() {
         "{}",
         out.all()
     );
+}
+
+#[test]
+fn the_salmon_pipeline_plans() {
+    // Its `serve:` endpoint names the pulled SmolLM2, whose content enters the key.
+    model();
+    let p = Project::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    p.write("pipelines/salmon.yaml", &std::fs::read_to_string(root.join("pipelines/salmon.yaml")).unwrap());
+    for file in [
+        "salmon/synthetic_preference_prompt.txt",
+        "salmon/principle_collection_rm.json",
+        "dromedary/tgrt_self_instruct_seed_questions.jsonl",
+    ] {
+        let text = std::fs::read_to_string(root.join("pipelines/data").join(file)).unwrap();
+        p.write(&format!("pipelines/data/{file}"), &text);
+    }
+    let out = p.drover(&["plan", "-f", "pipelines/salmon.yaml"]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("4 to run, 0 cached"), "{}", out.all());
 }

@@ -23,7 +23,7 @@ fn cache_dir() -> PathBuf {
 
 /// SmolLM2 and the llama.cpp runtime, pulled by `drover models pull smollm2` once per test
 /// process (later runs find them in the cache).
-fn model() -> (PathBuf, PathBuf) {
+pub fn model() -> (PathBuf, PathBuf) {
     static PULL: std::sync::Once = std::sync::Once::new();
     PULL.call_once(|| {
         let out = Command::new(env!("CARGO_BIN_EXE_drover")).args(["models", "pull", "smollm2"]).output().unwrap();
