@@ -528,7 +528,8 @@ fn read_items(p: &AiPreferenceParams, path: &Path, log: &mut Vec<String>) -> Res
                         at.insert(key.clone(), raw.len());
                         raw.push(([row, row], key.0, key.1, [responses[row].clone(), None]));
                     }
-                    Some(&k) if raw[k].3[1].is_none() && raw[k].0[0] == raw[k].0[1] => {
+                    // The prompt's second response: its pair's second row is not set yet.
+                    Some(&k) if raw[k].0[0] == raw[k].0[1] => {
                         raw[k].0[1] = row;
                         raw[k].3[1] = responses[row].clone();
                     }
@@ -573,7 +574,7 @@ fn read_items(p: &AiPreferenceParams, path: &Path, log: &mut Vec<String>) -> Res
         log.push(format!("{total} {} skipped: {}", if total == 1 { "pair" } else { "pairs" }, skipped.join("; ")));
     }
     if extra > 0 {
-        log.push(format!("{extra} responses past the first two of their prompt left out"));
+        log.push(format!("responses past the first two of their prompt, left out: {extra}"));
     }
     if items.is_empty() {
         let why = log.first().cloned().unwrap_or_else(|| "it has no rows".to_string());
@@ -637,7 +638,7 @@ async fn run(p: AiPreferenceParams, cx: RunCx) -> Result<(), OpError> {
          text (no usable logprobs: the text fallback), {} unreadable (scored 0)",
         count(Via::Logprobs),
         count(Via::Bound),
-        p.top_logprobs,
+        p.sampling().logprobs.unwrap_or(0),
         count(Via::Text),
         count(Via::Unreadable)
     ));
@@ -934,8 +935,8 @@ mod tests {
         assert_eq!(pairs, [("blue, like the sky".into(), "red".into()), ("hello there, friend".into(), "hi".into())]);
         assert!(
             log(&t).starts_with(
-                "1 pair skipped: 1 with a missing prompt or response (rows 5)\n1 responses past the first two of \
-                 their prompt left out\n2 pairs"
+                "1 pair skipped: 1 with a missing prompt or response (rows 5)\nresponses past the first two of \
+                 their prompt, left out: 1\n2 pairs"
             ),
             "{}",
             log(&t)
