@@ -6,7 +6,8 @@
 //! For each pass over the examples, and each example:
 //! 1. shuffle the dimensions (one list, shuffled in place from pass to pass, as SALMON's);
 //! 2. draw k ~ Geometric(p) on 1, 2, ..., drawing again while k > `max_principles` (numpy's
-//!    `geometric` in a loop: the distribution truncated, not clipped), and take the first k;
+//!    `geometric` in a loop: the distribution truncated, not clipped), and take the first k
+//!    (all of them when k is larger, as SALMON's slice `all_dimensions[:k]` does);
 //! 3. score each: the mean of (s12, s21) over the dimension's variance (the population
 //!    variance of every s12 and s21 of that dimension over the examples) when both have the
 //!    same sign, else 0;
