@@ -22,6 +22,7 @@ use drover_engine::OpRegistry;
 pub fn registry(device: kit::compute::DeviceChoice) -> OpRegistry {
     let mut ops = OpRegistry::new();
     ops.register_section(kit::llm::section());
+    ops.register(text::ai_preference::AiPreference);
     ops.register(programs::command::Command);
     ops.register(data::concat::Concat);
     ops.register(data::dedup::Dedup);

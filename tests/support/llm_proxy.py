@@ -2,12 +2,13 @@
 
 Usage:
   llm_proxy.py --port-file F (--upstream http://127.0.0.1:P | --serve-gguf PATH --runtime DIR [--parallel N])
-               [--fail N] [--fail-statuses 500,429] [--retry-after SECONDS]
+               [--fail N] [--fail-statuses 500,429] [--retry-after SECONDS] [--strip-logprobs]
 
 Listens on 127.0.0.1 (a free port) and writes that port to F (atomically) once it serves, and, with
 --serve-gguf, once the in-process llama.cpp server (xllamacpp, imported from DIR) answers /health 200.
 Every request is forwarded to upstream, except the first N POSTs to a path ending in /completions,
-which get the statuses of --fail-statuses in turn (429 with Retry-After). Control endpoints:
+which get the statuses of --fail-statuses in turn (429 with Retry-After). --strip-logprobs removes
+`logprobs` from every choice of a completions answer: a mock of a server that sends none. Control endpoints:
   GET  /_proxy/stats  {"forwarded", "faulted", "by_body": {sha256(body): forwarded}, "max_per_body",
                        "resent_after_answer": forwarded requests whose body had already been answered (200),
                        "authorization": {Authorization header as received ("" when absent): requests}}
@@ -151,6 +152,7 @@ class Proxy(BaseHTTPRequestHandler):
     upstream = None  # urllib.parse.SplitResult, set in main
     counters = None
     retry_after = "1"
+    strip_logprobs = False
 
     def log_message(self, fmt, *args):
         pass  # quiet; tests read stderr for real errors
@@ -229,10 +231,16 @@ class Proxy(BaseHTTPRequestHandler):
         if no_body:
             self.send_header("Content-Length", length or "0")
             self.end_headers()
-        elif length is not None:  # whole body, same length
-            self.send_header("Content-Length", length)
+        elif length is not None:  # whole body, same length (unless logprobs are stripped)
+            data = resp.read()
+            if self.strip_logprobs and resp.status == 200 and self.path.rstrip("/").endswith("/completions"):
+                answer = json.loads(data)
+                for choice in answer.get("choices", []):
+                    choice.pop("logprobs", None)
+                data = json.dumps(answer).encode()
+            self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(resp.read())
+            self.wfile.write(data)
         else:  # unknown length (e.g. SSE with stream=true): re-chunk as it arrives
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -261,6 +269,7 @@ def main():
     ap.add_argument("--fail", type=int, default=0, help="fault the first N completions POSTs")
     ap.add_argument("--fail-statuses", default="500,429")
     ap.add_argument("--retry-after", default="1", help="Retry-After seconds sent with 429")
+    ap.add_argument("--strip-logprobs", action="store_true", help="drop `logprobs` from completions answers")
     a = ap.parse_args()
 
     exit_on_stdin_eof_or_sigterm()
@@ -273,6 +282,7 @@ def main():
     Proxy.upstream = urllib.parse.urlsplit(a.upstream)
     Proxy.counters = Counters(a.fail, [int(s) for s in a.fail_statuses.split(",")])
     Proxy.retry_after = a.retry_after
+    Proxy.strip_logprobs = a.strip_logprobs
     httpd = Listener(("127.0.0.1", 0), Proxy)  # listening from here on
     write_port_file(a.port_file, httpd.server_address[1])
     httpd.serve_forever()

@@ -298,7 +298,7 @@ fn side_of(value: &str, a: &str, b: &str) -> Option<Side> {
 }
 
 /// A column's values as strings (integers as their digits).
-fn strings(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>, OpError> {
+pub(crate) fn strings(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>, OpError> {
     let array =
         batch.column_by_name(name).ok_or_else(|| OpError::failed(format!("the input has no column `{name}`")))?;
     let utf8 = cast(array, &DataType::Utf8).map_err(|e| OpError::failed(format!("column `{name}`: {e}")))?;
