@@ -13,6 +13,7 @@ pub mod data;
 pub mod kit;
 pub mod models;
 pub mod programs;
+pub mod reward;
 pub mod scaling;
 pub mod text;
 
@@ -31,6 +32,7 @@ pub fn registry(device: kit::compute::DeviceChoice) -> OpRegistry {
     ops.register(models::merge_models::MergeModels { device });
     ops.register(text::principle_generate_responses::PrincipleGenerateResponses);
     ops.register(models::read_model::ReadModel);
+    ops.register(reward::reward_train::RewardTrain { device });
     ops.register(data::read_table::ReadTable);
     ops.register(data::rouge_dedup::RougeDedup);
     ops.register(data::sample::Sample);

@@ -122,6 +122,23 @@ impl SentenceEncoder {
             .collect())
     }
 
+    /// Each text's token ids without `[CLS]`/`[SEP]` and without a length limit, for callers
+    /// that lay several texts out in one input themselves (`reward_train` keeps a response
+    /// whole and cuts its context from the left); [`SentenceEncoder::special_ids`] gives the
+    /// ids to put around them.
+    pub fn tokenize_plain(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, String> {
+        let mut tokenizer = self.tokenizer.clone();
+        tokenizer.with_truncation(None).map_err(|e| format!("tokenizer: {e}"))?;
+        let encodings = tokenizer.encode_batch(texts.to_vec(), false).map_err(|e| format!("tokenizer: {e}"))?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// The ids of `[CLS]` and `[SEP]`.
+    pub fn special_ids(&self) -> Result<(u32, u32), String> {
+        let id = |t: &str| self.tokenizer.token_to_id(t).ok_or_else(|| format!("the tokenizer has no `{t}` token"));
+        Ok((id("[CLS]")?, id("[SEP]")?))
+    }
+
     /// Embeds `texts` (unit vectors, input order), `batch_size` texts of similar length at a
     /// time; `done(n)` after each batch of `n`.
     pub fn encode(
