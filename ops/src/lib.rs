@@ -33,6 +33,8 @@ pub fn registry(device: kit::compute::DeviceChoice) -> OpRegistry {
     ops.register(text::principle_generate_responses::PrincipleGenerateResponses);
     ops.register(models::read_model::ReadModel);
     ops.register(reward::reward_train::RewardTrain { device });
+    ops.register(reward::reward_score::RewardScore { device });
+    ops.register(reward::best_of_n::BestOfN);
     ops.register(data::read_table::ReadTable);
     ops.register(data::rouge_dedup::RougeDedup);
     ops.register(data::sample::Sample);
