@@ -96,13 +96,14 @@ fn a_separable_set_is_learnt_with_the_same_metrics_on_the_cpu_and_on_wgpu() {
     assert_eq!(cpu.len(), 5);
     let last = &cpu[4];
     assert!(last["val_accuracy"].as_f64().unwrap() >= 0.9, "{last}");
-    // The tolerance the op documents: 0.01 in loss, 0.02 in accuracy, per epoch.
+    // The tolerance the op documents: 1e-4 in loss, 0.02 in accuracy, per epoch (measured on
+    // this set: 2e-6 in loss, none in accuracy).
     for (c, g) in cpu.iter().zip(&gpu) {
         for split in ["train", "val"] {
             let d = |k: &str| {
                 (c[format!("{split}_{k}")].as_f64().unwrap() - g[format!("{split}_{k}")].as_f64().unwrap()).abs()
             };
-            assert!(d("loss") <= 0.01 && d("accuracy") <= 0.02, "cpu {c}\nwgpu {g}");
+            assert!(d("loss") <= 1e-4 && d("accuracy") <= 0.02, "cpu {c}\nwgpu {g}");
         }
     }
     // The learning curve, as SVG and PNG.

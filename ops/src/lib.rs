@@ -5,7 +5,8 @@
 //!   (`encoder`), pulled models (`pulled`), preference pairs (`pairs`).
 //! - One directory per family of ops, one file per op, named as in YAML: `data/` (tables),
 //!   `programs/` (`command`), `models/` (`read_model`, `merge_models`), `text/` (prompt synthesis,
-//!   generation, embeddings), `scaling/` (`scaling_law_fit`).
+//!   generation, embeddings), `scaling/` (`scaling_law_fit`), `reward/` (`reward_train`,
+//!   `reward_score`, `best_of_n`).
 //!
 //! No op imports another op's file: what two ops share lives in `kit/`.
 

@@ -31,9 +31,11 @@
 //!
 //! Deterministic on one device: the same pairs, params and seed give the same bytes. Between
 //! devices (a model trained on one is served from the cache on another) the embeddings agree to
-//! a cosine of 0.99999 and training drifts with float order: the metrics agree to 0.02 in
-//! accuracy and 0.01 in loss on the tests' sets (tests/reward.rs checks the CPU against
-//! wgpu on lavapipe), not bit for bit.
+//! a cosine of 0.99999 and training drifts with float order, so the bytes differ; the tolerance
+//! is 1e-4 in every epoch's loss and 0.02 in its accuracy (a near-tie may flip). Measured on
+//! tests/reward.rs's set, CPU against wgpu on lavapipe, after 4 epochs: 2e-6 in loss, no
+//! accuracy difference. The memo keeps embeddings per backend, so a run on one device never
+//! trains on another's embeddings.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -1002,6 +1004,26 @@ mod tests {
         assert!(l.contains("`pairs`: 1 row skipped: 1 with two identical responses (rows 2)"), "{l}");
         assert!(l.contains("1 train and 0 validation pairs"), "{l}");
         assert!(l.contains("1 pairs dropped as identical after cutting"), "{l}");
+    }
+
+    #[test]
+    fn transcripts_are_split_at_the_last_assistant_turn_and_others_counted() {
+        minilm();
+        let t1 = "\n\nHuman: Can you help me bake bread?\n\nAssistant: Yes, start with flour, water and yeast.";
+        let t2 = "\n\nHuman: Can you help me bake bread?\n\nAssistant: No.";
+        let t3 = "\n\nHuman: What is a good first plant?\n\nAssistant: A pothos is hard to kill.";
+        let t4 = "\n\nHuman: What is a good first plant?\n\nAssistant: Plants are boring.";
+        let input = texts(&[("chosen", &[t1, t3, "no turns here"]), ("rejected", &[t2, t4, "nor here"])]);
+        let t = OpTest::new(json!({"transcripts": true, "epochs": 1, "val_fraction": 0})).input("pairs", input);
+        run(&t).unwrap();
+        let l = log(&t);
+        assert!(
+            l.contains("`pairs`: 1 pairs skipped: a response with no \"\\n\\nAssistant:\" turn or an empty last turn"),
+            "{l}"
+        );
+        assert!(l.contains("2 train and 0 validation pairs"), "{l}");
+        // Four distinct inputs: each side with its own prompt.
+        assert!(l.contains("embedded 4 inputs"), "{l}");
     }
 
     #[test]
