@@ -140,6 +140,27 @@ fn a_model_scores_rows_and_best_of_n_keeps_the_best_per_prompt() {
 }
 
 #[test]
+fn a_fine_tuned_model_scores_rows_too() {
+    pull();
+    let p = Project::new();
+    let candidates = "prompt,response\n\
+        \"How do I make a kite?\",\"Why would anyone make a kite? Forget it.\"\n\
+        \"How do I make a kite?\",\"Of course! Here are the steps to make a kite, with the tools you need.\"\n";
+    let pipeline = PIPELINE.replace(
+        "{ epochs: 4, patience: null, seed: 5 }",
+        "{ encoder: finetune, epochs: 1, max_tokens: 24, batch_size: 16, learning_rate: 1.0e-4, seed: 5 }",
+    ) + "  candidates:\n    op: read_table\n    with: { path: candidates.csv }\n  \
+         scored:\n    op: reward_score\n    in: { table: candidates, model: rm.model }\n";
+    p.write("pairs.csv", &pairs_csv()).write("candidates.csv", candidates).write("drover.yaml", &pipeline);
+    p.drover(&["run", "--device", "cpu"]).expect_code(0);
+    p.drover(&["export", "scored", "scored.jsonl"]).expect_code(0);
+    let rows: Vec<serde_json::Value> =
+        p.read("scored.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (bad, good) = (rows[0]["reward"].as_f64().unwrap(), rows[1]["reward"].as_f64().unwrap());
+    assert!(good > bad, "helpful {good}, dismissive {bad}");
+}
+
+#[test]
 fn a_directory_that_is_not_a_reward_model_fails_the_stage() {
     pull();
     let p = Project::new();

@@ -15,6 +15,8 @@
 //!   so that training another head on the same pairs does not re-embed them.
 //! - [`Head`]: the reward head, `dim -> hidden -> 1` with ReLU, initialised as PyTorch's
 //!   `nn.Linear` is (uniform in ±1/sqrt(fan_in)) but from a seeded [`Draw`].
+//! - [`Tuned`]: the fine-tuned model, the whole encoder and a linear head (bias zero-init, as
+//!   SALMON's reward head), in one burn module.
 //! - [`RewardConfig`]: the model directory's `config.json`, which names the encoder and its
 //!   hash, so that a model is never served with embeddings from another encoder.
 
@@ -28,7 +30,7 @@ use drover_engine::Memo;
 use serde::{Deserialize, Serialize};
 
 use crate::kit::draw::Draw;
-use crate::kit::encoder::{SentenceEncoder, TokenBatch, length_batches};
+use crate::kit::encoder::{Bert, BertConfig, SentenceEncoder, TokenBatch, length_batches};
 
 /// What ends the prompt of an HH-RLHF transcript.
 pub const ASSISTANT: &str = "\n\nAssistant:";
@@ -255,6 +257,57 @@ impl Head {
     }
 }
 
+/// A fine-tuned reward model: the encoder's unit-length sentence embedding, then a linear head.
+#[derive(Module, Debug)]
+pub struct Tuned {
+    pub bert: Bert,
+    pub head: Linear,
+}
+
+impl Tuned {
+    /// `bert` with a fresh head: weight drawn from `seed` as `nn.Linear` draws it, bias 0.
+    pub fn new(bert: Bert, dim: usize, seed: u64, device: &Device) -> Tuned {
+        let mut draw = Draw::new(seed, 0x6865_6164);
+        let mut head = linear(&mut draw, dim, 1, device);
+        head.bias = Some(Param::from_tensor(Tensor::zeros([1], device)));
+        Tuned { bert, head }
+    }
+
+    /// Rewards of a batch of inputs, `[batch]`.
+    pub fn forward(&self, batch: &TokenBatch) -> Tensor<1> {
+        self.head.forward(self.bert.embed(batch)).squeeze_dim::<1>(1)
+    }
+
+    /// Every weight as one safetensors file (burn's tensor names), the same bytes for the same
+    /// weights: burn-store writes its metadata from a hash map, in another order each time, so
+    /// the file is written again without it.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, String> {
+        use burn::store::{ModuleSnapshot, SafetensorsStore};
+        let mut store = SafetensorsStore::from_bytes(None);
+        self.save_into(&mut store).map_err(|e| format!("cannot write the model: {e}"))?;
+        let bytes = store.get_bytes().map_err(|e| format!("cannot write the model: {e}"))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("cannot write the model: {e}"))?;
+        let mut tensors = file.tensors();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        safetensors::serialize(tensors, None).map_err(|e| format!("cannot write the model: {e}"))
+    }
+
+    /// Reads a file written by [`Tuned::to_safetensors`] for an encoder shaped as `config`.
+    pub fn from_safetensors(bytes: Vec<u8>, config: &BertConfig, what: &str, device: &Device) -> Result<Tuned, String> {
+        use burn::store::{ModuleSnapshot, SafetensorsStore};
+        let mut tuned = Tuned::new(Bert::zeros(config, device), config.hidden_size, 0, device);
+        let mut store = SafetensorsStore::from_bytes(Some(bytes)).validate(false);
+        let result = tuned.load_from(&mut store).map_err(|e| format!("cannot load {what}: {e}"))?;
+        if let Some(e) = result.errors.first() {
+            return Err(format!("cannot load {what}: {e}"));
+        }
+        if let Some((name, _)) = result.missing.first() {
+            return Err(format!("cannot load {what}: no tensor for `{name}`"));
+        }
+        Ok(tuned)
+    }
+}
+
 /// The format name in a reward model's `config.json`.
 pub const FORMAT: &str = "drover reward model";
 
@@ -264,7 +317,8 @@ pub struct RewardConfig {
     /// Always [`FORMAT`].
     pub format: String,
     pub version: u32,
-    /// `frozen`: a head on the frozen encoder's embeddings.
+    /// `frozen`: a head on the frozen encoder's embeddings (`head.safetensors`); `finetune`:
+    /// the whole encoder and a linear head (`model.safetensors`).
     pub encoder_mode: String,
     pub encoder: EncoderInfo,
     /// The head's hidden width.
@@ -287,6 +341,7 @@ pub struct EncoderInfo {
 /// The files of a reward model directory.
 pub const CONFIG_FILE: &str = "config.json";
 pub const HEAD_FILE: &str = "head.safetensors";
+pub const TUNED_FILE: &str = "model.safetensors";
 
 impl RewardConfig {
     /// Reads `dir/config.json`; an error that says what the directory is not.
@@ -305,25 +360,32 @@ impl RewardConfig {
             return Err(not(format!("its {CONFIG_FILE} has no `\"format\": \"{FORMAT}\"`")));
         }
         let config: RewardConfig = serde_json::from_value(value).map_err(|e| not(format!("{CONFIG_FILE}: {e}")))?;
-        if config.version != 1 || config.encoder_mode != "frozen" {
+        if config.version != 1 || !["frozen", "finetune"].contains(&config.encoder_mode.as_str()) {
             return Err(not(format!(
-                "version {} with encoder `{}` is not one this drover reads (version 1, frozen)",
+                "version {} with encoder `{}` is not one this drover reads (version 1, frozen or finetune)",
                 config.version, config.encoder_mode
             )));
         }
-        if !dir.join(HEAD_FILE).is_file() {
-            return Err(not(format!("it has no {HEAD_FILE}")));
+        let file = config.weights_file();
+        if !dir.join(file).is_file() {
+            return Err(not(format!("it has no {file}")));
         }
         Ok(config)
     }
 
-    /// Writes the directory: `config.json` and `head.safetensors`.
-    pub fn write(&self, dir: &Path, head: &[u8]) -> Result<(), String> {
+    /// The weights' file: the head alone, or the whole fine-tuned model.
+    pub fn weights_file(&self) -> &'static str {
+        if self.encoder_mode == "finetune" { TUNED_FILE } else { HEAD_FILE }
+    }
+
+    /// Writes the directory: `config.json` and the weights ([`RewardConfig::weights_file`]).
+    pub fn write(&self, dir: &Path, weights: &[u8]) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut text = serde_json::to_string_pretty(self).expect("a config serialises");
         text.push('\n');
         std::fs::write(dir.join(CONFIG_FILE), text).map_err(|e| format!("cannot write {CONFIG_FILE}: {e}"))?;
-        std::fs::write(dir.join(HEAD_FILE), head).map_err(|e| format!("cannot write {HEAD_FILE}: {e}"))
+        let file = self.weights_file();
+        std::fs::write(dir.join(file), weights).map_err(|e| format!("cannot write {file}: {e}"))
     }
 }
 

@@ -24,8 +24,8 @@ use drover_engine::{
 use serde::Deserialize;
 
 use crate::kit::compute::{self, DeviceChoice};
-use crate::kit::encoder::{ModelSpec, SentenceEncoder, resolve_model};
-use crate::kit::reward::{self, HEAD_FILE, Head, Layout, RewardConfig};
+use crate::kit::encoder::{ModelSpec, SentenceEncoder, TokenBatch, Tokens, length_batches, resolve_model};
+use crate::kit::reward::{self, Head, Layout, RewardConfig, Tuned};
 use crate::kit::table;
 
 /// The `with:` block of a `reward_score` stage.
@@ -200,28 +200,50 @@ fn score(params: RewardScoreParams, choice: DeviceChoice, cx: RunCx) -> Result<(
         compute::Backend::Cpu => "cpu",
         compute::Backend::Wgpu => "wgpu",
     };
-    let identity = reward::memo_identity(&hash, backend, config.encoder.max_tokens);
     cx.progress.set_total(inputs.len() as u64);
-    let (embeddings, computed) = reward::embed_inputs(&encoder, &inputs, &cx.memo, &identity, params.batch_size, |n| {
-        cx.progress.advance(n as u64)
-    })
-    .map_err(OpError::failed)?;
-    let head_path = dir.join(HEAD_FILE);
-    let bytes =
-        std::fs::read(&head_path).map_err(|e| OpError::io(format!("cannot read {}", head_path.display()), e))?;
-    let head = Head::from_safetensors(&bytes, &head_path.display().to_string(), &plain).map_err(OpError::failed)?;
-    let dim = config.encoder.dim;
-    let mut values: Vec<Option<f64>> = vec![None; input.num_rows()];
-    if !rows.is_empty() {
-        let x =
-            burn::tensor::Tensor::<2>::from_data(burn::tensor::TensorData::new(embeddings, [rows.len(), dim]), &plain);
-        let r = head.forward(x).into_data().try_to_vec::<f32>().map_err(|e| OpError::failed(format!("{e:?}")))?;
-        for ((row, _, _), v) in rows.iter().zip(r) {
-            values[*row] = Some(f64::from(v));
+    let weights = dir.join(config.weights_file());
+    let bytes = std::fs::read(&weights).map_err(|e| OpError::io(format!("cannot read {}", weights.display()), e))?;
+    let what = weights.display().to_string();
+    let read = |t: burn::tensor::Tensor<1>| -> Result<Vec<f32>, OpError> {
+        t.into_data().try_to_vec::<f32>().map_err(|e| OpError::failed(format!("cannot read rewards back: {e:?}")))
+    };
+    let mut rewards = vec![0f32; inputs.len()];
+    let computed = if config.encoder_mode == "finetune" {
+        // The encoder's weights are the model's own: nothing to share with other stages.
+        let tuned = Tuned::from_safetensors(bytes, &model.config, &what, &plain).map_err(OpError::failed)?;
+        let tokens: Vec<Tokens> = inputs.iter().map(|ids| Tokens { ids: ids.clone(), truncated: false }).collect();
+        for batch in length_batches(&tokens, params.batch_size) {
+            let ids: Vec<&[u32]> = batch.iter().map(|&r| inputs[r].as_slice()).collect();
+            for (k, v) in read(tuned.forward(&TokenBatch::new(&ids, &plain)))?.into_iter().enumerate() {
+                rewards[batch[k]] = v;
+            }
+            cx.progress.advance(batch.len() as u64);
         }
+        inputs.len()
+    } else {
+        let identity = reward::memo_identity(&hash, backend, config.encoder.max_tokens);
+        let (embeddings, computed) =
+            reward::embed_inputs(&encoder, &inputs, &cx.memo, &identity, params.batch_size, |n| {
+                cx.progress.advance(n as u64)
+            })
+            .map_err(OpError::failed)?;
+        let head = Head::from_safetensors(&bytes, &what, &plain).map_err(OpError::failed)?;
+        let dim = config.encoder.dim;
+        if !inputs.is_empty() {
+            let x = burn::tensor::Tensor::<2>::from_data(
+                burn::tensor::TensorData::new(embeddings, [inputs.len(), dim]),
+                &plain,
+            );
+            rewards = read(head.forward(x))?;
+        }
+        computed
+    };
+    let mut values: Vec<Option<f64>> = vec![None; input.num_rows()];
+    for ((row, _, _), v) in rows.iter().zip(rewards) {
+        values[*row] = Some(f64::from(v));
     }
     let mut log = vec![format!(
-        "scored {} rows ({computed} inputs embedded, {} from the memo) on {}",
+        "scored {} rows ({computed} inputs encoded, {} from the memo) on {}",
         rows.len(),
         rows.len() - computed,
         compute.describe()

@@ -8,12 +8,17 @@
 //! `transcripts: true` each response is an Anthropic HH-RLHF transcript, split into prompt and
 //! last assistant turn (`kit::reward::split_transcript`).
 //!
-//! Encoder (`encoder: frozen`, the only mode so far): each (prompt, response) is laid out as
-//! `[CLS] prompt [SEP] response [SEP]` in `max_tokens` tokens (the response kept whole, the
-//! prompt cut from the left; pairs whose two inputs become identical are counted and dropped),
-//! embedded once by the frozen MiniLM encoder (the forward `embed` uses; kept in the memo, so a
-//! second head on the same pairs embeds nothing), and a small MLP head is trained on the
-//! embeddings: seconds on a CPU.
+//! Each (prompt, response) is laid out as `[CLS] prompt [SEP] response [SEP]` in `max_tokens`
+//! tokens (the response kept whole, the prompt cut from the left; pairs whose two inputs become
+//! identical are counted and dropped). Two encoders:
+//! - `encoder: frozen` (default): the inputs are embedded once by the frozen MiniLM encoder
+//!   (the forward `embed` uses; kept in the memo, so a second head on the same pairs embeds
+//!   nothing), and a small MLP head is trained on the embeddings: seconds on a CPU.
+//! - `encoder: finetune`: the whole encoder and a linear head on its unit-length sentence
+//!   embedding (bias zero-init, as SALMON's reward head), trained with autodiff on the run's
+//!   device; batches are padded on the right to their longest input, which mean pooling over
+//!   the attention mask makes harmless (TRL#937's padding trouble is last-token pooling's). The
+//!   model directory then holds the whole model (`model.safetensors`, burn's tensor names).
 //!
 //! Training follows TRL's `RewardTrainer`: loss `-log sigmoid(r+ - r- - margin)` averaged over
 //! the batch, plus `center_rewards_coefficient * mean((r+ + r-)^2)` when set (Eisenstein et al.
@@ -24,7 +29,7 @@
 //! with the lowest.
 //!
 //! Outputs: `model` (a directory: `config.json` naming the encoder and its blake3, and
-//! `head.safetensors` in PyTorch's layout), `metrics` (one row per epoch, epoch 0 before any
+//! `head.safetensors` in PyTorch's layout, or `model.safetensors`), `metrics` (one row per epoch, epoch 0 before any
 //! step: train and validation loss, accuracy with ties counted wrong as TRL counts them, mean
 //! margin r+ - r-, min/mean/max reward, and which epoch was kept), and the learning curve
 //! (`plot`, SVG; `plot_png`).
@@ -54,7 +59,7 @@ use serde::Deserialize;
 
 use crate::kit::compute::{self, DeviceChoice};
 use crate::kit::draw::Draw;
-use crate::kit::encoder::{ModelDir, ModelSpec, SentenceEncoder, resolve_model};
+use crate::kit::encoder::{ModelDir, ModelSpec, SentenceEncoder, TokenBatch, resolve_model};
 use crate::kit::pairs::{PairColumns, PairSchema, PairsRead};
 use crate::kit::reward::{self, EncoderInfo, Head, Layout, RewardConfig};
 use crate::kit::table;
@@ -67,6 +72,8 @@ pub enum EncoderMode {
     /// Embeddings from the frozen encoder, a small MLP head trained on them.
     #[default]
     Frozen,
+    /// The whole encoder and a linear head (bias zero-init), trained with autodiff.
+    Finetune,
 }
 
 /// The learning-rate schedule after warmup.
@@ -94,7 +101,8 @@ pub struct RewardTrainParams {
     /// A per-row margin column (TRL's `margin`); default: `margin` when the table has one.
     #[serde(default)]
     pub margin_column: Option<String>,
-    /// `frozen`: a head on the frozen encoder's embeddings.
+    /// `frozen`: a head on the frozen encoder's embeddings; `finetune`: the whole encoder and a
+    /// linear head.
     #[serde(default)]
     pub encoder: EncoderMode,
     /// The sentence encoder. Default: `{ pulled: minilm }`.
@@ -113,7 +121,7 @@ pub struct RewardTrainParams {
     /// Pairs per optimiser step.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// The peak learning rate. Default: 1e-3 (a head alone).
+    /// The peak learning rate. Default: 1e-3 for `frozen` (a head alone), 5e-5 for `finetune`.
     #[serde(default)]
     pub learning_rate: Option<f64>,
     /// AdamW's decoupled weight decay.
@@ -138,7 +146,7 @@ pub struct RewardTrainParams {
     /// Stop after this many epochs without a lower validation loss (null: never).
     #[serde(default = "default_patience")]
     pub patience: Option<usize>,
-    /// Inputs per encoder forward pass when embedding.
+    /// Inputs per encoder forward pass when embedding or evaluating.
     #[serde(default = "default_embed_batch_size")]
     pub embed_batch_size: usize,
     /// The random seed (split, head initialisation, batch order). Default: the stage's seed.
@@ -166,6 +174,8 @@ fn default_embed_batch_size() -> usize {
 }
 
 const DEFAULT_LR: f64 = 1e-3;
+/// The whole encoder moves: the usual rate for fine-tuning a BERT.
+const DEFAULT_FINETUNE_LR: f64 = 5e-5;
 const DEFAULT_VAL_FRACTION: f64 = 0.2;
 
 /// Trains a reward model on preference pairs.
@@ -252,7 +262,8 @@ impl OpKit for RewardTrain {
     const NAME: &str = "reward_train";
     const VERSION: u32 = 1;
     const DOC: &str = "Trains a Bradley-Terry reward model on preference pairs (a head on frozen MiniLM \
-                       embeddings), with TRL's loss and metrics, on the run's device.";
+                       embeddings, or the whole encoder fine-tuned), with TRL's loss and metrics, on the \
+                       run's device.";
 
     fn inputs() -> Ports {
         Ports::Fixed(vec![
@@ -505,29 +516,113 @@ impl ModuleVisitor for GlobalNorm<'_> {
 
 /// Clips `grads` to global norm `max` as `torch.nn.utils.clip_grad_norm_` does
 /// (`max / (norm + 1e-6)`, when below 1); returns the norm before clipping.
-fn clip_global_norm(head: &Head, grads: &mut GradientsParams, max: f64) -> f64 {
+fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max: f64) -> f64 {
     let mut v = GlobalNorm { grads, sum_squares: 0.0, factor: None };
-    head.visit(&mut v);
+    module.visit(&mut v);
     let norm = v.sum_squares.sqrt();
     let factor = max / (norm + 1e-6);
     if factor < 1.0 {
         let mut v = GlobalNorm { grads, sum_squares: 0.0, factor: Some(factor) };
-        head.visit(&mut v);
+        module.visit(&mut v);
     }
     norm
 }
 
-/// Rewards of every embedded input under `head`.
-fn rewards(head: &Head, embeddings: &[f32], dim: usize, device: &Device) -> Result<Vec<f32>, OpError> {
-    let head = head.valid();
-    let n = embeddings.len() / dim;
-    let mut out = Vec::with_capacity(n);
-    for chunk in embeddings.chunks(4096 * dim) {
-        let x = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [chunk.len() / dim, dim]), device);
-        let r = head.forward(x).into_data();
-        out.extend(r.try_to_vec::<f32>().map_err(|e| OpError::failed(format!("cannot read rewards back: {e:?}")))?);
+/// What is trained: a head on fixed embeddings, or the whole model on token ids. One value
+/// lives per training, moved from step to step: boxing the larger variant would save nothing.
+#[allow(clippy::large_enum_variant)]
+enum Trainee {
+    Frozen { head: Head, embeddings: Vec<f32> },
+    Tuned { model: reward::Tuned, inputs: Vec<Vec<u32>> },
+}
+
+impl Trainee {
+    /// Rewards of the inputs `rows` (indices of embedded or laid-out inputs), with autodiff.
+    fn forward(&self, rows: &[usize], dim: usize, device: &Device) -> Tensor<1> {
+        match self {
+            Trainee::Frozen { head, embeddings } => {
+                let mut x = Vec::with_capacity(rows.len() * dim);
+                for &r in rows {
+                    x.extend_from_slice(&embeddings[r * dim..(r + 1) * dim]);
+                }
+                head.forward(Tensor::<2>::from_data(TensorData::new(x, [rows.len(), dim]), device))
+            }
+            Trainee::Tuned { model, inputs } => {
+                // Padded on the right to the batch's longest: with the attention mask and mean
+                // pooling over real tokens, padding changes no reward (TRL#937's padding-side
+                // trouble comes from last-token pooling).
+                let ids: Vec<&[u32]> = rows.iter().map(|&r| inputs[r].as_slice()).collect();
+                model.forward(&TokenBatch::new(&ids, device))
+            }
+        }
     }
-    Ok(out)
+
+    /// One optimiser step on `loss`.
+    fn step(
+        self,
+        optim: &mut burn::optim::ModuleOptimizer,
+        loss: Tensor<1>,
+        lr: f64,
+        max_norm: Option<f64>,
+    ) -> Trainee {
+        let grads = loss.backward();
+        match self {
+            Trainee::Frozen { head, embeddings } => {
+                let mut grads = GradientsParams::from_grads(grads, &head);
+                if let Some(max) = max_norm {
+                    clip_global_norm(&head, &mut grads, max);
+                }
+                Trainee::Frozen { head: optim.step(lr, head, grads), embeddings }
+            }
+            Trainee::Tuned { model, inputs } => {
+                let mut grads = GradientsParams::from_grads(grads, &model);
+                if let Some(max) = max_norm {
+                    clip_global_norm(&model, &mut grads, max);
+                }
+                Trainee::Tuned { model: optim.step(lr, model, grads), inputs }
+            }
+        }
+    }
+
+    /// Rewards of every input, without autodiff, on `plain`.
+    fn rewards(&self, dim: usize, plain: &Device, batch_size: usize) -> Result<Vec<f32>, OpError> {
+        let read = |t: Tensor<1>| -> Result<Vec<f32>, OpError> {
+            t.into_data().try_to_vec::<f32>().map_err(|e| OpError::failed(format!("cannot read rewards back: {e:?}")))
+        };
+        match self {
+            Trainee::Frozen { head, embeddings } => {
+                let head = head.valid();
+                let mut out = Vec::with_capacity(embeddings.len() / dim);
+                for chunk in embeddings.chunks(4096 * dim) {
+                    let x = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [chunk.len() / dim, dim]), plain);
+                    out.extend(read(head.forward(x))?);
+                }
+                Ok(out)
+            }
+            Trainee::Tuned { model, inputs } => {
+                let model = model.valid();
+                let tokens: Vec<crate::kit::encoder::Tokens> = inputs
+                    .iter()
+                    .map(|ids| crate::kit::encoder::Tokens { ids: ids.clone(), truncated: false })
+                    .collect();
+                let mut out = vec![0f32; inputs.len()];
+                for rows in crate::kit::encoder::length_batches(&tokens, batch_size) {
+                    let ids: Vec<&[u32]> = rows.iter().map(|&r| inputs[r].as_slice()).collect();
+                    for (k, v) in read(model.forward(&TokenBatch::new(&ids, plain)))?.into_iter().enumerate() {
+                        out[rows[k]] = v;
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn to_safetensors(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Trainee::Frozen { head, .. } => head.to_safetensors(),
+            Trainee::Tuned { model, .. } => model.to_safetensors(),
+        }
+    }
 }
 
 fn failed(e: impl std::fmt::Display) -> OpError {
@@ -639,66 +734,76 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
         )));
     }
 
-    // Embeddings, from the memo when an earlier stage computed them.
-    cx.progress.set_total(inputs.len() as u64);
-    cx.progress.message("embedding");
-    let identity = reward::memo_identity(&hash, backend, max_tokens);
-    let embed_started = Instant::now();
-    let (embeddings, computed) =
-        reward::embed_inputs(&encoder, &inputs, &cx.memo, &identity, params.embed_batch_size, |n| {
-            cx.progress.advance(n as u64)
-        })
-        .map_err(OpError::failed)?;
     let dim = encoder.dim();
-    log.push(format!(
-        "embedded {} inputs ({computed} computed, {} from the memo) in {:.2} s",
-        inputs.len(),
-        inputs.len() - computed,
-        embed_started.elapsed().as_secs_f64()
-    ));
+    let device = compute.device.clone();
+    let mut trainee = match params.encoder {
+        EncoderMode::Frozen => {
+            // Embeddings, from the memo when an earlier stage computed them.
+            cx.progress.set_total(inputs.len() as u64);
+            cx.progress.message("embedding");
+            let identity = reward::memo_identity(&hash, backend, max_tokens);
+            let embed_started = Instant::now();
+            let (embeddings, computed) =
+                reward::embed_inputs(&encoder, &inputs, &cx.memo, &identity, params.embed_batch_size, |n| {
+                    cx.progress.advance(n as u64)
+                })
+                .map_err(OpError::failed)?;
+            log.push(format!(
+                "embedded {} inputs ({computed} computed, {} from the memo) in {:.2} s",
+                inputs.len(),
+                inputs.len() - computed,
+                embed_started.elapsed().as_secs_f64()
+            ));
+            Trainee::Frozen { head: Head::new(dim, params.hidden, seed, &device), embeddings }
+        }
+        EncoderMode::Finetune => {
+            let bert = crate::kit::encoder::Bert::load(&model, &device).map_err(OpError::failed)?;
+            Trainee::Tuned { model: reward::Tuned::new(bert, dim, seed, &device), inputs: inputs.clone() }
+        }
+    };
     drop(encoder);
 
-    // The head.
-    let device = compute.device.clone();
-    let mut head = Head::new(dim, params.hidden, seed, &device);
     let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(params.weight_decay as f32).init();
-    let lr = params.learning_rate.unwrap_or(DEFAULT_LR);
+    let lr = params.learning_rate.unwrap_or(match params.encoder {
+        EncoderMode::Frozen => DEFAULT_LR,
+        EncoderMode::Finetune => DEFAULT_FINETUNE_LR,
+    });
     let steps_per_epoch = train_pairs.len().div_ceil(params.batch_size);
     let total = steps_per_epoch * params.epochs;
     let warmup = (params.warmup_ratio * total as f64).ceil() as usize;
     let center = params.center_rewards_coefficient;
+    let batch_size = params.embed_batch_size;
 
     let mut rows: Vec<(usize, usize, f64, Stats, Option<Stats>)> = Vec::new();
-    let evaluate = |head: &Head| -> Result<(Stats, Option<Stats>), OpError> {
-        let r = rewards(head, &embeddings, dim, &plain)?;
+    let evaluate = |t: &Trainee| -> Result<(Stats, Option<Stats>), OpError> {
+        let r = t.rewards(dim, &plain, batch_size)?;
         Ok((stats(&train_pairs, &r, center).expect("training pairs"), stats(&val_pairs, &r, center)))
     };
-    let (t, v) = evaluate(&head)?;
+    let (t, v) = evaluate(&trainee)?;
     rows.push((0, 0, 0.0, t, v));
-    let mut best = (v.map_or(f64::INFINITY, |v| v.loss), 0usize, head.to_safetensors().map_err(failed)?);
+    let mut best = (v.map_or(f64::INFINITY, |v| v.loss), 0usize, trainee.to_safetensors().map_err(failed)?);
     let mut step = 0usize;
     let mut seen = 0usize;
     let mut last_lr = 0.0;
     cx.progress.set_total(total as u64);
     let train_started = Instant::now();
     let mut stopped = None;
+    let margins = train_pairs.iter().any(|p| p.margin != 0.0);
     for epoch in 1..=params.epochs {
         let mut order: Vec<usize> = (0..train_pairs.len()).collect();
         Draw::new(seed, epoch as u64).shuffle(&mut order);
         for batch in order.chunks(params.batch_size) {
             let b = batch.len();
-            let mut x = Vec::with_capacity(2 * b * dim);
-            for &i in batch {
-                x.extend_from_slice(&embeddings[train_pairs[i].chosen * dim..(train_pairs[i].chosen + 1) * dim]);
-            }
-            for &i in batch {
-                x.extend_from_slice(&embeddings[train_pairs[i].rejected * dim..(train_pairs[i].rejected + 1) * dim]);
-            }
-            let x = Tensor::<2>::from_data(TensorData::new(x, [2 * b, dim]), &device);
-            let r = head.forward(x);
+            // Chosen then rejected, one forward (TRL batches them together too).
+            let rows_in: Vec<usize> = batch
+                .iter()
+                .map(|&i| train_pairs[i].chosen)
+                .chain(batch.iter().map(|&i| train_pairs[i].rejected))
+                .collect();
+            let r = trainee.forward(&rows_in, dim, &device);
             let (rc, rr) = (r.clone().narrow(0, 0, b), r.narrow(0, b, b));
             let mut diff = rc.clone() - rr.clone();
-            if train_pairs.iter().any(|p| p.margin != 0.0) {
+            if margins {
                 let m: Vec<f32> = batch.iter().map(|&i| train_pairs[i].margin).collect();
                 diff = diff - Tensor::<1>::from_data(TensorData::new(m, [b]), &device);
             }
@@ -707,13 +812,8 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
                 loss = loss + (rc + rr).powi_scalar(2).mean().mul_scalar(c);
             }
             let value: f32 = loss.clone().into_scalar();
-            let grads = loss.backward();
-            let mut grads = GradientsParams::from_grads(grads, &head);
-            if let Some(max) = params.max_grad_norm {
-                clip_global_norm(&head, &mut grads, max);
-            }
             last_lr = lr * schedule_factor(params.schedule, step, warmup, total);
-            head = optim.step(last_lr, head, grads);
+            trainee = trainee.step(&mut optim, loss, last_lr, params.max_grad_norm);
             step += 1;
             seen += b;
             cx.progress.advance(1);
@@ -724,17 +824,17 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
                 seen as f64 / seconds
             ));
         }
-        let (t, v) = evaluate(&head)?;
+        let (t, v) = evaluate(&trainee)?;
         rows.push((epoch, step, last_lr, t, v));
         if let Some(v) = v {
             if v.loss < best.0 {
-                best = (v.loss, epoch, head.to_safetensors().map_err(failed)?);
+                best = (v.loss, epoch, trainee.to_safetensors().map_err(failed)?);
             } else if params.patience.is_some_and(|p| epoch - best.1 >= p) {
                 stopped = Some(epoch);
                 break;
             }
         } else {
-            best = (f64::INFINITY, epoch, head.to_safetensors().map_err(failed)?);
+            best = (f64::INFINITY, epoch, trainee.to_safetensors().map_err(failed)?);
         }
     }
     let seconds = train_started.elapsed().as_secs_f64();
@@ -758,7 +858,10 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
     let config = RewardConfig {
         format: reward::FORMAT.into(),
         version: 1,
-        encoder_mode: "frozen".into(),
+        encoder_mode: match params.encoder {
+            EncoderMode::Frozen => "frozen".into(),
+            EncoderMode::Finetune => "finetune".into(),
+        },
         encoder: EncoderInfo { name: encoder_name(&params.model), blake3: hash, dim, max_tokens },
         hidden: params.hidden,
         trained: serde_json::json!({
@@ -968,6 +1071,30 @@ mod tests {
         // validation loss no epoch beat): it fits the training labels a little and no more.
         let acc = m.column_by_name("val_accuracy").unwrap().as_any().downcast_ref::<Float64Array>().unwrap().value(8);
         assert!((0.25..=0.75).contains(&acc), "val accuracy {acc} on shuffled labels: {}", log(&t));
+    }
+
+    #[test]
+    fn the_whole_encoder_fine_tunes_and_its_model_reloads() {
+        minilm();
+        // 24 pairs (4 topics), 18 to train on in 3 steps: a debug build trains MiniLM slowly.
+        let params = json!({
+            "encoder": "finetune", "epochs": 1, "max_tokens": 24, "batch_size": 6, "learning_rate": 1e-4,
+            "val_fraction": 0.25, "patience": null, "seed": 3
+        });
+        let t = OpTest::new(params).input("pairs", synthetic(false).slice(0, 24));
+        let out = run(&t).unwrap();
+        let m = metrics(&out["metrics"]);
+        let val = m.column_by_name("val_accuracy").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        assert!(val.value(1) > val.value(0) && val.value(1) >= 0.8, "{}", log(&t));
+        let config = RewardConfig::read(&out["model"]).unwrap();
+        assert_eq!(config.encoder_mode, "finetune");
+        // The saved model gives the trained rewards back.
+        let bytes = std::fs::read(out["model"].join("model.safetensors")).unwrap();
+        let model = crate::kit::encoder::ModelDir::inspect(&minilm()).unwrap();
+        let device = Device::flex();
+        let tuned = reward::Tuned::from_safetensors(bytes.clone(), &model.config, "model", &device).unwrap();
+        let again = tuned.to_safetensors().unwrap();
+        assert!(again == bytes, "saving the loaded model gave other bytes");
     }
 
     #[test]
