@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::process::Stdio;
+
 use common::Project;
 
 /// The model, pulled once per test process (later runs find it and check its hashes).
@@ -158,6 +160,44 @@ fn a_fine_tuned_model_scores_rows_too() {
         p.read("scored.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let (bad, good) = (rows[0]["reward"].as_f64().unwrap(), rows[1]["reward"].as_f64().unwrap());
     assert!(good > bad, "helpful {good}, dismissive {bad}");
+}
+
+/// The stage log of `rm` in the project's store, as it is being written.
+fn rm_log(p: &Project) -> String {
+    let Ok(runs) = std::fs::read_dir(p.join(".drover/logs")) else { return String::new() };
+    runs.flatten().map(|r| std::fs::read_to_string(r.path().join("rm.log")).unwrap_or_default()).collect()
+}
+
+#[test]
+fn a_killed_training_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_one() {
+    pull();
+    let pipeline = PIPELINE.replace(
+        "{ epochs: 4, patience: null, seed: 5 }",
+        "{ encoder: finetune, epochs: 3, max_tokens: 24, batch_size: 16, learning_rate: 1.0e-4, patience: null, seed: 5 }",
+    );
+    let whole = Project::new();
+    whole.write("pairs.csv", &pairs_csv()).write("drover.yaml", &pipeline);
+    whole.drover(&["run", "--device", "cpu"]).expect_code(0);
+
+    let p = Project::new();
+    p.write("pairs.csv", &pairs_csv()).write("drover.yaml", &pipeline);
+    let mut child = p.cmd(&["run", "--device", "cpu"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    common::wait_for("the first epoch's checkpoint", || rm_log(&p).contains("checkpoint: epoch 1").then_some(()));
+    common::signal(child.id() as i32, common::SIGKILL);
+    child.wait().unwrap();
+    assert!(!rm_log(&p).contains("checkpoint: epoch 3"), "the run ended before it was killed");
+
+    p.drover(&["run", "--device", "cpu"]).expect_code(0);
+    let log = p.drover(&["runs", "--log", "rm"]);
+    assert!(log.stdout.contains("resumed from the checkpoint of epoch"), "{}", log.all());
+    // The same metrics and weights as the run that was never killed.
+    for (out, file) in [("rm.metrics", "metrics.jsonl"), ("rm.model", "model")] {
+        whole.drover(&["export", out, file]).expect_code(0);
+        p.drover(&["export", out, file]).expect_code(0);
+    }
+    assert_eq!(p.read("metrics.jsonl"), whole.read("metrics.jsonl"));
+    let weights = |q: &Project| std::fs::read(q.join("model/model.safetensors")).unwrap();
+    assert!(weights(&p) == weights(&whole), "the resumed model differs from the uninterrupted one");
 }
 
 #[test]
