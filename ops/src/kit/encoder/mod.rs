@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn gradients_flow_through_the_encoder_on_an_autodiff_device() {
-        // What reward_train will do: the same module on an autodiff device, a loss on the
+        // What reward_train does: the same module on an autodiff device, a loss on the
         // embeddings, and a gradient for the weights.
         let device = Device::flex().autodiff();
         let encoder = load_dir(&minilm(), &device).unwrap();
