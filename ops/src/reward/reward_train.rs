@@ -1275,20 +1275,27 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_bytes_and_a_new_head_embeds_nothing() {
         minilm();
-        let t = OpTest::new(json!({"epochs": 2, "hidden": 16})).input("pairs", synthetic(false));
-        let out = run(&t).unwrap();
-        let first =
-            (std::fs::read(&out["metrics"]).unwrap(), std::fs::read(out["model"].join("head.safetensors")).unwrap());
+        let bytes = |out: &BTreeMap<String, PathBuf>| {
+            (std::fs::read(&out["metrics"]).unwrap(), std::fs::read(out["model"].join("head.safetensors")).unwrap())
+        };
+        // Two stores: the second trains from scratch, no checkpoint of the first to resume.
+        let params = json!({"epochs": 2, "hidden": 16});
+        let t = OpTest::new(params.clone()).input("pairs", synthetic(false));
+        let first = bytes(&run(&t).unwrap());
         assert!(log(&t).contains("embedded 240 inputs (240 computed, 0 from the memo)"), "{}", log(&t));
-        let out = run(&t).unwrap();
-        let second =
-            (std::fs::read(&out["metrics"]).unwrap(), std::fs::read(out["model"].join("head.safetensors")).unwrap());
-        assert!(first == second, "the same seed gave other bytes");
-        assert!(log(&t).contains("embedded 240 inputs (0 computed, 240 from the memo)"), "{}", log(&t));
+        let other = OpTest::new(params).input("pairs", synthetic(false));
+        let out = run(&other).unwrap();
+        assert!(first == bytes(&out), "the same seed gave other bytes");
+        assert!(!log(&other).contains("resumed"), "{}", log(&other));
         let config = RewardConfig::read(&out["model"]).unwrap();
         assert_eq!((config.encoder.name.as_str(), config.encoder.dim, config.hidden), ("pulled: minilm", 384, 16));
         assert!(std::fs::read_to_string(&out["plot"]).unwrap().starts_with("<svg"));
         assert!(std::fs::read(&out["plot_png"]).unwrap().starts_with(b"\x89PNG"));
+        // Another head in the first store: trained anew, on embeddings from the memo.
+        let t = t.params(json!({"epochs": 2, "hidden": 8}));
+        let out = run(&t).unwrap();
+        assert!(log(&t).contains("embedded 240 inputs (0 computed, 240 from the memo)"), "{}", log(&t));
+        assert_eq!(RewardConfig::read(&out["model"]).unwrap().hidden, 8);
     }
 
     #[test]
