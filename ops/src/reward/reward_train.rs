@@ -945,6 +945,8 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
     cx.progress.set_total(total as u64);
     cx.progress.advance(step as u64);
     let train_started = Instant::now();
+    // Pairs/s counts this process's pairs only (a resumed run's earlier epochs took no time here).
+    let seen_before = seen;
     let margins = train_pairs.iter().any(|p| p.margin != 0.0);
     let epochs = if stopped.is_some() { first_epoch..=0 } else { first_epoch..=params.epochs };
     for epoch in epochs {
@@ -979,7 +981,7 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
             cx.progress.message(&format!(
                 "epoch {epoch}/{}, step {step}/{total}, loss {value:.4}, {:.0} pairs/s",
                 params.epochs,
-                seen as f64 / seconds
+                (seen - seen_before) as f64 / seconds
             ));
         }
         let (t, v) = evaluate(&trainee)?;
@@ -1015,7 +1017,7 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
     let seconds = train_started.elapsed().as_secs_f64();
     log.push(format!(
         "trained {step} steps in {seconds:.2} s ({:.0} pairs/s); kept epoch {}{}",
-        seen as f64 / seconds.max(1e-9),
+        (seen - seen_before) as f64 / seconds.max(1e-9),
         best.1,
         stopped.map(|e| format!("; stopped early after epoch {e}")).unwrap_or_default()
     ));
