@@ -84,6 +84,178 @@ impl Layout {
     }
 }
 
+/// One principle of a SALMON principle collection (`principle_collection_rm.json`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Principle {
+    pub dimension: String,
+    pub definition: String,
+    pub negative_definition: String,
+}
+
+/// A principle collection, in its file's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principles(pub Vec<Principle>);
+
+impl Principles {
+    /// Reads SALMON's JSON list of `{dimension, definition, negative_definition}`.
+    pub fn read(path: &Path) -> Result<Principles, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let list: Vec<Principle> = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{}: not a principle collection (a JSON list of {{dimension, definition, negative_definition}}): {e}",
+                path.display()
+            )
+        })?;
+        if list.is_empty() {
+            return Err(format!("{} has no principles", path.display()));
+        }
+        Ok(Principles(list))
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.0.iter().map(|p| p.dimension.as_str()).collect()
+    }
+
+    /// SALMON's `{Dimensions}` lines, `- DEFINITION` (or the negative definition), for
+    /// `(dimension, negated)` pairs; an error names the first unknown dimension.
+    pub fn bullets(&self, dims: &[(String, bool)]) -> Result<Vec<String>, String> {
+        dims.iter()
+            .map(|(d, neg)| {
+                let p = self.0.iter().find(|p| &p.dimension == d).ok_or_else(|| d.clone())?;
+                Ok(format!("- {}", if *neg { &p.negative_definition } else { &p.definition }))
+            })
+            .collect()
+    }
+}
+
+/// The `principles:` param of the reward ops: principle-conditioned mode (SALMON).
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipleSpec {
+    /// A principle collection as SALMON writes it (a JSON list of `{dimension, definition,
+    /// negative_definition}`, e.g. `principle_collection_rm.json`), relative to the pipeline.
+    pub path: String,
+    /// The dimensions every row is judged by. Default: a row's own `dimensions` (and
+    /// `negative_definitions`) columns, as SALMON's tables have them, else the collection's
+    /// first `max_principles` (as SALMON does).
+    #[serde(default)]
+    pub dimensions: Option<Vec<String>>,
+    /// At most this many principles per row (SALMON's default, 5).
+    #[serde(default = "default_max_principles")]
+    pub max_principles: usize,
+}
+
+fn default_max_principles() -> usize {
+    5
+}
+
+impl PrincipleSpec {
+    /// Reads and checks the collection at plan time, errors at `principles`; the file enters the
+    /// stage's key.
+    pub fn check(
+        &self,
+        pipeline_dir: &Path,
+        checked: &mut drover_engine::Checked,
+    ) -> Result<Principles, drover_engine::CheckError> {
+        use drover_engine::CheckError;
+        let at = drover_engine::paths::resolve(pipeline_dir, &self.path);
+        let set = Principles::read(&at).map_err(|e| CheckError::param(&["principles", "path"], e))?;
+        checked.file_deps.push(std::path::PathBuf::from(&self.path));
+        if self.max_principles == 0 {
+            return Err(CheckError::param(&["principles", "max_principles"], "max_principles must be at least 1"));
+        }
+        for d in self.dimensions.iter().flatten() {
+            if !set.names().contains(&d.as_str()) {
+                return Err(CheckError::param(
+                    &["principles", "dimensions"],
+                    format!("unknown dimension `{d}`: {} has {}", self.path, set.names().join(", ")),
+                )
+                .help("name dimensions of the principle collection, as its `dimension` fields spell them"));
+            }
+        }
+        Ok(set)
+    }
+
+    /// Each row's principle lines (SALMON's `- DEFINITION`), at most `max_principles`.
+    pub fn per_row(&self, set: &Principles, batch: &arrow::array::RecordBatch) -> Result<Vec<Vec<String>>, String> {
+        let column = |name: &str| -> Option<Vec<Option<String>>> {
+            let array = batch.column_by_name(name)?;
+            let utf8 = arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8).ok()?;
+            let utf8 = utf8.as_any().downcast_ref::<arrow::array::StringArray>()?;
+            use arrow::array::Array;
+            Some((0..utf8.len()).map(|i| utf8.is_valid(i).then(|| utf8.value(i).to_string())).collect())
+        };
+        let first: Vec<(String, bool)> =
+            set.0.iter().take(self.max_principles).map(|p| (p.dimension.clone(), false)).collect();
+        let fixed = self.dimensions.as_ref().map(|d| d.iter().map(|d| (d.clone(), false)).collect::<Vec<_>>());
+        let (dims, negs) = (column("dimensions"), column("negative_definitions"));
+        (0..batch.num_rows())
+            .map(|row| {
+                let mut wanted = match (&fixed, &dims) {
+                    (Some(f), _) => f.clone(),
+                    (None, Some(d)) => {
+                        let names = d[row].as_deref().map(list_items).unwrap_or_default();
+                        let flags = negs.as_ref().and_then(|n| n[row].as_deref()).map(list_items).unwrap_or_default();
+                        names
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, n)| {
+                                (n, flags.get(i).is_some_and(|f| f != "0" && !f.eq_ignore_ascii_case("false")))
+                            })
+                            .collect()
+                    }
+                    (None, None) => first.clone(),
+                };
+                wanted.truncate(self.max_principles);
+                set.bullets(&wanted).map_err(|d| {
+                    format!("row {row}: dimension `{d}` is not in {} (it has {})", self.path, set.names().join(", "))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The items of a Python list literal as SALMON writes `dimensions` and
+/// `negative_definitions` (`"['Concise', 'Ethical']"`, `"[0, 1]"`), or a plain comma-separated
+/// list.
+pub fn list_items(text: &str) -> Vec<String> {
+    let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
+    inner
+        .split(',')
+        .map(|s| s.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+impl Layout {
+    /// `[CLS] principles [SEP] context [SEP] response [SEP]`: the response first (whole when it
+    /// fits), then whole principles in order while they fit, then the context's last tokens.
+    /// Returns the input and how many principles it holds.
+    pub fn lay_out_conditioned(&self, principles: &[Vec<u32>], context: &[u32], response: &[u32]) -> (Laid, usize) {
+        let room = self.max_tokens.saturating_sub(2);
+        let response_len = response.len().min(room);
+        // Room for the principles and their [SEP].
+        let mut left = room - response_len;
+        let mut kept = 0;
+        let mut block: Vec<u32> = Vec::new();
+        for p in principles {
+            if block.len() + p.len() + 1 > left {
+                break;
+            }
+            block.extend_from_slice(p);
+            kept += 1;
+        }
+        if kept > 0 {
+            block.push(self.sep);
+            left -= block.len();
+        }
+        let inner = Layout { max_tokens: left + 2 + response_len, ..*self };
+        let laid = inner.lay_out(context, response);
+        let ids = [&[self.cls], block.as_slice(), &laid.ids[1..]].concat();
+        (Laid { ids, ..laid }, kept)
+    }
+}
+
 /// Embeddings of laid-out inputs, `inputs.len() * dim` values in input order, and how many
 /// were computed (the rest came from the memo). `identity` names the encoder's weights and the
 /// backend (see [`memo_identity`]); `done(n)` after each `n` inputs.
@@ -325,6 +497,9 @@ pub struct RewardConfig {
     pub hidden: usize,
     /// What training reported (epochs, the epoch kept, validation accuracy), for people.
     pub trained: serde_json::Value,
+    /// Trained with principles in its inputs (SALMON): it scores under a principle set.
+    #[serde(default)]
+    pub conditioned: bool,
 }
 
 /// Which encoder a reward model reads embeddings of.
@@ -408,6 +583,20 @@ mod tests {
         // A response longer than the window: its end is cut.
         let laid = L.lay_out(&[], &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(laid, Laid { ids: vec![101, 1, 2, 3, 4, 5, 6, 102], context_cut: false, response_cut: true });
+    }
+
+    #[test]
+    fn principles_come_first_whole_and_capped_to_what_fits() {
+        let l = Layout { cls: 101, sep: 102, max_tokens: 11 };
+        // Response 3, so 6 left: principles [1, 2] and [3, 4, 5] fit with their [SEP], [6] not.
+        let (laid, kept) = l.lay_out_conditioned(&[vec![1, 2], vec![3, 4, 5], vec![6]], &[8, 9], &[7, 7, 7]);
+        assert_eq!(kept, 2);
+        assert_eq!(laid.ids, [101, 1, 2, 3, 4, 5, 102, 7, 7, 7, 102]);
+        assert!(laid.context_cut);
+        let (laid, kept) = l.lay_out_conditioned(&[vec![1]], &[8, 9], &[7]);
+        assert_eq!((kept, laid.ids), (1, vec![101, 1, 102, 8, 9, 102, 7, 102]));
+        assert_eq!(list_items("['Concise', \"Ethical\"]"), ["Concise", "Ethical"]);
+        assert_eq!(list_items("[0, 1]"), ["0", "1"]);
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct RewardScoreParams {
     /// "Assistant:" turn.
     #[serde(default)]
     pub transcripts: bool,
+    /// The principles to score under, for a principle-conditioned model: `{ path:
+    /// COLLECTION.json, dimensions: [..], max_principles: 5 }` (as `reward_train` takes them).
+    #[serde(default)]
+    pub principles: Option<reward::PrincipleSpec>,
     /// The sentence encoder the model was trained on. Default: `{ pulled: minilm }`.
     #[serde(default)]
     pub model_encoder: ModelSpec,
@@ -116,6 +120,11 @@ impl OpKit for RewardScore {
             errors.push(CheckError::param(&["batch_size"], "batch_size must be at least 1"));
         }
         let mut checked = Checked::default();
+        if let Some(spec) = &params.principles
+            && let Err(e) = spec.check(cx.pipeline_dir, &mut checked)
+        {
+            errors.push(e);
+        }
         match resolve_model(&params.model_encoder, cx.pipeline_dir, "model_encoder", "reward encoder") {
             Ok((model, dep)) => dep.declare(&model, &mut checked),
             Err(e) => errors.push(e),
@@ -163,6 +172,13 @@ fn score(params: RewardScoreParams, choice: DeviceChoice, cx: RunCx) -> Result<(
             model.path.display()
         )));
     }
+    if config.conditioned != params.principles.is_some() {
+        return Err(OpError::failed(if config.conditioned {
+            "the reward model was trained with principles in its inputs: give `principles:` to score under a principle set".to_string()
+        } else {
+            "the reward model was trained without principles: leave `principles:` out".to_string()
+        }));
+    }
     let (schema, batches) = table::read_input(&cx.input("table")?.path)?;
     let input = concat_batches(&schema, &batches).map_err(|e| OpError::failed(format!("reward_score: {e}")))?;
     let columns = table::table_schema(&schema).columns.unwrap_or_default();
@@ -176,6 +192,14 @@ fn score(params: RewardScoreParams, choice: DeviceChoice, cx: RunCx) -> Result<(
     let (cls, sep) = encoder.special_ids().map_err(OpError::failed)?;
     let layout = Layout { cls, sep, max_tokens: config.encoder.max_tokens };
 
+    let principles = match &params.principles {
+        Some(spec) => {
+            let set = reward::Principles::read(&drover_engine::paths::resolve(&cx.stage_cx.pipeline_dir, &spec.path))
+                .map_err(OpError::failed)?;
+            spec.per_row(&set, &input).map_err(|e| OpError::failed(format!("`table` {e}")))?
+        }
+        None => vec![Vec::new(); input.num_rows()],
+    };
     // (row, context, response) of every row with a response.
     let mut rows = Vec::new();
     let mut unscored = 0usize;
@@ -193,9 +217,23 @@ fn score(params: RewardScoreParams, choice: DeviceChoice, cx: RunCx) -> Result<(
             None => unscored += 1,
         }
     }
-    let texts: Vec<&str> = rows.iter().flat_map(|(_, c, r)| [c.as_str(), r.as_str()]).collect();
+    let mut texts: Vec<&str> = Vec::new();
+    for (row, c, r) in &rows {
+        texts.extend([c.as_str(), r.as_str()]);
+        texts.extend(principles[*row].iter().map(String::as_str));
+    }
     let tokens = encoder.tokenize_plain(&texts).map_err(OpError::failed)?;
-    let inputs: Vec<Vec<u32>> = tokens.chunks(2).map(|t| layout.lay_out(&t[0], &t[1]).ids).collect();
+    let mut inputs: Vec<Vec<u32>> = Vec::with_capacity(rows.len());
+    let mut at = 0;
+    for (row, _, _) in &rows {
+        let t = &tokens[at..at + 2 + principles[*row].len()];
+        at += t.len();
+        inputs.push(if principles[*row].is_empty() {
+            layout.lay_out(&t[0], &t[1]).ids
+        } else {
+            layout.lay_out_conditioned(&t[2..], &t[0], &t[1]).0.ids
+        });
+    }
     let backend = match compute.backend {
         compute::Backend::Cpu => "cpu",
         compute::Backend::Wgpu => "wgpu",

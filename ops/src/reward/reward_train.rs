@@ -20,6 +20,14 @@
 //!   the attention mask makes harmless (TRL#937's padding trouble is last-token pooling's). The
 //!   model directory then holds the whole model (`model.safetensors`, burn's tensor names).
 //!
+//! Principle-conditioned mode (SALMON; `principles: { path: COLLECTION.json }`): each input
+//! becomes `[CLS] principles [SEP] prompt [SEP] response [SEP]`, the principles being SALMON's
+//! `{Dimensions}` lines (`- DEFINITION`, or the negative definition where a row's
+//! `negative_definitions` says so), taken from `dimensions:`, from the row's own `dimensions`
+//! column as SALMON writes it, or the collection's first `max_principles`. The response comes
+//! first, then whole principles while they fit (the log counts those left out), then the
+//! prompt's last tokens. `reward_score` scores such a model under any principle set.
+//!
 //! Training follows TRL's `RewardTrainer`: loss `-log sigmoid(r+ - r- - margin)` averaged over
 //! the batch, plus `center_rewards_coefficient * mean((r+ + r-)^2)` when set (Eisenstein et al.
 //! 2023); AdamW (β 0.9/0.999, ε 1e-8, weight decay 0, as Hugging Face's defaults), a linear or
@@ -103,6 +111,12 @@ pub struct RewardTrainParams {
     /// prompt is everything up to the last "Assistant:" turn, the response that turn.
     #[serde(default)]
     pub transcripts: bool,
+    /// Principle-conditioned mode (SALMON): `{ path: COLLECTION.json, dimensions: [..],
+    /// max_principles: 5 }`. Each input then starts with the principles' definitions (or negative
+    /// definitions), as SALMON's reward-model prompt lists them, so one model scores under any
+    /// principle set; principles that do not fit are left out, counted in the log.
+    #[serde(default)]
+    pub principles: Option<reward::PrincipleSpec>,
     /// A per-row margin column (TRL's `margin`); default: `margin` when the table has one.
     #[serde(default)]
     pub margin_column: Option<String>,
@@ -316,6 +330,11 @@ impl OpKit for RewardTrain {
             }
         }
         let mut checked = Checked::default();
+        if let Some(spec) = &params.principles
+            && let Err(e) = spec.check(cx.pipeline_dir, &mut checked)
+        {
+            errors.push(e);
+        }
         match resolve_model(&params.model, cx.pipeline_dir, "model", "reward encoder") {
             Ok((model, dep)) => {
                 if let Err(e) = params.max_tokens(&model) {
@@ -365,6 +384,8 @@ struct Example {
     chosen: Side,
     rejected: Side,
     margin: f64,
+    /// SALMON's principle lines, in principle-conditioned mode.
+    principles: Vec<String>,
 }
 
 /// What reading a table left out, for the log.
@@ -383,6 +404,14 @@ fn read_examples(cx: &RunCx, port: &str, params: &RewardTrainParams) -> Result<(
         .map_err(CheckErrors::into_op_error)?
         .expect("known columns give a schema");
     let read: PairsRead = pairs.read(&batch)?;
+    let principles = match &params.principles {
+        Some(spec) => {
+            let set = reward::Principles::read(&drover_engine::paths::resolve(&cx.stage_cx.pipeline_dir, &spec.path))
+                .map_err(OpError::failed)?;
+            Some(spec.per_row(&set, &batch).map_err(|e| OpError::failed(format!("`{port}` {e}")))?)
+        }
+        None => None,
+    };
     let margins = margins(&batch, params.margin_column.as_deref().or(Some("margin")), params.margin_column.is_some())?;
     let mut counts = ReadCounts { rows: batch.num_rows(), skipped: read.summary(), ..Default::default() };
     let mut out = Vec::with_capacity(read.pairs.len());
@@ -403,7 +432,8 @@ fn read_examples(cx: &RunCx, port: &str, params: &RewardTrainParams) -> Result<(
             continue;
         };
         let margin = margins.as_ref().map_or(0.0, |m| m[pair.row]);
-        out.push(Example { chosen, rejected, margin });
+        let principles = principles.as_ref().map(|p| p[pair.row].clone()).unwrap_or_default();
+        out.push(Example { chosen, rejected, margin, principles });
     }
     Ok((out, counts))
 }
@@ -813,16 +843,32 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
     let mut inputs: Vec<Vec<u32>> = Vec::new();
     let mut index = std::collections::HashMap::<Vec<u32>, usize>::new();
     let (mut context_cut, mut response_cut, mut identical) = (0usize, 0usize, 0usize);
+    let (mut principles_cut, mut principles_left_out) = (0usize, 0usize);
     let mut lay = |examples: &[Example]| -> Result<Vec<Indexed>, OpError> {
         let mut texts: Vec<&str> = Vec::with_capacity(examples.len() * 4);
         for e in examples {
             texts.extend([e.chosen.context.as_str(), e.chosen.response.as_str()]);
             texts.extend([e.rejected.context.as_str(), e.rejected.response.as_str()]);
+            texts.extend(e.principles.iter().map(String::as_str));
         }
         let tokens = encoder.tokenize_plain(&texts).map_err(failed)?;
         let mut out = Vec::with_capacity(examples.len());
-        for (e, t) in examples.iter().zip(tokens.chunks(4)) {
-            let (c, r) = (layout.lay_out(&t[0], &t[1]), layout.lay_out(&t[2], &t[3]));
+        let mut at = 0;
+        for e in examples {
+            let t = &tokens[at..at + 4 + e.principles.len()];
+            at += t.len();
+            let (c, r) = if e.principles.is_empty() {
+                (layout.lay_out(&t[0], &t[1]), layout.lay_out(&t[2], &t[3]))
+            } else {
+                let ((c, kc), (r, kr)) = (
+                    layout.lay_out_conditioned(&t[4..], &t[0], &t[1]),
+                    layout.lay_out_conditioned(&t[4..], &t[2], &t[3]),
+                );
+                let kept = kc.min(kr);
+                principles_cut += usize::from(kept < e.principles.len());
+                principles_left_out += e.principles.len() - kept;
+                (c, r)
+            };
             context_cut += usize::from(c.context_cut) + usize::from(r.context_cut);
             response_cut += usize::from(c.response_cut) + usize::from(r.response_cut);
             if c.ids == r.ids {
@@ -842,6 +888,12 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
     };
     let train_pairs = lay(&train_ex)?;
     let val_pairs = lay(&val_ex)?;
+    if params.principles.is_some() {
+        log.push(format!(
+            "principle-conditioned: {principles_cut} pairs had principles left out to fit ({principles_left_out} \
+             principle lines in all)"
+        ));
+    }
     log.push(format!(
         "{} train and {} validation pairs; inputs of at most {max_tokens} tokens: {context_cut} prompts cut from the left, \
          {response_cut} responses cut at the end, {identical} pairs dropped as identical after cutting",
@@ -1050,6 +1102,7 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
             "val_accuracy": kept.1.map(|v| v.accuracy),
             "seed": seed,
         }),
+        conditioned: params.principles.is_some(),
     };
     config.write(&cx.output("model")?.path, &best.2).map_err(OpError::failed)?;
     let batch = metrics_batch(&rows, best.1)?;
@@ -1335,6 +1388,57 @@ mod tests {
         assert!(l.contains("2 train and 0 validation pairs"), "{l}");
         // Four distinct inputs: each side with its own prompt.
         assert!(l.contains("embedded 4 inputs"), "{l}");
+    }
+
+    const PRINCIPLES: &str = r#"[
+        {"dimension": "Concise", "definition": "The response should be brief and clear.",
+         "negative_definition": "The response should avoid being brief."},
+        {"dimension": "Ethical", "definition": "The AI should not produce harmful content.",
+         "negative_definition": "The AI should avoid being harmless."}
+    ]"#;
+
+    #[test]
+    fn principles_enter_the_inputs_and_are_capped_to_what_fits() {
+        minilm();
+        let t = OpTest::new(json!({
+            "principles": {"path": "p.json"}, "epochs": 1, "val_fraction": 0, "max_tokens": 40
+        }))
+        .input("pairs", synthetic(false).slice(0, 6));
+        std::fs::write(t.dir().join("p.json"), PRINCIPLES).unwrap();
+        assert_eq!(t.check(&CPU).unwrap().file_deps, [PathBuf::from("p.json")]);
+        let out = run(&t).unwrap();
+        let l = log(&t);
+        // 40 tokens hold a response (14 to 22 tokens) and the first principle (10 tokens), and the
+        // second one too beside the shorter responses only.
+        assert!(
+            l.contains("principle-conditioned: 3 pairs had principles left out to fit (3 principle lines in all)"),
+            "{l}"
+        );
+        assert!(RewardConfig::read(&out["model"]).unwrap().conditioned);
+        // SALMON's own columns name each row's principles; an unknown one fails the stage.
+        let salmon = texts(&[
+            ("output_1", &["Sure, here is how.", "No."]),
+            ("output_2", &["No.", "Sure, here is how."]),
+            ("preference", &["1", "2"]),
+            ("dimensions", &["['Ethical', 'Concise']", "['Funny']"]),
+            ("negative_definitions", &["[0, 1]", "[0]"]),
+        ]);
+        let t = t.params(json!({"principles": {"path": "p.json"}, "val_fraction": 0})).input("pairs", salmon);
+        let err = run(&t).unwrap_err();
+        assert_eq!(err.message, "`pairs` row 1: dimension `Funny` is not in p.json (it has Concise, Ethical)");
+    }
+
+    #[test]
+    fn a_principle_set_naming_an_unknown_dimension_is_a_plan_error() {
+        let t = OpTest::new(json!({"principles": {"path": "p.json", "dimensions": ["Concise", "Funny"]}}))
+            .input("pairs", texts(&[("chosen", &["a"]), ("rejected", &["b"])]));
+        std::fs::write(t.dir().join("p.json"), PRINCIPLES).unwrap();
+        let err = first_error(t.check(&CPU));
+        assert_eq!(err.message, "unknown dimension `Funny`: p.json has Concise, Ethical");
+        assert!(matches!(&err.at, CheckLocation::Param(p) if p == &["principles", "dimensions"]));
+        std::fs::write(t.dir().join("p.json"), "{}").unwrap();
+        let err = first_error(t.check(&CPU));
+        assert!(err.message.contains("p.json: not a principle collection"), "{}", err.message);
     }
 
     #[test]
