@@ -246,6 +246,26 @@ fn bad_pair_tables_are_plan_errors_at_their_line() {
 }
 
 #[test]
+fn a_principle_set_naming_an_unknown_dimension_is_a_plan_error_at_its_line() {
+    pull();
+    let p = Project::new();
+    let principles =
+        r#"[{"dimension": "Concise", "definition": "Be brief.", "negative_definition": "Do not be brief."}]"#;
+    p.write("pairs.csv", "chosen,rejected\na,b\n").write("p.json", principles).write(
+        "drover.yaml",
+        &PIPELINE.replace(
+            "{ epochs: 4, patience: null, seed: 5 }",
+            "{ principles: { path: p.json, dimensions: [Concise, Funny] } }",
+        ),
+    );
+    let out = p.drover(&["plan"]);
+    out.expect_code(2);
+    let stderr = out.unwrapped();
+    assert!(stderr.contains("unknown dimension `Funny`: p.json has Concise"), "{stderr}");
+    assert!(stderr.contains("drover.yaml:8:"), "{stderr}");
+}
+
+#[test]
 fn an_empty_table_fails_and_identical_pairs_are_counted() {
     pull();
     let p = Project::new();
