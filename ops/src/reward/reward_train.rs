@@ -37,10 +37,10 @@
 //! with the lowest.
 //!
 //! Outputs: `model` (a directory: `config.json` naming the encoder and its blake3, and
-//! `head.safetensors` in PyTorch's layout, or `model.safetensors`), `metrics` (one row per epoch, epoch 0 before any
-//! step: train and validation loss, accuracy with ties counted wrong as TRL counts them, mean
-//! margin r+ - r-, min/mean/max reward, and which epoch was kept), and the learning curve
-//! (`plot`, SVG; `plot_png`).
+//! `head.safetensors` in PyTorch's layout, or `model.safetensors`), `metrics` (one row per
+//! epoch, epoch 0 before any step: train and validation loss, accuracy with ties counted wrong
+//! as TRL counts them, mean margin r+ - r-, min/mean/max reward, and which epoch was kept), and
+//! the learning curve (`plot`, SVG; `plot_png`).
 //!
 //! A checkpoint after every epoch (the weights, the optimiser's state, the metrics so far) goes
 //! into the memo under the stage's inputs, params, seed and backend, so a training killed in
