@@ -215,11 +215,11 @@ impl PrincipleSpec {
     }
 }
 
-/// The items of a Python list literal as SALMON writes `dimensions` and
-/// `negative_definitions` (`"['Concise', 'Ethical']"`, `"[0, 1]"`), or a plain comma-separated
-/// list.
+/// The items of a Python list or tuple literal as SALMON (and `ai_preference`) writes
+/// `dimensions` and `negative_definitions` (`"['Concise', 'Ethical']"`, `"('Concise',)"`,
+/// `"(0, 1)"`, `"(False, True)"`), or a plain comma-separated list.
 pub fn list_items(text: &str) -> Vec<String> {
-    let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
+    let inner = text.trim().trim_start_matches(['[', '(']).trim_end_matches([']', ')']);
     inner
         .split(',')
         .map(|s| s.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
@@ -597,6 +597,8 @@ mod tests {
         assert_eq!((kept, laid.ids), (1, vec![101, 1, 102, 8, 9, 102, 7, 102]));
         assert_eq!(list_items("['Concise', \"Ethical\"]"), ["Concise", "Ethical"]);
         assert_eq!(list_items("[0, 1]"), ["0", "1"]);
+        assert_eq!(list_items("('Concise',)"), ["Concise"]);
+        assert_eq!(list_items("(False, True)"), ["False", "True"]);
     }
 
     #[test]
