@@ -5,7 +5,8 @@
 //!   (`encoder`), pulled models (`pulled`), preference pairs (`pairs`).
 //! - One directory per family of ops, one file per op, named as in YAML: `data/` (tables),
 //!   `programs/` (`command`), `models/` (`read_model`, `merge_models`), `text/` (prompt synthesis,
-//!   generation, embeddings), `scaling/` (`scaling_law_fit`).
+//!   generation, embeddings), `scaling/` (`scaling_law_fit`), `reward/` (`reward_train`,
+//!   `reward_score`, `best_of_n`).
 //!
 //! No op imports another op's file: what two ops share lives in `kit/`.
 
@@ -13,6 +14,7 @@ pub mod data;
 pub mod kit;
 pub mod models;
 pub mod programs;
+pub mod reward;
 pub mod scaling;
 pub mod text;
 
@@ -33,6 +35,9 @@ pub fn registry(device: kit::compute::DeviceChoice) -> OpRegistry {
     ops.register(text::principle_generate_responses::PrincipleGenerateResponses);
     ops.register(text::recaption::Recaption);
     ops.register(models::read_model::ReadModel);
+    ops.register(reward::reward_train::RewardTrain { device });
+    ops.register(reward::reward_score::RewardScore { device });
+    ops.register(reward::best_of_n::BestOfN);
     ops.register(data::read_table::ReadTable);
     ops.register(data::rouge_dedup::RougeDedup);
     ops.register(data::sample::Sample);

@@ -10,6 +10,7 @@ pub mod llm;
 pub mod pairs;
 pub mod pulled;
 pub mod pystr;
+pub mod reward;
 pub mod rouge;
 pub mod synth;
 pub mod table;

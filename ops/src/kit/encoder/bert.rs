@@ -105,7 +105,7 @@ const RENAMES: &[(&str, &str)] = &[
 
 impl Bert {
     /// A BERT of `config`'s shape with zero weights (to be loaded).
-    fn zeros(c: &BertConfig, device: &Device) -> Bert {
+    pub fn zeros(c: &BertConfig, device: &Device) -> Bert {
         let linear = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Zeros).init(device);
         let embedding = |n, d| EmbeddingConfig::new(n, d).with_initializer(Initializer::Zeros).init(device);
         let norm = || LayerNormConfig::new(c.hidden_size).with_epsilon(c.layer_norm_eps).init(device);

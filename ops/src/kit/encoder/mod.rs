@@ -122,6 +122,23 @@ impl SentenceEncoder {
             .collect())
     }
 
+    /// Each text's token ids without `[CLS]`/`[SEP]` and without a length limit, for callers
+    /// that lay several texts out in one input themselves (`reward_train` keeps a response
+    /// whole and cuts its context from the left); [`SentenceEncoder::special_ids`] gives the
+    /// ids to put around them.
+    pub fn tokenize_plain(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, String> {
+        let mut tokenizer = self.tokenizer.clone();
+        tokenizer.with_truncation(None).map_err(|e| format!("tokenizer: {e}"))?;
+        let encodings = tokenizer.encode_batch(texts.to_vec(), false).map_err(|e| format!("tokenizer: {e}"))?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// The ids of `[CLS]` and `[SEP]`.
+    pub fn special_ids(&self) -> Result<(u32, u32), String> {
+        let id = |t: &str| self.tokenizer.token_to_id(t).ok_or_else(|| format!("the tokenizer has no `{t}` token"));
+        Ok((id("[CLS]")?, id("[SEP]")?))
+    }
+
     /// Embeds `texts` (unit vectors, input order), `batch_size` texts of similar length at a
     /// time; `done(n)` after each batch of `n`.
     pub fn encode(
@@ -262,7 +279,7 @@ mod tests {
 
     #[test]
     fn gradients_flow_through_the_encoder_on_an_autodiff_device() {
-        // What reward_train will do: the same module on an autodiff device, a loss on the
+        // What reward_train does: the same module on an autodiff device, a loss on the
         // embeddings, and a gradient for the weights.
         let device = Device::flex().autodiff();
         let encoder = load_dir(&minilm(), &device).unwrap();
