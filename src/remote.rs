@@ -324,7 +324,7 @@ impl Tier for RunTier {
             }
             let marker = self.pending.join(key.as_str());
             let _ = std::fs::create_dir_all(&self.pending).and_then(|()| std::fs::write(&marker, b""));
-            match self.remote.push_key(store, key).await {
+            match self.remote.push_new_key(store, key).await {
                 Ok(Pushed::Sent { .. } | Pushed::Adopted { .. }) => {
                     self.pushed.fetch_add(1, Ordering::Relaxed);
                     let _ = std::fs::remove_file(&marker);

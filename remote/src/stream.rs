@@ -67,9 +67,10 @@ impl Remote {
         Ok(())
     }
 
-    /// Downloads object `hash` into the store as a stream, verified against its name before it
-    /// is stored; returns its size, or `None` when the remote lacks it.
-    pub(crate) async fn get_object_streamed(&self, store: &Store, hash: &ObjectHash) -> Result<Option<u64>> {
+    /// Downloads object `hash` into the store, verified against its name before it is stored:
+    /// a small one in one piece, a large one as a stream through the store's scratch. Returns
+    /// its size, or `None` when the remote lacks it.
+    pub(crate) async fn get_object_into(&self, store: &Store, hash: &ObjectHash) -> Result<Option<u64>> {
         let location = self.object_path(hash);
         let fail = |source| RemoteError::Request { action: "download", location: location.to_string(), source };
         let got = match self.store().get(&location).await {
@@ -77,6 +78,20 @@ impl Remote {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(source) => return Err(fail(source)),
         };
+        let corrupt = |size: u64, actual: &ObjectHash| RemoteError::Corrupt {
+            what: "object",
+            location: location.to_string(),
+            detail: format!("its {size} bytes hash to {actual}, not to its name"),
+        };
+        if got.meta.size < STREAM_FROM {
+            let bytes = got.bytes().await.map_err(fail)?;
+            let actual = drover_cache::hash::bytes(&bytes);
+            if &actual != hash {
+                return Err(corrupt(bytes.len() as u64, &actual));
+            }
+            store.put_bytes(&bytes)?;
+            return Ok(Some(bytes.len() as u64));
+        }
         let dir = store.new_work_dir("download")?;
         let result = async {
             let path = dir.join("object");
@@ -93,11 +108,7 @@ impl Remote {
             drop(file);
             let actual = ObjectHash::parse(&hasher.finalize().to_hex()).expect("blake3 gives 64 hex digits");
             if &actual != hash {
-                return Err(RemoteError::Corrupt {
-                    what: "object",
-                    location: location.to_string(),
-                    detail: format!("its {size} bytes hash to {actual}, not to its name"),
-                });
+                return Err(corrupt(size, &actual));
             }
             store.put_file(&path)?;
             Ok(Some(size))

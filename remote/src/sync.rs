@@ -49,10 +49,21 @@ impl Remote {
     /// one HEAD each), then the record, created first-writer-wins; so a reader never sees a
     /// record whose objects are not all there.
     pub async fn push_key(&self, store: &Store, key: &CacheKey) -> Result<Pushed> {
+        self.push_key_with(store, key, true).await
+    }
+
+    /// [`Remote::push_key`] for a stage just computed, which the remote most likely lacks: no
+    /// GET of its record first (two requests for a stage of one small output, not three). If
+    /// the remote had it after all, the record's create says so and the answer is the same.
+    pub async fn push_new_key(&self, store: &Store, key: &CacheKey) -> Result<Pushed> {
+        self.push_key_with(store, key, false).await
+    }
+
+    async fn push_key_with(&self, store: &Store, key: &CacheKey, ask_first: bool) -> Result<Pushed> {
         let Some(record) = store.get_record(key).filter(|r| store.cached_outputs(&r.key).is_some()) else {
             return Ok(Pushed::NotLocal);
         };
-        if self.get_record(key).await?.is_some() {
+        if ask_first && self.get_record(key).await?.is_some() {
             return Ok(Pushed::AlreadyThere);
         }
         let (mut objects, mut bytes) = (0, 0);
@@ -83,6 +94,7 @@ impl Remote {
         }
         Ok(match self.create_record(&record).await? {
             Placed::Created => Pushed::Sent { objects, bytes },
+            Placed::Adopted(winner) if objects == 0 && winner.outputs == record.outputs => Pushed::AlreadyThere,
             Placed::Adopted(winner) => Pushed::Adopted { objects, bytes, winner },
         })
     }
@@ -97,7 +109,7 @@ impl Remote {
             if store.has_object(hash) {
                 return Ok(());
             }
-            let size = self.get_object_streamed(store, hash).await?.ok_or_else(|| RemoteError::Corrupt {
+            let size = self.get_object_into(store, hash).await?.ok_or_else(|| RemoteError::Corrupt {
                 what: "record",
                 location: format!("{} of key {key}", self.config().url),
                 detail: format!("it names object {hash}, which the remote does not have"),

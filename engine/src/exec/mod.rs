@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use drover_cache::{RunRecord, StageOutcome, Store, Trigger};
+use drover_cache::{CacheKey, OutputRef, RunRecord, StageOutcome, Store, Trigger};
 
 use crate::error::EngineError;
 use crate::op::{NoProgress, Progress};
@@ -162,22 +162,28 @@ pub async fn run_on(
     tokio::pin!(ctrl_c);
     loop {
         sched.settle_ready(&store, &*reporter)?;
+        // Stages to compute are looked up in the tier first, all that wait (not only those a
+        // job slot lets start): a lookup costs a request, not a slot.
+        if let Some(tier) = &opts.tier {
+            let asked = sched.to_look_up();
+            if !asked.is_empty() {
+                let found = look_up(tier, &store, asked).await;
+                let hits = found.len();
+                for (idx, outputs) in found {
+                    sched.settle_from_tier(idx, outputs, ("remote", tier.location()), &store, &*reporter);
+                }
+                if hits > 0 {
+                    // Their dependents may be ready now.
+                    continue;
+                }
+            }
+        }
         let mut dispatched = sched.launch();
         if !dispatched.is_empty() {
             for d in &mut dispatched {
                 d.last_key = last_keys.get(&plan.nodes[d.idx].id).cloned();
             }
-            let mut fetched = 0;
-            if let Some(tier) = &opts.tier {
-                (dispatched, fetched) = fetch_from_tier(tier, &store, dispatched, &mut sched, &*reporter).await;
-            }
-            if !dispatched.is_empty() {
-                executor.start(&scope, dispatched).await;
-            }
-            if fetched > 0 {
-                // Their dependents may be ready now.
-                continue;
-            }
+            executor.start(&scope, dispatched).await;
         }
         if sched.nothing_running() {
             break;
@@ -247,46 +253,31 @@ pub async fn run_on(
     Ok(RunSummary { record, environment_failure: done.environment_failure, interrupted, repairs: store.take_repairs() })
 }
 
-/// Looks the dispatched stages up in the tier, at most [`tier::CONCURRENT_LOOKUPS`] at a time
-/// (forced ones are not looked up): each hit ends here as cached, with the note `remote`; the
-/// misses are returned to be started, and how many hit.
-async fn fetch_from_tier(
+/// Looks stages up in the tier, at most [`tier::CONCURRENT_LOOKUPS`] at a time; returns the
+/// hits with their outputs (now in the store).
+async fn look_up(
     tier: &Arc<dyn Tier>,
     store: &Arc<Store>,
-    dispatched: Vec<Dispatch>,
-    sched: &mut Scheduler<'_>,
-    reporter: &dyn Reporter,
-) -> (Vec<Dispatch>, usize) {
+    asked: Vec<(usize, CacheKey)>,
+) -> Vec<(usize, BTreeMap<String, OutputRef>)> {
     let permits = Arc::new(tokio::sync::Semaphore::new(tier::CONCURRENT_LOOKUPS));
     let mut set = tokio::task::JoinSet::new();
-    for (i, d) in dispatched.iter().enumerate().filter(|(_, d)| !d.forced) {
-        let (tier, store, key, permits) = (tier.clone(), store.clone(), d.key.clone(), permits.clone());
+    for (idx, key) in asked {
+        let (tier, store, permits) = (tier.clone(), store.clone(), permits.clone());
         set.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            (i, tier.fetch(&store, &key).await)
+            (idx, tier.fetch(&store, &key).await)
         });
     }
-    let mut found = vec![None; dispatched.len()];
+    let mut found = Vec::new();
     while let Some(joined) = set.join_next().await {
-        if let Ok((i, outputs)) = joined {
-            found[i] = outputs;
+        if let Ok((idx, Some(outputs))) = joined {
+            found.push((idx, outputs));
         }
     }
-    let mut misses = Vec::new();
-    let mut hits = 0;
-    for (d, outputs) in dispatched.into_iter().zip(found) {
-        match outputs {
-            Some(outputs) => {
-                hits += 1;
-                let mut finished = Finished::new(d.idx, StageOutcome::Cached, None, 0);
-                finished.outputs = Some(outputs);
-                finished.notes.insert("remote".to_string(), tier.location().to_string());
-                sched.finish(finished, store, reporter);
-            }
-            None => misses.push(d),
-        }
-    }
-    (misses, hits)
+    // Settled in node order, so that the terminal says them in a stable order.
+    found.sort_by_key(|(idx, _)| *idx);
+    found
 }
 
 /// `1.5s`, `2m 03s`.

@@ -43,6 +43,8 @@ pub(super) struct Scheduler<'a> {
     ready: VecDeque<usize>,
     /// Checked, not cached, waiting for a job slot or resources.
     waiting: VecDeque<usize>,
+    /// Per node: already looked up in the run's cache tier (a miss there).
+    looked_up: Vec<bool>,
     running: BTreeSet<usize>,
     keys: Vec<Option<CacheKey>>,
     /// The recipe of each waiting node, handed to its task.
@@ -98,6 +100,7 @@ impl<'a> Scheduler<'a> {
             dependents,
             ready,
             waiting: VecDeque::new(),
+            looked_up: vec![false; n],
             running: BTreeSet::new(),
             keys: vec![None; n],
             recipes: vec![None; n],
@@ -129,6 +132,35 @@ impl<'a> Scheduler<'a> {
             self.waiting.push_back(idx);
         }
         Ok(())
+    }
+
+    /// The waiting stages not yet looked up in the cache tier, with their keys (forced ones
+    /// never are); each is marked as looked up.
+    pub fn to_look_up(&mut self) -> Vec<(usize, CacheKey)> {
+        let mut asked = Vec::new();
+        for &idx in &self.waiting {
+            if !self.looked_up[idx] && !self.forced.contains(&idx) {
+                self.looked_up[idx] = true;
+                asked.push((idx, self.keys[idx].clone().expect("computed when ready")));
+            }
+        }
+        asked
+    }
+
+    /// A waiting stage the cache tier had: it ends as cached, with `note` (where it came from).
+    pub fn settle_from_tier(
+        &mut self,
+        idx: usize,
+        outputs: BTreeMap<String, OutputRef>,
+        note: (&str, &str),
+        store: &Store,
+        reporter: &dyn Reporter,
+    ) {
+        self.waiting.retain(|&w| w != idx);
+        self.recipes[idx] = None;
+        let mut finished = Finished { outputs: Some(outputs), ..Finished::new(idx, StageOutcome::Cached, None, 0) };
+        finished.notes.insert(note.0.to_string(), note.1.to_string());
+        self.finish(finished, store, reporter);
     }
 
     /// The waiting stages that may start now, in the order they became ready: within the job
