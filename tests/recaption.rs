@@ -92,7 +92,7 @@ fn the_example_names_each_images_colour_and_reruns_from_the_memo() {
     assert!(log.contains("llm `default`: 0 requests sent, 6 answered from the memo"), "{log}");
 
     // Images enter by content: the red file now holds the blue picture. The stage reruns (the
-    // images are its `deps:`) and asks only about that image (its requests are new keys).
+    // images are its `images:`) and asks only about that image (its requests are new keys).
     let images = p.join("examples/data/recaption");
     std::fs::copy(images.join("blue.png"), images.join("red.png")).unwrap();
     let plan = p.drover(&["plan", "-f", file]);
@@ -109,7 +109,7 @@ fn the_example_names_each_images_colour_and_reruns_from_the_memo() {
 fn pipeline(serve: &str, with: &str) -> String {
     format!(
         "pipeline: t\nllms:\n  default:\n    serve: {serve}\nstages:\n  images:\n    op: read_table\n    with: {{ path: \
-         images.csv }}\n  recaption:\n    op: recaption\n    in: {{ table: images }}\n    with: {{ mode: short, \
+         images.csv }}\n  recaption:\n    op: recaption\n    in: {{ table: images }}\n    with: {{ images: img, mode: short, \
          short_prompt: \"The colour of this image is\", sampling: {{ temperature: 0, max_tokens: 12 }}{with} }}\n"
     )
 }
@@ -242,4 +242,24 @@ fn a_killed_stage_resumes_from_the_memo() {
     // Every response kept before the kill is answered from the memo, and only the rest is sent.
     assert_eq!((numbers[0], numbers[1]), (12 - kept, kept), "{line}");
     assert_eq!(rows(&p, "recaption", "drover.yaml").len(), 12);
+}
+
+/// The images' content is in the stage's key: an image edited in place reruns the stage, and a
+/// table naming paths without `images:` is refused at plan time (exit 2), never cached blind.
+#[test]
+fn an_image_edited_in_place_reruns_the_stage_and_paths_need_images() {
+    let p = project("image\nimg/red.png\n");
+    p.write("drover.yaml", &pipeline(SEEING, ""));
+    p.drover(&["run"]).expect_code(0);
+    assert!(rows(&p, "recaption", "drover.yaml")[0]["caption"].as_str().unwrap().contains("red"));
+    std::fs::copy(p.join("img/blue.png"), p.join("img/red.png")).unwrap();
+    let plan = p.plan(&[]);
+    let stage = plan.iter().find(|s| s.0 == "recaption").unwrap();
+    assert_eq!(stage.1, "run", "{plan:?}");
+    p.drover(&["run"]).expect_code(0);
+    assert!(rows(&p, "recaption", "drover.yaml")[0]["caption"].as_str().unwrap().contains("blue"));
+
+    p.write("drover.yaml", &pipeline(SEEING, "").replace("images: img, ", ""));
+    let text = p.drover(&["plan"]).expect_code(2).unwrapped();
+    assert!(text.contains("column `image` holds paths, and no `images:` says where they are"), "{text}");
 }

@@ -45,6 +45,10 @@ pub struct RecaptionParams {
     /// absolute) or the image's bytes (binary). Default: `image`.
     #[serde(default = "default_image")]
     pub image: String,
+    /// Where the image files are: a directory (relative to the pipeline, or absolute) that
+    /// holds every image the column names. Its content enters the stage's key, so that an
+    /// edited, added or removed image reruns the stage. Required when the column holds paths.
+    pub images: Option<String>,
     /// The alt-text column, kept beside the captions. Default: `alt_text` when the table has
     /// one (else the output's `alt_text` is null).
     pub alt_text: Option<String>,
@@ -146,12 +150,13 @@ impl OpKit for Recaption {
         let mut checked = Checked::default();
         errors.extend(llm::check_one_choice(cx, &params.llm, &params.sampling, &mut checked));
         let mut image_type = "Utf8";
+        let mut holds_paths = false;
         if let Some(columns) = columns {
             let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
             match columns.iter().find(|c| c.name == params.image) {
                 None => errors.push(table::unknown_column("table", &["image"], &params.image, &names)),
                 Some(c) if BYTES.contains(&c.dtype.as_str()) => image_type = "Binary",
-                Some(c) if TEXT.contains(&c.dtype.as_str()) => {}
+                Some(c) if TEXT.contains(&c.dtype.as_str()) => holds_paths = true,
                 Some(c) => errors.push(
                     CheckError::param(&["image"], format!("column `{}` of `table` is {}", c.name, c.dtype))
                         .about_column("table", &c.name)
@@ -189,6 +194,33 @@ impl OpKit for Recaption {
                     CheckError::param(&["tokenizer"], message)
                         .help("give a Hugging Face `tokenizer.json` (CLIP's is in `openai/clip-vit-large-patch14`)"),
                 ),
+            }
+        }
+        match &params.images {
+            None if holds_paths => errors.push(
+                CheckError::param(
+                    &["image"],
+                    format!("column `{}` holds paths, and no `images:` says where they are", params.image),
+                )
+                .help(
+                    "add `images: DIR`, the directory the images are in: its content enters the stage's key, so an \
+                         edited image reruns the stage instead of keeping the caption of the old one",
+                ),
+            ),
+            None => {}
+            Some(dir) => {
+                let full = drover_engine::paths::resolve(cx.pipeline_dir, dir);
+                match std::fs::metadata(&full) {
+                    Ok(m) if m.is_dir() => checked.file_deps.push(PathBuf::from(dir)),
+                    Ok(_) => errors.push(
+                        CheckError::param(&["images"], format!("{} is not a directory", full.display()))
+                            .help("name the directory that holds the images"),
+                    ),
+                    Err(e) => errors.push(
+                        CheckError::param(&["images"], format!("cannot read {}: {e}", full.display()))
+                            .help("name the directory that holds the images, relative to the pipeline or absolute"),
+                    ),
+                }
             }
         }
         let schema = TableSchema::with_columns(vec![
@@ -253,6 +285,9 @@ fn prepare(params: &RecaptionParams, cx: &StageCx) -> Result<Prepared, OpError> 
         .column_by_name(&params.image)
         .ok_or_else(|| OpError::failed(format!("the input has no column `{}` (it had at plan time)", params.image)))?;
     let images = Images::of(column)?;
+    if let Images::Paths(paths) = &images {
+        inside_images(params, paths, &cx.pipeline_dir)?;
+    }
     let client = Client::new(cx, &params.llm)?;
     let sampling = params.sampling();
     let (mut kept, mut skipped, mut requests, mut labels) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -281,6 +316,35 @@ fn prepare(params: &RecaptionParams, cx: &StageCx) -> Result<Prepared, OpError> 
     }
     client.seed_by_prompt(&mut requests);
     Ok(Prepared { client, input, kept, skipped, requests, labels })
+}
+
+/// Every image path that names a file must lie inside `images:` (links followed), whose
+/// content is in the key: an image from elsewhere could change without the stage knowing.
+fn inside_images(params: &RecaptionParams, paths: &StringArray, pipeline_dir: &std::path::Path) -> Result<(), OpError> {
+    let Some(dir) = &params.images else {
+        return Err(OpError::failed(format!(
+            "column `{}` holds paths, and no `images:` says where they are (add `images: DIR`)",
+            params.image
+        )));
+    };
+    let root = drover_engine::paths::resolve(pipeline_dir, dir);
+    let root =
+        root.canonicalize().map_err(|e| OpError::failed(format!("cannot read `images:` {}: {e}", root.display())))?;
+    for row in (0..paths.len()).filter(|&r| paths.is_valid(r)) {
+        let path = drover_engine::paths::resolve(pipeline_dir, paths.value(row));
+        // A file that is not there is a counted skip later; only files that are count here.
+        if let Ok(real) = path.canonicalize()
+            && !real.starts_with(&root)
+        {
+            return Err(OpError::failed(format!(
+                "row {row} ({}): the image is outside `images:` ({}), so its content is not in the stage's key; \
+                 move it there, or name a directory that holds every image",
+                paths.value(row),
+                root.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The error when not one image of a non-empty table could be read: most likely paths written
@@ -577,7 +641,7 @@ mod tests {
             ("long", 3, vec!["null"; 3], vec!["long red", "long green", "long blue"], "long"),
         ] {
             let server = MockLlm::start(captioner(0));
-            let t = OpTest::new(json!({"mode": mode})).llms(server.llms());
+            let t = OpTest::new(json!({"mode": mode, "images": "img"})).llms(server.llms());
             let table = pictures(&t);
             let t = t.input("table", table);
             let out = run(&t).unwrap();
@@ -599,7 +663,7 @@ mod tests {
         let rows: Vec<String> = (0..40).map(|i| format!("img/{}.png", ["red", "green", "blue"][i % 3])).collect();
         let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
         let picks = |p_long: f64, seed: u64| {
-            let t = OpTest::new(json!({"p_long": p_long})).llms(server.llms()).seed(seed);
+            let t = OpTest::new(json!({"p_long": p_long, "images": "img"})).llms(server.llms()).seed(seed);
             pictures(&t);
             let t = t.input("table", texts(&[("image", &rows)]));
             let out = run(&t).unwrap();
@@ -621,7 +685,7 @@ mod tests {
     #[test]
     fn captions_over_the_token_limit_are_dropped_and_rows_without_a_caption_left_out() {
         let server = MockLlm::start(captioner(80));
-        let t = OpTest::new(json!({"mode": "long"})).llms(server.llms());
+        let t = OpTest::new(json!({"mode": "long", "images": "img"})).llms(server.llms());
         let table = pictures(&t);
         let t = t.input("table", table);
         let out = run(&t).unwrap();
@@ -629,7 +693,7 @@ mod tests {
         let log = std::fs::read_to_string(t.dir().join("log.txt")).unwrap();
         assert!(log.contains("3 captions over 77 tokens dropped; 3 rows left out for it (rows 0, 1, 2)"), "{log}");
 
-        let t = OpTest::new(json!({"mode": "mix", "p_long": 0.0})).llms(server.llms());
+        let t = OpTest::new(json!({"mode": "mix", "p_long": 0.0, "images": "img"})).llms(server.llms());
         let table = pictures(&t);
         let t = t.input("table", table);
         let out = run(&t).unwrap();
@@ -642,7 +706,7 @@ mod tests {
     #[test]
     fn images_that_are_missing_or_do_not_decode_are_counted_skips() {
         let server = MockLlm::start(captioner(0));
-        let t = OpTest::new(json!({"mode": "short"})).llms(server.llms());
+        let t = OpTest::new(json!({"mode": "short", "images": "img"})).llms(server.llms());
         pictures(&t);
         std::fs::write(t.dir().join("img/notes.png"), "not an image").unwrap();
         let mut cut = png([255, 0, 0], 8, 8);
@@ -675,7 +739,8 @@ mod tests {
     #[test]
     fn a_table_of_which_no_image_can_be_read_fails_the_stage() {
         let server = MockLlm::start(captioner(0));
-        let t = OpTest::new(json!({})).llms(server.llms()).input("table", texts(&[("image", &["red.png"])]));
+        let t =
+            OpTest::new(json!({"images": "."})).llms(server.llms()).input("table", texts(&[("image", &["red.png"])]));
         let e = run(&t).unwrap_err();
         let message = format!(
             "not one of the 1 images could be read: row 0 (red.png: no file at {}); image paths are relative to the \
@@ -703,7 +768,7 @@ mod tests {
     #[test]
     fn resize_scales_large_images_down_and_a_rerun_sends_nothing() {
         let server = MockLlm::start(captioner(0));
-        let t = OpTest::new(json!({"mode": "short", "resize": 16})).llms(server.llms());
+        let t = OpTest::new(json!({"mode": "short", "resize": 16, "images": "."})).llms(server.llms());
         std::fs::write(t.dir().join("big.png"), png([255, 0, 0], 64, 32)).unwrap();
         std::fs::write(t.dir().join("small.png"), png([0, 0, 255], 8, 8)).unwrap();
         let t = t.input("table", texts(&[("image", &["big.png", "small.png"])]));
@@ -733,6 +798,31 @@ mod tests {
             OpTest::new(json!({"tokenizer": "clip.json"})).llms(nowhere()).input("table", texts(&[("image", &["a"])]));
         let e = first_error(t.check(&Recaption));
         assert!(e.message.starts_with("cannot read the tokenizer "), "{}", e.message);
+    }
+
+    /// Paths need `images:` (whose content is the key's), and every image read must be in it.
+    #[test]
+    fn image_paths_need_images_and_must_lie_inside_it() {
+        let t = OpTest::new(json!({})).llms(nowhere()).input("table", texts(&[("image", &["img/red.png"])]));
+        let e = first_error(t.check(&Recaption));
+        assert_eq!(e.message, "column `image` holds paths, and no `images:` says where they are");
+        assert!(e.help.as_deref().unwrap().starts_with("add `images: DIR`, the directory the images are in: "));
+        let t = OpTest::new(json!({"images": "nowhere"})).llms(nowhere()).input("table", texts(&[("image", &["a"])]));
+        assert!(first_error(t.check(&Recaption)).message.starts_with("cannot read "));
+
+        let server = MockLlm::start(captioner(0));
+        let t = OpTest::new(json!({"mode": "short", "images": "img"})).llms(server.llms());
+        pictures(&t);
+        std::fs::write(t.dir().join("stray.png"), png([255, 0, 0], 8, 8)).unwrap();
+        let t = t.input("table", texts(&[("image", &["img/red.png", "stray.png"])]));
+        let e = run(&t).unwrap_err();
+        assert!(e.message.starts_with("row 1 (stray.png): the image is outside `images:` ("), "{}", e.message);
+        assert_eq!(server.sent(), 0, "nothing is sent before every image is known to be in the key");
+        // Bytes need no `images:`.
+        let bytes = BinaryArray::from(vec![png([0, 255, 0], 4, 4).as_slice()]);
+        let t = OpTest::new(json!({"mode": "short"})).llms(nowhere());
+        let t = t.input("table", batch(vec![("image", Arc::new(bytes) as ArrayRef)]));
+        assert!(t.check(&Recaption).is_ok());
     }
 
     #[test]
