@@ -165,7 +165,7 @@ pub async fn run_on(
         // Stages to compute are looked up in the tier first, all that wait (not only those a
         // job slot lets start): a lookup costs a request, not a slot.
         if let Some(tier) = &opts.tier {
-            let asked = sched.to_look_up();
+            let asked = sched.take_lookups();
             if !asked.is_empty() {
                 let found = look_up(tier, &store, asked).await;
                 let hits = found.len();

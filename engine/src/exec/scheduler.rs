@@ -136,7 +136,7 @@ impl<'a> Scheduler<'a> {
 
     /// The waiting stages not yet looked up in the cache tier, with their keys (forced ones
     /// never are); each is marked as looked up.
-    pub fn to_look_up(&mut self) -> Vec<(usize, CacheKey)> {
+    pub fn take_lookups(&mut self) -> Vec<(usize, CacheKey)> {
         let mut asked = Vec::new();
         for &idx in &self.waiting {
             if !self.looked_up[idx] && !self.forced.contains(&idx) {
