@@ -9,12 +9,18 @@
 #
 #   benches/remote/compare.sh                 # debug drover from target/debug
 #   DROVER=target/release/drover N=1000 BIG_MB=2048 benches/remote/compare.sh
+#   PARTS=big benches/remote/compare.sh       # one part (small, big); LIMIT=900: seconds a
+#                                             # command may take before it is stopped (said so)
+#   TOOLS=drover benches/remote/compare.sh    # one tool (drover, dvc)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 DROVER=${DROVER:-$root/target/debug/drover}
 DROVER=$(realpath "$DROVER")
 N=${N:-1000}
 BIG_MB=${BIG_MB:-2048}
+PARTS=${PARTS:-small big}
+TOOLS=${TOOLS:-drover dvc}
+LIMIT=${LIMIT:-900}
 venv=${DVC_VENV:-$root/target/bench-dvc-venv}
 if [ ! -x "$venv/bin/dvc" ]; then
   python3 -m venv "$venv"
@@ -53,8 +59,15 @@ measure() {
   stats reset POST >/dev/null
   local t0 t1
   t0=$(date +%s.%N)
-  "$@" >"$work/$name.out" 2>&1 || { cat "$work/$name.out" >&2; echo "bench: $name failed" >&2; exit 1; }
+  local rc=0
+  timeout "$LIMIT" "$@" >"$work/$name.out" 2>&1 || rc=$?
   t1=$(date +%s.%N)
+  if [ "$rc" = 124 ]; then
+    printf '%-34s %8s s   stopped: not done in %s s\n' "$name" ">$LIMIT" "$LIMIT"
+    results+=("{\"name\": \"$name\", \"seconds\": null, \"stopped_after\": $LIMIT}")
+    return 0
+  fi
+  [ "$rc" = 0 ] || { cat "$work/$name.out" >&2; echo "bench: $name failed" >&2; exit 1; }
   local requests
   requests=$(stats stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
   local secs
@@ -83,6 +96,7 @@ with open(sys.argv[1], "wb") as f:
 PY
 
 # --- small: N stages, one small output each ---------------------------------------------------
+if [[ " $PARTS " == *" small "* ]]; then
 items=$(python3 -c "print(', '.join(str(i) for i in range($N)))")
 small_yaml="stages:
   item:
@@ -94,12 +108,14 @@ small_yaml="stages:
 mkdir -p "$work/d1" "$work/d2" "$work/d3"
 for d in d1 d2 d3; do printf '%s' "$small_yaml" >"$work/$d/drover.yaml"; done
 remote=$(drover_remote small)
-(cd "$work/d1" && "$DROVER" run -j 8 >/dev/null 2>&1)
 echo "== $N small outputs"
+if [[ " $TOOLS " == *" drover "* ]]; then
+(cd "$work/d1" && "$DROVER" run -j 8 >/dev/null 2>&1)
 cd "$work/d1" && measure "drover push" "$DROVER" push --remote "$remote" && cd "$work"
 cd "$work/d2" && measure "drover pull (cold)" "$DROVER" pull --remote "$remote" && cd "$work"
 cd "$work/d3" && measure "drover run, all on the remote" "$DROVER" run --remote "$remote" && cd "$work"
-
+fi
+if [[ " $TOOLS " == *" dvc "* ]]; then
 dvc_repo "$work/v1" small
 python3 - "$N" >"$work/v1/dvc.yaml" <<'PY'
 import sys
@@ -113,9 +129,12 @@ git clone -q "$work/v1" "$work/v2" && (cd "$work/v2" && "$DVC" config cache.type
 cd "$work/v2" && measure "dvc pull (cold)" "$DVC" pull -q && cd "$work"
 git clone -q "$work/v1" "$work/v3" && (cd "$work/v3" && "$DVC" config cache.type hardlink,symlink)
 cd "$work/v3" && measure "dvc repro --pull, all on the remote" "$DVC" repro --pull -q && cd "$work"
+fi
 rm -rf "$work"/d? "$work"/v?
+fi
 
 # --- big: one output of BIG_MB ------------------------------------------------------------------
+if [[ " $PARTS " == *" big "* ]]; then
 echo "== one ${BIG_MB} MB output"
 big_yaml="stages:
   big:
@@ -126,20 +145,24 @@ big_yaml="stages:
 mkdir -p "$work/b1" "$work/b2"
 for d in b1 b2; do printf '%s' "$big_yaml" >"$work/$d/drover.yaml"; done
 remote=$(drover_remote big)
+if [[ " $TOOLS " == *" drover "* ]]; then
 (cd "$work/b1" && "$DROVER" run >/dev/null 2>&1)
 cd "$work/b1" && measure "drover push (big)" "$DROVER" push --remote "$remote" && cd "$work"
 rm -rf "$work/b1"
 cd "$work/b2" && measure "drover pull (big, cold)" "$DROVER" pull --remote "$remote" && cd "$work"
 rm -rf "$work/b2"
-
+fi
+if [[ " $TOOLS " == *" dvc "* ]]; then
 dvc_repo "$work/w1" big
 printf 'stages:\n  big:\n    cmd: python3 %s big.bin %s\n    outs: [big.bin]\n' "$big_gen" "$BIG_MB" >"$work/w1/dvc.yaml"
 (cd "$work/w1" && "$DVC" repro -q >/dev/null && git add -A && git commit -qm run)
 cd "$work/w1" && measure "dvc push (big)" "$DVC" push -q && cd "$work"
 git clone -q "$work/w1" "$work/w2" && rm -rf "$work/w1" && (cd "$work/w2" && "$DVC" config cache.type hardlink,symlink)
 cd "$work/w2" && measure "dvc pull (big, cold)" "$DVC" pull -q && cd "$work"
+fi
+fi
 
 mkdir -p "$root/benches/results"
-printf '{"n": %s, "big_mb": %s, "drover": "%s", "results": [%s]}\n' "$N" "$BIG_MB" "$DROVER" \
+printf '{"n": %s, "big_mb": %s, "parts": "%s", "drover": "%s", "results": [%s]}\n' "$N" "$BIG_MB" "$PARTS" "$DROVER" \
   "$(IFS=,; echo "${results[*]}")" >"$root/benches/results/remote.json"
 echo "written: benches/results/remote.json"
