@@ -130,7 +130,15 @@ def handler(upstream, counters, fail_status, ignore_conditions):
             finally:
                 conn.close()
 
-        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_any
+        def handle_quietly(self):
+            # A client that hangs up early (DVC closes streams it has read enough of) is not
+            # an error of the proxy's.
+            try:
+                self.handle_any()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_quietly
 
     return Handler
 
