@@ -111,6 +111,15 @@ impl Memo {
         Ok(usage)
     }
 
+    /// Removes `key`'s entry, if there is one (a checkpoint an older one replaces).
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("remove memo entry", &path),
+            _ => Ok(()),
+        }
+    }
+
     /// The key of every entry, in no particular order (torn entries included: [`Memo::get`]
     /// tells them apart).
     pub fn keys(&self) -> Vec<String> {
@@ -141,6 +150,18 @@ impl Memo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_entry_reads_as_missing_and_removing_nothing_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let memo = Memo::new(dir.path());
+        memo.put("ab12", b"value").unwrap();
+        assert_eq!(memo.get("ab12").as_deref(), Some(&b"value"[..]));
+        memo.remove("ab12").unwrap();
+        assert_eq!(memo.get("ab12"), None);
+        memo.remove("ab12").unwrap();
+        assert_eq!(memo.usage().0, 0);
+    }
 
     /// A file hashed for a stage's key (`Store::hash_source_file`) is not read again for a memo
     /// key in the same process: edited in between, it still gives the hash the key was made of.

@@ -45,7 +45,8 @@
 //! A checkpoint after every epoch (the weights, the optimiser's state, the metrics so far) goes
 //! into the memo under the stage's inputs, params, seed and backend, so a training killed in
 //! any way resumes from its last finished epoch and ends with the bytes of one never stopped;
-//! `drover gc --memo` frees them (a fine-tuned MiniLM's is about 360 MB per epoch).
+//! each replaces the one before, so the memo holds one per training (a fine-tuned MiniLM's is
+//! about 360 MB), freed by `drover gc --memo`.
 //!
 //! Deterministic on one device: the same pairs, params and seed give the same bytes. Between
 //! devices (a model trained on one is served from the cache on another) the embeddings agree to
@@ -1061,6 +1062,11 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
         let state = optimizer_bytes(&optim, &cx.work_dir).map_err(failed)?;
         cx.memo.put(&checkpoint_key(epoch), &pack(&header, &[&weights, &best.2, &state])).map_err(failed)?;
         cx.memo.sync();
+        // Only the last epoch's is needed to resume: the memo keeps one checkpoint per
+        // training, not one per epoch (a fine-tuned MiniLM's is about 360 MB).
+        if epoch > 1 {
+            cx.memo.remove(&checkpoint_key(epoch - 1)).map_err(failed)?;
+        }
         crate::kit::llm::append_log(&cx, &format!("checkpoint: epoch {epoch}"));
         if stopped.is_some() {
             break;
@@ -1351,6 +1357,13 @@ mod tests {
         let out = run(&t).unwrap();
         assert!(log(&t).contains("embedded 240 inputs (0 computed, 240 from the memo)"), "{}", log(&t));
         assert_eq!(RewardConfig::read(&out["model"]).unwrap().hidden, 8);
+        // One checkpoint per training, whatever the epochs: a 4-epoch training adds one entry.
+        let memo = t.dir().join(".drover");
+        let entries = || drover_engine::Memo::new(&memo).usage().0;
+        let before = entries();
+        let t = t.params(json!({"epochs": 4, "hidden": 8}));
+        run(&t).unwrap();
+        assert_eq!(entries(), before + 1, "older epochs' checkpoints are kept");
     }
 
     #[test]
