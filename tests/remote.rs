@@ -360,13 +360,17 @@ impl Proxy {
     }
 
     fn start_with(s: &S3, fail: u32, extra: &[&str]) -> Proxy {
+        Proxy::start_on(s, 0, fail, extra)
+    }
+
+    fn start_on(s: &S3, port: u16, fail: u32, extra: &[&str]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let port_file = dir.path().join("port");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/s3_proxy.py");
         let child = std::process::Command::new("python3")
             .args([script, "--upstream", &s.endpoint, "--port-file"])
             .arg(&port_file)
-            .args(["--fail", &fail.to_string()])
+            .args(["--fail", &fail.to_string(), "--port", &port.to_string()])
             .args(extra)
             .stdin(std::process::Stdio::piped())
             .spawn()
@@ -479,4 +483,36 @@ fn a_server_that_ignores_conditional_creates_is_only_read_from() {
     let q = Project::new();
     q.write("drover.yaml", PIPELINE);
     assert!(s.drover(&q, &remote, &s.secret, &["plan"]).stdout.starts_with("run     gen"));
+}
+
+/// A push that fails (the remote went away while the run went on) never fails the stage, and
+/// the next run sends what was left: the proxy is killed by the first stage's own command.
+#[test]
+fn stages_a_run_could_not_push_are_pushed_by_the_next_run() {
+    let Some(s) = server() else { return };
+    let proxy = Proxy::start(&s, 0);
+    let remote = s.remote();
+    let through = proxy.remote(&remote);
+    let port = proxy.port;
+    let kill = format!("kill {}", proxy.child.id());
+    let p = Project::new();
+    p.write("drover.yaml", &PIPELINE.replace("echo gen >> calls.log;", &format!("echo gen >> calls.log; {kill};")));
+    let out = s.drover(&p, &through, &s.secret, &["run"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains(": 0 stage(s) fetched, 0 pushed\n"), "{}", out.stderr);
+    assert!(out.stderr.contains("note: a push to remote "), "{}", out.stderr);
+    assert!(out.stderr.contains("; the next run (or `drover push`) sends it\n"), "{}", out.stderr);
+    assert_eq!(p.read("calls.log"), "gen\ndouble\n");
+    drop(proxy);
+
+    // The remote is back (the same endpoint): the next run, with nothing to compute, sends both.
+    let _back = Proxy::start_on(&s, port, 0, &[]);
+    let out = s.drover(&p, &through, &s.secret, &["run"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains("note: pushed 2 stage(s) an earlier run left unpushed\n"), "{}", out.stderr);
+    let q = Project::new();
+    q.write("drover.yaml", &p.read("drover.yaml"));
+    let out = s.drover(&q, &remote, &s.secret, &["run"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains("2 stages: 0 ran, 2 cached (2 remote)"), "{}", out.stderr);
 }

@@ -1,9 +1,9 @@
 """Request-counting, fault-injecting proxy in front of an S3-compatible server, for tests and benchmarks.
 
 Usage:
-  s3_proxy.py --upstream http://127.0.0.1:P --port-file F [--fail N] [--fail-status 503] [--ignore-conditions]
+  s3_proxy.py --upstream http://127.0.0.1:P --port-file F [--port N] [--fail N] [--fail-status 503] [--ignore-conditions]
 
-Listens on 127.0.0.1 (a free port) and writes that port to F (atomically) once it serves. Every
+Listens on 127.0.0.1 (--port, else a free port) and writes that port to F (atomically) once it serves. Every
 request is forwarded to upstream with its headers as received, Host included (S3 signatures cover
 the Host header, so a proxy that rewrote it would break every signature), and the answer is relayed
 as it streams. The first N requests get --fail-status (503 by default) with an S3 `SlowDown` error
@@ -147,12 +147,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--upstream", required=True)
     ap.add_argument("--port-file", required=True)
+    ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--fail", type=int, default=0)
     ap.add_argument("--fail-status", type=int, default=503)
     ap.add_argument("--ignore-conditions", action="store_true")
     args = ap.parse_args()
     counters = Counters(args.fail)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port),
                                              handler(urllib.parse.urlparse(args.upstream), counters, args.fail_status,
                                                      args.ignore_conditions))
     server.daemon_threads = True
