@@ -300,8 +300,7 @@ pub fn prepare(
     let store = Arc::new(open_store(store_override, &pipeline_file(&pargs))?);
     let remote = crate::remote::config(remote_flag, &spec)?;
     if remote.is_none() && args.remote_required {
-        return Err(Failure::User(miette::miette!(
-            help = "add `remote: { url: s3://BUCKET/PREFIX }` to the pipeline, or pass `--remote s3://BUCKET/PREFIX`",
+        return Err(crate::remote::no_remote(format!(
             "--remote-required: {} has no remote configured",
             plan.file.display()
         )));

@@ -98,6 +98,15 @@ pub fn config(flag: &Option<String>, spec: &PipelineSpec) -> Result<Option<Remot
     parsed.map(Some).map_err(|e| Failure::User(miette::miette!("{e}")))
 }
 
+/// A command that needs a remote found none (exit 2), with how to name one.
+pub fn no_remote(message: String) -> Failure {
+    Failure::User(miette::miette!(
+        help = "add `remote: { url: s3://BUCKET/PREFIX }` to the pipeline, or pass `--remote s3://BUCKET/PREFIX` \
+                (or set DROVER_REMOTE)",
+        "{message}"
+    ))
+}
+
 /// Connects without writing anything, for reading: `plan`, `pull`.
 fn reader(config: RemoteConfig) -> Result<Remote, Failure> {
     let credentials = Credentials::from_env().map_err(env)?;
@@ -126,12 +135,7 @@ fn setup(
     let (selected, _) = selection(&plan, select)?;
     let store = open_store(store_override, &pipeline_file(&pargs))?;
     let Some(config) = config(remote_flag, &spec)? else {
-        return Err(Failure::User(miette::miette!(
-            help = "add `remote: { url: s3://BUCKET/PREFIX }` to the pipeline, or pass `--remote s3://BUCKET/PREFIX` \
-                    (or set DROVER_REMOTE)",
-            "{}: no remote configured",
-            plan.file.display()
-        )));
+        return Err(no_remote(format!("{}: no remote configured", plan.file.display())));
     };
     Ok((plan, selected, store, config))
 }
@@ -152,8 +156,8 @@ struct Moved {
     not_here: usize,
 }
 
-/// Requests in flight at once for `drover push` and `drover pull` (each stage's objects go one
-/// after another; stages go side by side).
+/// Requests in flight at once for `drover push`, `drover pull` and `plan`'s lookups (each
+/// stage's objects go one after another; stages go side by side).
 const CONCURRENT_STAGES: usize = 16;
 
 /// Pushes every selected stage cached here that the remote lacks, one line per stage pushed.
@@ -437,7 +441,7 @@ pub fn on_remote(
                 let remote = &remote;
                 async move { (stage, remote.has_record(key).await) }
             })
-            .buffer_unordered(16)
+            .buffer_unordered(CONCURRENT_STAGES)
             .collect::<Vec<_>>()
             .await;
         let mut found = BTreeSet::new();
@@ -480,11 +484,7 @@ pub fn gc(
     let (spec, plan) = load(ops, args)?;
     let store = open_store(store_override, &pipeline_file(args))?;
     let Some(config) = config(remote_flag, &spec)? else {
-        return Err(Failure::User(miette::miette!(
-            help = "add `remote: { url: s3://BUCKET/PREFIX }` to the pipeline, or pass `--remote s3://BUCKET/PREFIX`",
-            "{}: no remote configured to collect",
-            plan.file.display()
-        )));
+        return Err(no_remote(format!("{}: no remote configured to collect", plan.file.display())));
     };
     let mut keep: BTreeSet<CacheKey> = store.all_record_keys().map_err(env)?.into_iter().collect();
     let all: BTreeSet<usize> = (0..plan.nodes.len()).collect();

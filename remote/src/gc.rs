@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use drover_cache::{CacheKey, DirManifest, ObjectHash, OutputKind, StageRecord};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::ObjectMeta;
 use object_store::path::Path;
 
@@ -27,15 +27,6 @@ pub struct GcPlan {
 }
 
 impl Remote {
-    async fn list_all(&self, under: &str) -> Result<Vec<ObjectMeta>> {
-        let prefix = Path::from(self.config().key(under));
-        self.store().list(Some(&prefix)).try_collect().await.map_err(|source| RemoteError::Request {
-            action: "list",
-            location: prefix.to_string(),
-            source,
-        })
-    }
-
     /// Plans a collection: records older than `grace` whose key is not in `keep` go, then
     /// objects older than `grace` that no remaining record names (a `dir` output's files
     /// included). A record that cannot be read is kept, and so is everything it might name.

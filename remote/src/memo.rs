@@ -15,7 +15,6 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use drover_cache::{CacheError, Store};
-use futures::TryStreamExt;
 use object_store::{PutMode, PutOptions, PutPayload};
 
 use crate::error::{RemoteError, Result};
@@ -103,13 +102,7 @@ impl Remote {
     pub async fn pull_memo(&self, store: &Store) -> Result<MemoSync> {
         let known = self.known(store);
         let seen = known.lines("packs-seen");
-        let prefix = object_store::path::Path::from(self.config().key("memo"));
-        let listed: Vec<_> = self
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|source| RemoteError::Request { action: "list", location: prefix.to_string(), source })?;
+        let listed = self.list_all("memo").await?;
         let memo = store.memo();
         let mut sync = MemoSync::default();
         let (mut new_packs, mut new_keys) = (Vec::new(), Vec::new());

@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use drover_cache::{CacheKey, ObjectHash, Placed, StageRecord};
+use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig,
+};
 
 use crate::config::RemoteConfig;
 use crate::credentials::Credentials;
@@ -180,14 +183,28 @@ impl Remote {
         }
     }
 
-    /// True when the remote holds the object (a HEAD request).
-    pub async fn has_object(&self, hash: &ObjectHash) -> Result<bool> {
-        let location = self.object_path(hash);
-        match self.store.head(&location).await {
+    /// Everything under `<prefix>/<under>` (one listing, paged by object_store).
+    pub(crate) async fn list_all(&self, under: &str) -> Result<Vec<ObjectMeta>> {
+        let prefix = Path::from(self.config().key(under));
+        self.store().list(Some(&prefix)).try_collect().await.map_err(|source| RemoteError::Request {
+            action: "list",
+            location: prefix.to_string(),
+            source,
+        })
+    }
+
+    /// True when something is at `location` (a HEAD request; not read or checked).
+    async fn exists(&self, location: &Path) -> Result<bool> {
+        match self.store.head(location).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(source) => Err(RemoteError::Request { action: "look up", location: location.to_string(), source }),
         }
+    }
+
+    /// True when the remote holds the object (a HEAD request).
+    pub async fn has_object(&self, hash: &ObjectHash) -> Result<bool> {
+        self.exists(&self.object_path(hash)).await
     }
 
     /// Uploads an object under its hash, unless the remote has it already (a create, so one
@@ -241,12 +258,7 @@ impl Remote {
 
     /// True when the remote has a record of the key (a HEAD request; not read or checked).
     pub async fn has_record(&self, key: &CacheKey) -> Result<bool> {
-        let location = self.record_path(key);
-        match self.store.head(&location).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(source) => Err(RemoteError::Request { action: "look up", location: location.to_string(), source }),
-        }
+        self.exists(&self.record_path(key)).await
     }
 
     /// The key's record on the remote, if any. One that does not parse, or names another key,
