@@ -285,21 +285,21 @@ pub fn embed_inputs(
     done(inputs.len() - missing.len());
     let tokens: Vec<crate::kit::encoder::Tokens> =
         missing.iter().map(|&i| crate::kit::encoder::Tokens { ids: inputs[i].clone(), truncated: false }).collect();
-    let device = encoder.device();
-    for rows in length_batches(&tokens, batch_size) {
-        let ids: Vec<&[u32]> = rows.iter().map(|&r| tokens[r].ids.as_slice()).collect();
-        let vectors = encoder.bert.embed(&TokenBatch::new(&ids, device)).into_data();
-        let vectors =
-            vectors.as_slice::<f32>().map_err(|e| format!("cannot read embeddings back from the device: {e:?}"))?;
-        for (k, &r) in rows.iter().enumerate() {
+    let batches = length_batches(&tokens, batch_size);
+    let ids: Vec<Vec<&[u32]>> =
+        batches.iter().map(|rows| rows.iter().map(|&r| tokens[r].ids.as_slice()).collect()).collect();
+    let forward = |ids: &[&[u32]], device: &Device| encoder.bert.embed(&TokenBatch::new(ids, device));
+    crate::kit::encoder::embed_batches(&ids, encoder.device(), forward, |b, vectors: &[f32]| {
+        for (k, &r) in batches[b].iter().enumerate() {
             let i = missing[r];
             let v = &vectors[k * dim..(k + 1) * dim];
             out[i * dim..(i + 1) * dim].copy_from_slice(v);
             let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             memo.put(&keys[i], &bytes).map_err(|e| format!("cannot keep an embedding in the memo: {e}"))?;
         }
-        done(rows.len());
-    }
+        done(batches[b].len());
+        Ok(())
+    })?;
     Ok((out, missing.len()))
 }
 

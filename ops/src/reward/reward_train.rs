@@ -642,12 +642,18 @@ impl Trainee {
                     .map(|ids| crate::kit::encoder::Tokens { ids: ids.clone(), truncated: false })
                     .collect();
                 let mut out = vec![0f32; inputs.len()];
-                for rows in crate::kit::encoder::length_batches(&tokens, batch_size) {
-                    let ids: Vec<&[u32]> = rows.iter().map(|&r| inputs[r].as_slice()).collect();
-                    for (k, v) in read(model.forward(&TokenBatch::new(&ids, plain)))?.into_iter().enumerate() {
-                        out[rows[k]] = v;
+                let batches = crate::kit::encoder::length_batches(&tokens, batch_size);
+                let ids: Vec<Vec<&[u32]>> =
+                    batches.iter().map(|rows| rows.iter().map(|&r| inputs[r].as_slice()).collect()).collect();
+                let forward =
+                    |ids: &[&[u32]], device: &Device| model.forward(&TokenBatch::new(ids, device)).unsqueeze_dim(1);
+                crate::kit::encoder::embed_batches(&ids, plain, forward, |b, rewards: &[f32]| {
+                    for (k, &v) in rewards.iter().enumerate() {
+                        out[batches[b][k]] = v;
                     }
-                }
+                    Ok(())
+                })
+                .map_err(OpError::failed)?;
                 Ok(out)
             }
         }
@@ -1000,12 +1006,15 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
     let train_started = Instant::now();
     // Pairs/s counts this process's pairs only (a resumed run's earlier epochs took no time here).
     let seen_before = seen;
+    // The optimiser steps alone, without the per-epoch evaluation and checkpoint.
+    let mut step_seconds = 0f64;
     let margins = train_pairs.iter().any(|p| p.margin != 0.0);
     let epochs = if stopped.is_some() { first_epoch..=0 } else { first_epoch..=params.epochs };
     for epoch in epochs {
         let mut order: Vec<usize> = (0..train_pairs.len()).collect();
         Draw::new(seed, epoch as u64).shuffle(&mut order);
         for batch in order.chunks(params.batch_size) {
+            let step_started = Instant::now();
             let b = batch.len();
             // Chosen then rejected, one forward (TRL batches them together too).
             let rows_in: Vec<usize> = batch
@@ -1027,6 +1036,7 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
             let value: f32 = loss.clone().into_scalar();
             last_lr = lr * schedule_factor(params.schedule, step, warmup, total);
             trainee = trainee.step(&mut optim, loss, last_lr, params.max_grad_norm);
+            step_seconds += step_started.elapsed().as_secs_f64();
             step += 1;
             seen += b;
             cx.progress.advance(1);
@@ -1073,9 +1083,12 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
         }
     }
     let seconds = train_started.elapsed().as_secs_f64();
+    let pairs = (seen - seen_before) as f64;
     log.push(format!(
-        "trained {step} steps in {seconds:.2} s ({:.0} pairs/s); kept epoch {}{}",
-        (seen - seen_before) as f64 / seconds.max(1e-9),
+        "trained {step} steps in {seconds:.2} s ({:.0} pairs/s; the steps alone {step_seconds:.2} s, {:.0} pairs/s, \
+         the rest evaluating and checkpointing each epoch); kept epoch {}{}",
+        pairs / seconds.max(1e-9),
+        pairs / step_seconds.max(1e-9),
         best.1,
         stopped.map(|e| format!("; stopped early after epoch {e}")).unwrap_or_default()
     ));

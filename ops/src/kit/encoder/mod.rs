@@ -151,19 +151,22 @@ impl SentenceEncoder {
         let tokens = self.tokenize(texts, max_tokens)?;
         let dim = self.dim();
         let mut vectors = vec![0f32; texts.len() * dim];
-        let mut padded_tokens = 0;
-        for rows in length_batches(&tokens, batch_size) {
-            let ids: Vec<&[u32]> = rows.iter().map(|&r| tokens[r].ids.as_slice()).collect();
-            padded_tokens += ids.len() * ids.iter().map(|r| r.len()).max().unwrap_or(0);
-            let batch = TokenBatch::new(&ids, &self.device);
-            let out = self.bert.embed(&batch).into_data();
-            let out =
-                out.as_slice::<f32>().map_err(|e| format!("cannot read embeddings back from the device: {e:?}"))?;
-            for (k, &r) in rows.iter().enumerate() {
-                vectors[r * dim..(r + 1) * dim].copy_from_slice(&out[k * dim..(k + 1) * dim]);
-            }
-            done(rows.len());
-        }
+        let batches = length_batches(&tokens, batch_size);
+        let ids: Vec<Vec<&[u32]>> =
+            batches.iter().map(|rows| rows.iter().map(|&r| tokens[r].ids.as_slice()).collect()).collect();
+        let padded_tokens = ids.iter().map(|b| b.len() * b.iter().map(|r| r.len()).max().unwrap_or(0)).sum();
+        embed_batches(
+            &ids,
+            &self.device,
+            |ids, device| self.bert.embed(&TokenBatch::new(ids, device)),
+            |b, out| {
+                for (k, &r) in batches[b].iter().enumerate() {
+                    vectors[r * dim..(r + 1) * dim].copy_from_slice(&out[k * dim..(k + 1) * dim]);
+                }
+                done(batches[b].len());
+                Ok(())
+            },
+        )?;
         Ok(Encoded {
             dim,
             vectors,
@@ -181,6 +184,45 @@ pub fn length_batches(tokens: &[Tokens], batch_size: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..tokens.len()).collect();
     order.sort_by_key(|&i| (tokens[i].ids.len(), i));
     order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
+}
+
+/// Runs `forward` on each batch of token ids and hands `each(b, values)` batch `b`'s output
+/// read back to the host, in batch order. On the CPU two batches are computed at once: the
+/// matmuls use every core either way, but flex runs the element-wise steps (GELU's erf,
+/// softmax, LayerNorm) on one core, so one batch at a time left a 2-core machine 35% idle while
+/// embedding. A GPU takes one batch at a time. Each batch's values do not depend on the other.
+pub fn embed_batches<'a, T: burn::tensor::Element>(
+    batches: &[Vec<&'a [u32]>],
+    device: &Device,
+    forward: impl Fn(&[&'a [u32]], &Device) -> burn::tensor::Tensor<2> + Sync,
+    mut each: impl FnMut(usize, &[T]) -> Result<(), String>,
+) -> Result<(), String>
+where
+    Vec<T>: Send,
+{
+    let one = |ids: &[&'a [u32]]| -> Result<Vec<T>, String> {
+        forward(ids, device)
+            .into_data()
+            .try_into_vec::<T>()
+            .map_err(|e| format!("cannot read results back from the device: {e:?}"))
+    };
+    let width = if device.clone().without_autodiff() == Device::flex() { 2 } else { 1 };
+    for (g, group) in batches.chunks(width).enumerate() {
+        let outs = match group {
+            [a, b] => {
+                let (a, b) = std::thread::scope(|s| {
+                    let b = s.spawn(|| one(b));
+                    (one(a), b.join().expect("a forward pass panicked"))
+                });
+                vec![a, b]
+            }
+            _ => group.iter().map(|ids| one(ids)).collect(),
+        };
+        for (k, out) in outs.into_iter().enumerate() {
+            each(g * width + k, &out?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the model directory at `path` and loads it (for callers that have not inspected it).
