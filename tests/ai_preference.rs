@@ -16,9 +16,9 @@ const PROMPT: &str = include_str!("../pipelines/data/salmon/synthetic_preference
 const PRINCIPLES: &str = include_str!("../pipelines/data/salmon/principle_collection_rm.json");
 
 /// Three pairs and one with a missing side (row 3).
-const RESPONSES: &str = r#"{"instruction": "What is the capital of France?", "input": "", "output_1": "The capital of France is Paris, a city on the Seine.", "output_2": "I think it might be Berlin, but I am not sure at all."}
+const RESPONSES: &str = r#"{"instruction": "What is the capital of France?", "input": "", "output_1": "The capital of France is Paris, a city on the Seine.", "output_2": "Berlin Berlin Berlin banana Berlin. Potato. I do not know and I will not say anything useful."}
 {"instruction": "Give one tip for sleeping better at night.", "input": "", "output_1": "Go to bed at the same time every night and keep your room dark.", "output_2": "Drink three cups of strong coffee right before going to bed."}
-{"instruction": "How many legs does a spider have?", "input": "", "output_1": "A spider has eight legs.", "output_2": "As an AI language model, I cannot count legs, but spiders have six."}
+{"instruction": "How many legs does a spider have?", "input": "", "output_1": "A spider has eight legs.", "output_2": "As an AI language model, I cannot count legs, but spiders have six, or maybe ten, who knows, legs are hard to count and I refuse."}
 {"instruction": "Name a primary colour.", "input": "", "output_1": "", "output_2": "Red is a primary colour."}
 "#;
 
@@ -59,7 +59,11 @@ fn number_before(line: &str, word: &str) -> usize {
 #[test]
 fn labels_come_from_logprobs_and_a_rerun_sends_nothing() {
     let server = Server::start(&[]);
-    let p = project(&server.base_url(), "", "      passes: 8\n");
+    // One request at a time: llama.cpp batches concurrent requests together, which moves the
+    // logprobs a little, and SmolLM2's near-ties then flipped from run to run (seen: a run where
+    // every score tied and no label was made). Alone, each request gets the same logprobs, and
+    // with RESPONSES' wrong answers made blatant, both orders agree on some pair (3 runs of 3).
+    let p = project(&server.base_url(), ", max_concurrency: 1", "      passes: 8\n");
     p.drover(&["run"]).expect_code(0);
     // 3 pairs (the fourth has a missing side) x 2 principles x 2 orders.
     assert_eq!(server.forwarded(), 12);
