@@ -93,7 +93,11 @@ pub(crate) fn link_new(staged: &Path, dest: &Path) -> Result<Created> {
                 return Ok(Created::Yes);
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Created::Exists),
-            Err(e) if e.kind() == ErrorKind::NotFound && !made_parent && !parent.exists() => {
+            // The parent is missing, or `staged` is: make the parent (another thread may have
+            // made it since the link failed, which create_dir_all accepts) and try once more.
+            // Asking whether the parent exists instead lost that race: the link failed for want
+            // of a parent another thread then made, and the store reported "No such file".
+            Err(e) if e.kind() == ErrorKind::NotFound && !made_parent => {
                 fs::create_dir_all(parent).ctx("create directory", parent)?;
                 made_parent = true;
             }
@@ -157,5 +161,43 @@ mod tests {
         assert_eq!(link_new(&b, &dest).unwrap(), Created::Exists);
         assert_eq!(fs::read_to_string(&dest).unwrap(), "first");
         assert!(b.exists(), "the loser's file is the caller's to remove");
+    }
+
+    #[test]
+    fn threads_linking_into_one_new_directory_all_succeed() {
+        // Many outputs of one stage land in the same new shard directory at once (seen failing
+        // in a full test run: a merge's model directory, "link into ...: No such file").
+        let d = tempfile::tempdir().unwrap();
+        let staged: Vec<_> = (0..8)
+            .map(|t| {
+                let p = d.path().join(format!("staged-{t}"));
+                fs::write(&p, t.to_string()).unwrap();
+                p
+            })
+            .collect();
+        for round in 0..1000 {
+            let shard = d.path().join(format!("objects/{round}"));
+            std::thread::scope(|s| {
+                let links: Vec<_> = staged
+                    .iter()
+                    .enumerate()
+                    .map(|(t, p)| {
+                        let dest = shard.join(format!("o{t}"));
+                        s.spawn(move || link_new(p, &dest))
+                    })
+                    .collect();
+                for l in links {
+                    assert_eq!(l.join().unwrap().unwrap(), Created::Yes, "round {round}");
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn a_missing_staged_file_is_an_error_naming_the_destination() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("sub/dest");
+        let e = link_new(&d.path().join("gone"), &dest).unwrap_err().to_string();
+        assert!(e.contains("link into") && e.contains("sub/dest"), "{e}");
     }
 }
