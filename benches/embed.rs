@@ -10,12 +10,15 @@
 //! OPENBLAS_L2_SIZE unset (set on these machines, they slow a current OpenBLAS), and writes
 //! `benches/results/embed.json`. `SENTENCES=N` changes the count.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use serde_json::{Value, json};
+use support::{measured, python};
 
 const DROVER: &str = env!("CARGO_BIN_EXE_drover");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -72,46 +75,6 @@ fn burn_matmul_gflops() -> f64 {
     2.0 * 4096.0 * 384.0 * 1536.0 / best / 1e9
 }
 
-fn python(venv: &Path) -> PathBuf {
-    let py = venv.join("bin/python");
-    if !py.is_file() {
-        eprintln!("making {} (numpy, scipy, tokenizers, threadpoolctl from PyPI)", venv.display());
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(venv).status().unwrap().success()
-            && Command::new(&py)
-                .args(["-m", "pip", "install", "-q", "numpy", "scipy", "tokenizers", "threadpoolctl"])
-                .status()
-                .unwrap()
-                .success();
-        assert!(ok, "could not make {}", venv.display());
-    }
-    py
-}
-
-/// Runs a command, returning its stdout, wall seconds and peak RSS in MB (of the child alone:
-/// `/usr/bin/time -f %M`).
-fn measured(cmd: &mut Command) -> (String, f64, f64) {
-    let rss_file = tempfile::NamedTempFile::new().unwrap();
-    let program = cmd.get_program().to_owned();
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let mut timed = Command::new("/usr/bin/time");
-    timed.arg("-f").arg("%M").arg("-o").arg(rss_file.path()).arg(program).args(args);
-    if let Some(dir) = cmd.get_current_dir() {
-        timed.current_dir(dir);
-    }
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => timed.env(k, v),
-            None => timed.env_remove(k),
-        };
-    }
-    let started = Instant::now();
-    let out = timed.output().unwrap();
-    let wall = started.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{:?} failed:\n{}", cmd, String::from_utf8_lossy(&out.stderr));
-    let kb: f64 = std::fs::read_to_string(rss_file.path()).unwrap().trim().lines().last().unwrap().parse().unwrap();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), wall, kb / 1024.0)
-}
-
 /// MiniLM's FLOPs for `tokens` tokens in rows of `len`: per layer, 2·(4·H² + 2·H·I) per token
 /// for the projections and 2·2·len·H per token for attention.
 fn flops(tokens: f64, len: f64) -> f64 {
@@ -129,7 +92,10 @@ fn main() {
     let pull = Command::new(DROVER).args(["models", "pull", "minilm"]).output().unwrap();
     assert!(pull.status.success(), "{}", String::from_utf8_lossy(&pull.stderr));
     let model = String::from_utf8_lossy(&pull.stdout).trim().to_string();
-    let py = python(&Path::new(MANIFEST_DIR).join("benches/.venv-embed"));
+    let py = python(
+        &Path::new(MANIFEST_DIR).join("benches/.venv-embed"),
+        &["numpy", "scipy", "tokenizers", "threadpoolctl"],
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = sentences(n).iter().map(|s| json!({ "sentence": s }).to_string()).collect();

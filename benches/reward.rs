@@ -10,11 +10,13 @@
 //! the pairs for `frozen` (10 epochs), `FINETUNE_PAIRS=N` (default 320) those for `finetune`
 //! (1 epoch).
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
 
 use serde_json::{Value, json};
+use support::{measured, python};
 
 const DROVER: &str = env!("CARGO_BIN_EXE_drover");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -65,38 +67,6 @@ fn pairs(n: usize) -> Vec<Value> {
         .collect()
 }
 
-fn python(venv: &Path) -> PathBuf {
-    let py = venv.join("bin/python");
-    if !py.is_file() {
-        eprintln!("making {} (torch, safetensors, tokenizers from PyPI)", venv.display());
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(venv).status().unwrap().success()
-            && Command::new(&py)
-                .args(["-m", "pip", "install", "-q", "torch", "numpy", "safetensors", "tokenizers"])
-                .status()
-                .unwrap()
-                .success();
-        assert!(ok, "could not make {}", venv.display());
-    }
-    py
-}
-
-/// Runs a command, returning its stdout, wall seconds and peak RSS in MB (of the child alone:
-/// `/usr/bin/time -f %M`).
-fn measured(cmd: &mut Command) -> (String, f64, f64) {
-    let rss_file = tempfile::NamedTempFile::new().unwrap();
-    let mut timed = Command::new("/usr/bin/time");
-    timed.arg("-f").arg("%M").arg("-o").arg(rss_file.path()).arg(cmd.get_program()).args(cmd.get_args());
-    if let Some(dir) = cmd.get_current_dir() {
-        timed.current_dir(dir);
-    }
-    let started = Instant::now();
-    let out = timed.output().unwrap();
-    let wall = started.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{:?} failed:\n{}", cmd, String::from_utf8_lossy(&out.stderr));
-    let kb: f64 = std::fs::read_to_string(rss_file.path()).unwrap().trim().lines().last().unwrap().parse().unwrap();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), wall, kb / 1024.0)
-}
-
 /// The number after `after` on the first log line that contains it.
 fn number(log: &str, after: &str) -> f64 {
     let line = log.lines().find(|l| l.contains(after)).unwrap_or_else(|| panic!("no {after:?} in the log:\n{log}"));
@@ -114,7 +84,8 @@ fn main() {
     let pull = Command::new(DROVER).args(["models", "pull", "minilm"]).output().unwrap();
     assert!(pull.status.success(), "{}", String::from_utf8_lossy(&pull.stderr));
     let model = String::from_utf8_lossy(&pull.stdout).trim().to_string();
-    let py = python(&Path::new(MANIFEST_DIR).join("benches/.venv-reward"));
+    let py =
+        python(&Path::new(MANIFEST_DIR).join("benches/.venv-reward"), &["torch", "numpy", "safetensors", "tokenizers"]);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
     let mut runs = Vec::new();
