@@ -486,7 +486,9 @@ fn a_server_that_ignores_conditional_creates_is_only_read_from() {
 }
 
 /// A push that fails (the remote went away while the run went on) never fails the stage, and
-/// the next run sends what was left: the proxy is killed by the first stage's own command.
+/// the next run sends what was left: the proxy is killed by the first stage's own command, with
+/// SIGKILL (on SIGTERM it would go on serving for up to half a second while it shuts down, long
+/// enough to take the pushes the test expects to fail).
 #[test]
 fn stages_a_run_could_not_push_are_pushed_by_the_next_run() {
     let Some(s) = server() else { return };
@@ -494,7 +496,7 @@ fn stages_a_run_could_not_push_are_pushed_by_the_next_run() {
     let remote = s.remote();
     let through = proxy.remote(&remote);
     let port = proxy.port;
-    let kill = format!("kill {}", proxy.child.id());
+    let kill = format!("kill -9 {}", proxy.child.id());
     let p = Project::new();
     p.write("drover.yaml", &PIPELINE.replace("echo gen >> calls.log;", &format!("echo gen >> calls.log; {kill};")));
     let out = s.drover(&p, &through, &s.secret, &["run"]);
