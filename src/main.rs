@@ -43,6 +43,24 @@ fn quiet_vulkan_device_select() {
     }
 }
 
+/// mimalloc's option 5, `purge_decommits` (in mimalloc.h of both v2 and v3; libmimalloc-sys
+/// exports no name for it).
+const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
+
+/// Memory the allocator has freed goes back to the OS lazily (`MADV_FREE`: the kernel takes the
+/// pages when it needs them) instead of at once (`MADV_DONTNEED`, mimalloc's default). Training
+/// and embedding free and allocate buffers of tens of megabytes every layer; given back at
+/// once, each came back as fresh pages the kernel had to zero: a quarter of a `reward_train`
+/// fine-tuning step went to it (perf: `clear_page_erms`), 59.3 s against 45.2 s for 128 pairs.
+/// `MIMALLOC_PURGE_DECOMMITS=1` in the environment keeps mimalloc's default.
+fn free_memory_lazily() {
+    if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_none() {
+        // SAFETY: a plain option store, made before any other thread exists (mimalloc says
+        // `mi_option_set` is not thread safe).
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, 0) };
+    }
+}
+
 /// How a command failed, which decides the exit code.
 #[derive(Debug)]
 pub enum Failure {
@@ -81,6 +99,7 @@ impl<E: Into<miette::Report>> From<E> for Failure {
 }
 
 fn main() -> ExitCode {
+    free_memory_lazily();
     quiet_vulkan_device_select();
     let cli = cli::Cli::parse();
     if cli.command.only_prints() {

@@ -270,7 +270,7 @@ pub fn embed_inputs(
     let dim = encoder.dim();
     let mut out = vec![0f32; inputs.len() * dim];
     let keys: Vec<String> =
-        inputs.iter().map(|ids| drover_engine::hash::memo_key("reward-embedding/1", identity, ids)).collect();
+        inputs.iter().map(|ids| drover_engine::hash::memo_key("reward-embedding/2", identity, ids)).collect();
     let mut missing = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         match memo.get(key).filter(|v| v.len() == dim * 4) {

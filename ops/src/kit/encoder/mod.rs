@@ -20,6 +20,7 @@
 //! with the batch a sentence lands in (float sums in another order), never run to run.
 
 mod bert;
+mod gelu;
 mod model_dir;
 mod spec;
 
