@@ -280,7 +280,8 @@ impl RewardTrainParams {
 impl OpKit for RewardTrain {
     type Params = RewardTrainParams;
     const NAME: &str = "reward_train";
-    const VERSION: u32 = 1;
+    // 2: the encoder's GELU on the CPU is computed by drover's own vectorised kernel (kit/encoder/gelu.rs), not libm's `erff`: the last bits of every CPU result differ from version 1's; and a CPU fine-tuning step sums the gradients of two half-batches.
+    const VERSION: u32 = 2;
     const DOC: &str = "Trains a Bradley-Terry reward model on preference pairs (a head on frozen MiniLM \
                        embeddings, or the whole encoder fine-tuned), with TRL's loss and metrics, on the \
                        run's device.";
@@ -572,6 +573,40 @@ enum Trainee {
     Tuned { model: reward::Tuned, inputs: Vec<Vec<u32>> },
 }
 
+/// TRL's loss of a batch of pairs from their rewards.
+struct Loss {
+    dim: usize,
+    /// Some pair has a margin.
+    margins: bool,
+    /// The centering coefficient.
+    center: Option<f64>,
+}
+
+impl Loss {
+    /// The inputs of `pairs` in forward order: chosen then rejected, one forward (TRL batches
+    /// them together too).
+    fn rows(pairs: &[&Indexed]) -> Vec<usize> {
+        pairs.iter().map(|p| p.chosen).chain(pairs.iter().map(|p| p.rejected)).collect()
+    }
+
+    /// `weight` times the mean of `-log sigmoid(r+ - r- - margin)` (plus the centering term)
+    /// over `pairs`, whose rewards `r` are in [`Loss::rows`] order.
+    fn of(&self, r: Tensor<1>, pairs: &[&Indexed], weight: f64, device: &Device) -> Tensor<1> {
+        let b = pairs.len();
+        let (rc, rr) = (r.clone().narrow(0, 0, b), r.narrow(0, b, b));
+        let mut diff = rc.clone() - rr.clone();
+        if self.margins {
+            let m: Vec<f32> = pairs.iter().map(|p| p.margin).collect();
+            diff = diff - Tensor::<1>::from_data(TensorData::new(m, [b]), device);
+        }
+        let mut loss = log_sigmoid(diff).mean().neg();
+        if let Some(c) = self.center {
+            loss = loss + (rc + rr).powi_scalar(2).mean().mul_scalar(c);
+        }
+        if weight == 1.0 { loss } else { loss.mul_scalar(weight) }
+    }
+}
+
 impl Trainee {
     /// Rewards of the inputs `rows` (indices of embedded or laid-out inputs), with autodiff.
     fn forward(&self, rows: &[usize], dim: usize, device: &Device) -> Tensor<1> {
@@ -593,25 +628,70 @@ impl Trainee {
         }
     }
 
-    /// One optimiser step on `loss`.
+    /// The loss of `pairs` (its value) and its gradients.
+    ///
+    /// On the CPU a fine-tuning batch is computed as two halves on two threads, each on its own
+    /// fork of the model (the same weights, its own autodiff graph), and their gradients are
+    /// summed, each half's loss weighted by its share of the batch: the same loss and gradient
+    /// as one forward of the whole batch (up to float order), with both cores busy. flex runs
+    /// element-wise steps and their backward on one core, so one batch at a time left a 2-core
+    /// machine a third idle. The halves are fixed and summed in order: the same bytes every run.
+    fn gradients(&self, pairs: &[&Indexed], loss: &Loss, device: &Device) -> (f32, GradientsParams) {
+        match self {
+            Trainee::Frozen { head, .. } => {
+                let l = loss.of(self.forward(&Loss::rows(pairs), loss.dim, device), pairs, 1.0, device);
+                let value: f32 = l.clone().into_scalar();
+                (value, GradientsParams::from_grads(l.backward(), head))
+            }
+            Trainee::Tuned { model, inputs } => {
+                let half = pairs.len() / 2;
+                let split = half > 0 && device.clone().without_autodiff() == Device::flex();
+                let parts: Vec<&[&Indexed]> = if split { vec![&pairs[..half], &pairs[half..]] } else { vec![pairs] };
+                let one = |part: &[&Indexed]| {
+                    let fork = model.clone().fork(device);
+                    let ids: Vec<&[u32]> = Loss::rows(part).iter().map(|&r| inputs[r].as_slice()).collect();
+                    let r = fork.forward(&TokenBatch::new(&ids, device));
+                    let l = loss.of(r, part, part.len() as f64 / pairs.len() as f64, device);
+                    let value: f32 = l.clone().into_scalar();
+                    (value, GradientsParams::from_grads(l.backward(), &fork))
+                };
+                let results = match parts.as_slice() {
+                    [a, b] => {
+                        let (a, b) = std::thread::scope(|s| {
+                            let b = s.spawn(|| one(b));
+                            (one(a), b.join().expect("a training step panicked"))
+                        });
+                        vec![a, b]
+                    }
+                    _ => parts.iter().map(|p| one(p)).collect(),
+                };
+                let mut value = 0f32;
+                let mut sum = burn::optim::GradientsAccumulator::new();
+                for (v, grads) in results {
+                    value += v;
+                    sum.accumulate(model, grads);
+                }
+                (value, sum.grads())
+            }
+        }
+    }
+
+    /// One optimiser step with `grads`, clipped to `max_norm`.
     fn step(
         self,
         optim: &mut burn::optim::ModuleOptimizer,
-        loss: Tensor<1>,
+        mut grads: GradientsParams,
         lr: f64,
         max_norm: Option<f64>,
     ) -> Trainee {
-        let grads = loss.backward();
         match self {
             Trainee::Frozen { head, embeddings } => {
-                let mut grads = GradientsParams::from_grads(grads, &head);
                 if let Some(max) = max_norm {
                     clip_global_norm(&head, &mut grads, max);
                 }
                 Trainee::Frozen { head: optim.step(lr, head, grads), embeddings }
             }
             Trainee::Tuned { model, inputs } => {
-                let mut grads = GradientsParams::from_grads(grads, &model);
                 if let Some(max) = max_norm {
                     clip_global_norm(&model, &mut grads, max);
                 }
@@ -1016,26 +1096,11 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
         for batch in order.chunks(params.batch_size) {
             let step_started = Instant::now();
             let b = batch.len();
-            // Chosen then rejected, one forward (TRL batches them together too).
-            let rows_in: Vec<usize> = batch
-                .iter()
-                .map(|&i| train_pairs[i].chosen)
-                .chain(batch.iter().map(|&i| train_pairs[i].rejected))
-                .collect();
-            let r = trainee.forward(&rows_in, dim, &device);
-            let (rc, rr) = (r.clone().narrow(0, 0, b), r.narrow(0, b, b));
-            let mut diff = rc.clone() - rr.clone();
-            if margins {
-                let m: Vec<f32> = batch.iter().map(|&i| train_pairs[i].margin).collect();
-                diff = diff - Tensor::<1>::from_data(TensorData::new(m, [b]), &device);
-            }
-            let mut loss = log_sigmoid(diff).mean().neg();
-            if let Some(c) = center {
-                loss = loss + (rc + rr).powi_scalar(2).mean().mul_scalar(c);
-            }
-            let value: f32 = loss.clone().into_scalar();
+            let pairs: Vec<&Indexed> = batch.iter().map(|&i| &train_pairs[i]).collect();
+            let loss = Loss { dim, margins, center };
+            let (value, grads) = trainee.gradients(&pairs, &loss, &device);
             last_lr = lr * schedule_factor(params.schedule, step, warmup, total);
-            trainee = trainee.step(&mut optim, loss, last_lr, params.max_grad_norm);
+            trainee = trainee.step(&mut optim, grads, last_lr, params.max_grad_norm);
             step_seconds += step_started.elapsed().as_secs_f64();
             step += 1;
             seen += b;
