@@ -82,7 +82,9 @@ impl RewardScoreParams {
 impl OpKit for RewardScore {
     type Params = RewardScoreParams;
     const NAME: &str = "reward_score";
-    // 2: the encoder's GELU on the CPU is computed by drover's own vectorised kernel (kit/encoder/gelu.rs), not libm's `erff`: the last bits of every CPU result differ from version 1's.
+    // 2: the encoder's GELU on the CPU is computed by drover's own vectorised kernel
+    // (kit/encoder/gelu.rs), not libm's `erff`: the last bits of every CPU result differ from
+    // version 1's.
     const VERSION: u32 = 2;
     const DOC: &str = "Adds a reward column to (prompt, response) rows, scored by a reward_train model.";
 

@@ -280,7 +280,9 @@ impl RewardTrainParams {
 impl OpKit for RewardTrain {
     type Params = RewardTrainParams;
     const NAME: &str = "reward_train";
-    // 2: the encoder's GELU on the CPU is computed by drover's own vectorised kernel (kit/encoder/gelu.rs), not libm's `erff`: the last bits of every CPU result differ from version 1's; and a CPU fine-tuning step sums the gradients of two half-batches.
+    // 2: the encoder's GELU on the CPU is computed by drover's own vectorised kernel
+    // (kit/encoder/gelu.rs), not libm's `erff`: the last bits of every CPU result differ from
+    // version 1's; and a CPU fine-tuning step sums the gradients of two half-batches.
     const VERSION: u32 = 2;
     const DOC: &str = "Trains a Bradley-Terry reward model on preference pairs (a head on frozen MiniLM \
                        embeddings, or the whole encoder fine-tuned), with TRL's loss and metrics, on the \

@@ -101,7 +101,9 @@ fn embedding_type(dim: usize) -> DataType {
 impl OpKit for Embed {
     type Params = EmbedParams;
     const NAME: &str = "embed";
-    // 2: the encoder's GELU on the CPU is computed by drover's own vectorised kernel (kit/encoder/gelu.rs), not libm's `erff`: the last bits of every CPU result differ from version 1's.
+    // 2: the encoder's GELU on the CPU is computed by drover's own vectorised kernel
+    // (kit/encoder/gelu.rs), not libm's `erff`: the last bits of every CPU result differ from
+    // version 1's.
     const VERSION: u32 = 2;
     const DOC: &str = "Adds sentence embeddings (unit vectors) of a text column, computed with a BERT \
                        sentence encoder (all-MiniLM-L6-v2 by default) on the run's device.";

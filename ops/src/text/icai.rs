@@ -205,7 +205,9 @@ const STREAM_VOTE: u64 = 100;
 impl OpKit for Icai {
     type Params = IcaiParams;
     const NAME: &str = "icai";
-    // 2: the encoder's GELU on the CPU is computed by drover's own vectorised kernel (kit/encoder/gelu.rs), not libm's `erff`: the last bits of every CPU result differ from version 1's (principles are clustered by their embeddings).
+    // 2: the encoder's GELU on the CPU is computed by drover's own vectorised kernel
+    // (kit/encoder/gelu.rs), not libm's `erff`: the last bits of every CPU result differ from
+    // version 1's (principles are clustered by their embeddings).
     const VERSION: u32 = 2;
     const DOC: &str = "Inverse Constitutional AI: proposes principles that explain preference pairs, clusters, \
                        votes, filters and ranks them into a constitution, and measures how well an annotator \

@@ -189,9 +189,10 @@ pub fn length_batches(tokens: &[Tokens], batch_size: usize) -> Vec<Vec<usize>> {
 
 /// Runs `forward` on each batch of token ids and hands `each(b, values)` batch `b`'s output
 /// read back to the host, in batch order. On the CPU two batches are computed at once: the
-/// matmuls use every core either way, but flex runs the element-wise steps (GELU's erf,
-/// softmax, LayerNorm) on one core, so one batch at a time left a 2-core machine 35% idle while
-/// embedding. A GPU takes one batch at a time. Each batch's values do not depend on the other.
+/// matmuls use every core either way, but flex runs the element-wise steps (softmax,
+/// LayerNorm, the copies between layouts) on one core, so one batch at a time left a 2-core
+/// machine 35% idle while embedding. A GPU takes one batch at a time. Each batch's values do
+/// not depend on the other.
 pub fn embed_batches<'a, T: burn::tensor::Element>(
     batches: &[Vec<&'a [u32]>],
     device: &Device,
