@@ -482,6 +482,48 @@ fn quickstart_runs_and_its_second_run_is_all_cached() {
     assert!(html.contains("<code>fit.alpha.estimate</code>"));
 }
 
+/// Every pipeline the project ships (`pipelines/*.yaml`, `examples/*.yaml`, found by listing, so
+/// a new one is covered without editing this test) plans without an error from a copy of the
+/// two directories, the models they name pulled: a pipeline that an op's change broke fails here
+/// rather than in a user's hands (`reward_hh.yaml` had no test that read it).
+#[test]
+fn every_shipped_pipeline_plans() {
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let (src, dst) = (entry.path(), to.join(entry.file_name()));
+            if src.is_dir() { copy_dir(&src, &dst) } else { std::fs::copy(&src, &dst).map(|_| ()).unwrap() }
+        }
+    }
+    common::pull_model("minilm");
+    common::pull_model("smollm2");
+    let p = Project::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut planned = Vec::new();
+    for dir in ["pipelines", "examples"] {
+        copy_dir(&root.join(dir), &p.join(dir));
+        let mut files: Vec<String> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".yaml"))
+            .map(|name| format!("{dir}/{name}"))
+            .collect();
+        files.sort();
+        for file in files {
+            let out = p.drover(&["plan", "-f", &file]);
+            assert_eq!(out.code, 0, "`drover plan -f {file}` failed:\n{}", out.all());
+            assert!(out.stdout.trim_end().ends_with(" to run, 0 cached"), "{file}:\n{}", out.stdout);
+            planned.push(file);
+        }
+    }
+    // The README's quickstart and the seed papers' replications are among them.
+    for file in ["examples/quickstart.yaml", "pipelines/reward_hh.yaml", "pipelines/salmon.yaml", "pipelines/icai.yaml"]
+    {
+        assert!(planned.iter().any(|f| f == file), "{file} was not planned: {planned:?}");
+    }
+}
+
 /// The `command` example: a shell command per matrix value, gathered into one table.
 #[test]
 fn the_command_example_runs_and_its_second_run_is_all_cached() {
