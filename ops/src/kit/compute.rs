@@ -86,6 +86,21 @@ impl Compute {
 /// The name of the run-record note that says which device a stage computed on.
 pub const NOTE: &str = "device";
 
+/// `f` of each item, in order: the first on this thread, each other on a thread of its own, all
+/// at once (two batches on a 2-core CPU keep both cores busy where flex runs element-wise work
+/// on one). A panic in any of them is resumed here.
+pub fn on_threads<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let Some((first, rest)) = items.split_first() else { return Vec::new() };
+    std::thread::scope(|s| {
+        let others: Vec<_> = rest.iter().map(|item| s.spawn(|| f(item))).collect();
+        let mut out = vec![f(first)];
+        for other in others {
+            out.push(other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        }
+        out
+    })
+}
+
 /// Resolves the user's choice to a device. The first resolution of each choice is remembered for
 /// the life of the process: probing adapters is slow.
 pub fn resolve(choice: DeviceChoice) -> Result<Arc<Compute>, OpError> {

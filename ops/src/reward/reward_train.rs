@@ -662,16 +662,7 @@ impl Trainee {
                     let value: f32 = l.clone().into_scalar();
                     (value, GradientsParams::from_grads(l.backward(), &fork))
                 };
-                let results = match parts.as_slice() {
-                    [a, b] => {
-                        let (a, b) = std::thread::scope(|s| {
-                            let b = s.spawn(|| one(b));
-                            (one(a), b.join().expect("a training step panicked"))
-                        });
-                        vec![a, b]
-                    }
-                    _ => parts.iter().map(|p| one(p)).collect(),
-                };
+                let results = crate::kit::compute::on_threads(&parts, |part| one(part));
                 let mut value = 0f32;
                 let mut sum = burn::optim::GradientsAccumulator::new();
                 for (v, grads) in results {

@@ -210,16 +210,7 @@ where
     };
     let width = if device.clone().without_autodiff() == Device::flex() { 2 } else { 1 };
     for (g, group) in batches.chunks(width).enumerate() {
-        let outs = match group {
-            [a, b] => {
-                let (a, b) = std::thread::scope(|s| {
-                    let b = s.spawn(|| one(b));
-                    (one(a), b.join().expect("a forward pass panicked"))
-                });
-                vec![a, b]
-            }
-            _ => group.iter().map(|ids| one(ids)).collect(),
-        };
+        let outs = crate::kit::compute::on_threads(group, |ids| one(ids));
         for (k, out) in outs.into_iter().enumerate() {
             each(g * width + k, &out?)?;
         }
