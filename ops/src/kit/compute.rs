@@ -86,6 +86,12 @@ impl Compute {
 /// The name of the run-record note that says which device a stage computed on.
 pub const NOTE: &str = "device";
 
+/// Whether `device` (with or without autodiff) is the CPU backend, flex: where element-wise work
+/// runs on one core and the ops spread it over threads themselves.
+pub fn is_cpu(device: &Device) -> bool {
+    device.clone().without_autodiff() == Device::flex()
+}
+
 /// `f` of each item, in order: the first on this thread, each other on a thread of its own, all
 /// at once (two batches on a 2-core CPU keep both cores busy where flex runs element-wise work
 /// on one). A panic in any of them is resumed here.

@@ -582,7 +582,6 @@ enum Trainee {
 
 /// TRL's loss of a batch of pairs from their rewards.
 struct Loss {
-    dim: usize,
     /// Some pair has a margin.
     margins: bool,
     /// The centering coefficient.
@@ -615,26 +614,6 @@ impl Loss {
 }
 
 impl Trainee {
-    /// Rewards of the inputs `rows` (indices of embedded or laid-out inputs), with autodiff.
-    fn forward(&self, rows: &[usize], dim: usize, device: &Device) -> Tensor<1> {
-        match self {
-            Trainee::Frozen { head, embeddings } => {
-                let mut x = Vec::with_capacity(rows.len() * dim);
-                for &r in rows {
-                    x.extend_from_slice(&embeddings[r * dim..(r + 1) * dim]);
-                }
-                head.forward(Tensor::<2>::from_data(TensorData::new(x, [rows.len(), dim]), device))
-            }
-            Trainee::Tuned { model, inputs } => {
-                // Padded on the right to the batch's longest: with the attention mask and mean
-                // pooling over real tokens, padding changes no reward (TRL#937's padding-side
-                // trouble comes from last-token pooling).
-                let ids: Vec<&[u32]> = rows.iter().map(|&r| inputs[r].as_slice()).collect();
-                model.forward(&TokenBatch::new(&ids, device))
-            }
-        }
-    }
-
     /// The loss of `pairs` (its value) and its gradients.
     ///
     /// On the CPU a fine-tuning batch is computed as two halves on two threads, each on its own
@@ -643,19 +622,28 @@ impl Trainee {
     /// as one forward of the whole batch (up to float order), with both cores busy. flex runs
     /// element-wise steps and their backward on one core, so one batch at a time left a 2-core
     /// machine a third idle. The halves are fixed and summed in order: the same bytes every run.
-    fn gradients(&self, pairs: &[&Indexed], loss: &Loss, device: &Device) -> (f32, GradientsParams) {
+    fn gradients(&self, pairs: &[&Indexed], loss: &Loss, dim: usize, device: &Device) -> (f32, GradientsParams) {
         match self {
-            Trainee::Frozen { head, .. } => {
-                let l = loss.of(self.forward(&Loss::rows(pairs), loss.dim, device), pairs, 1.0, device);
+            Trainee::Frozen { head, embeddings } => {
+                let rows = Loss::rows(pairs);
+                let mut x = Vec::with_capacity(rows.len() * dim);
+                for &r in &rows {
+                    x.extend_from_slice(&embeddings[r * dim..(r + 1) * dim]);
+                }
+                let r = head.forward(Tensor::<2>::from_data(TensorData::new(x, [rows.len(), dim]), device));
+                let l = loss.of(r, pairs, 1.0, device);
                 let value: f32 = l.clone().into_scalar();
                 (value, GradientsParams::from_grads(l.backward(), head))
             }
             Trainee::Tuned { model, inputs } => {
                 let half = pairs.len() / 2;
-                let split = half > 0 && device.clone().without_autodiff() == Device::flex();
+                let split = half > 0 && crate::kit::compute::is_cpu(device);
                 let parts: Vec<&[&Indexed]> = if split { vec![&pairs[..half], &pairs[half..]] } else { vec![pairs] };
                 let one = |part: &[&Indexed]| {
                     let fork = model.clone().fork(device);
+                    // Padded on the right to the batch's longest: with the attention mask and
+                    // mean pooling over real tokens, padding changes no reward (TRL#937's
+                    // padding-side trouble comes from last-token pooling).
                     let ids: Vec<&[u32]> = Loss::rows(part).iter().map(|&r| inputs[r].as_slice()).collect();
                     let r = fork.forward(&TokenBatch::new(&ids, device));
                     let l = loss.of(r, part, part.len() as f64 / pairs.len() as f64, device);
@@ -1086,7 +1074,7 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
     let seen_before = seen;
     // The optimiser steps alone, without the per-epoch evaluation and checkpoint.
     let mut step_seconds = 0f64;
-    let margins = train_pairs.iter().any(|p| p.margin != 0.0);
+    let loss = Loss { margins: train_pairs.iter().any(|p| p.margin != 0.0), center };
     let epochs = if stopped.is_some() { first_epoch..=0 } else { first_epoch..=params.epochs };
     for epoch in epochs {
         let mut order: Vec<usize> = (0..train_pairs.len()).collect();
@@ -1095,8 +1083,7 @@ fn train(params: RewardTrainParams, choice: DeviceChoice, cx: RunCx) -> Result<(
             let step_started = Instant::now();
             let b = batch.len();
             let pairs: Vec<&Indexed> = batch.iter().map(|&i| &train_pairs[i]).collect();
-            let loss = Loss { dim, margins, center };
-            let (value, grads) = trainee.gradients(&pairs, &loss, &device);
+            let (value, grads) = trainee.gradients(&pairs, &loss, dim, &device);
             last_lr = lr * schedule_factor(params.schedule, step, warmup, total);
             trainee = trainee.step(&mut optim, grads, last_lr, params.max_grad_norm);
             step_seconds += step_started.elapsed().as_secs_f64();

@@ -15,13 +15,13 @@
 //! already) this is burn's `gelu`.
 
 use burn::tensor::activation;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// `x·Φ(x)`, with `Φ` the standard normal CDF (the exact GELU, not the tanh approximation).
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
-    if device.clone().without_autodiff() != Device::flex() || x.dtype() != DType::F32 {
+    if !crate::kit::compute::is_cpu(&device) || x.dtype() != DType::F32 {
         return activation::gelu(x);
     }
     let shape = x.shape();
@@ -32,87 +32,65 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         return activation::gelu(x);
     };
     if !tracked {
-        value.par_chunks_mut(CHUNK).for_each(values);
+        value.par_chunks_mut(CHUNK).for_each(|v| widest(v, None));
         return tensor(value);
     }
     let mut derivative = vec![0f32; value.len()];
-    value.par_chunks_mut(CHUNK).zip(derivative.par_chunks_mut(CHUNK)).for_each(|(v, d)| values_and_derivatives(v, d));
+    value.par_chunks_mut(CHUNK).zip(derivative.par_chunks_mut(CHUNK)).for_each(|(v, d)| widest(v, Some(d)));
     (x.clone() - x.detach()) * tensor(derivative) + tensor(value)
 }
 
 /// Elements per rayon task: large enough that splitting costs nothing next to the work.
 const CHUNK: usize = 1 << 16;
 
-/// Each `x` becomes `x·Φ(x)`.
+/// Each `x` of `v` becomes `x·Φ(x)`; with `d`, its place there GELU's derivative
+/// `Φ(x) + x·φ(x)`.
 #[inline(always)]
-fn values_kernel(v: &mut [f32]) {
-    for x in v {
-        *x *= cdf_and_slope(*x).0;
+fn kernel(v: &mut [f32], d: Option<&mut [f32]>) {
+    match d {
+        None => {
+            for x in v {
+                *x *= cdf_and_slope(*x).0;
+            }
+        }
+        Some(d) => {
+            for (x, d) in v.iter_mut().zip(d) {
+                let (cdf, slope) = cdf_and_slope(*x);
+                (*x, *d) = (*x * cdf, cdf + slope);
+            }
+        }
     }
 }
 
-/// Each `x` becomes `x·Φ(x)`, and its place in `d` GELU's derivative `Φ(x) + x·φ(x)`.
-#[inline(always)]
-fn values_and_derivatives_kernel(v: &mut [f32], d: &mut [f32]) {
-    for (x, d) in v.iter_mut().zip(d) {
-        let (cdf, slope) = cdf_and_slope(*x);
-        (*x, *d) = (*x * cdf, cdf + slope);
-    }
-}
-
-/// The kernels compiled for wider vectors. The same operations in the same order (no fused
+/// The kernel compiled for wider vectors. The same operations in the same order (no fused
 /// multiply-adds), so every CPU gets the same bits, only sooner.
 #[cfg(target_arch = "x86_64")]
 mod wide {
     #[target_feature(enable = "avx512f")]
-    pub fn values_avx512(v: &mut [f32]) {
-        super::values_kernel(v)
+    pub fn avx512(v: &mut [f32], d: Option<&mut [f32]>) {
+        super::kernel(v, d)
     }
 
     #[target_feature(enable = "avx2")]
-    pub fn values_avx2(v: &mut [f32]) {
-        super::values_kernel(v)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub fn both_avx512(v: &mut [f32], d: &mut [f32]) {
-        super::values_and_derivatives_kernel(v, d)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub fn both_avx2(v: &mut [f32], d: &mut [f32]) {
-        super::values_and_derivatives_kernel(v, d)
+    pub fn avx2(v: &mut [f32], d: Option<&mut [f32]>) {
+        super::kernel(v, d)
     }
 }
 
-fn values(v: &mut [f32]) {
+/// [`kernel`] with the widest vectors this CPU has.
+fn widest(v: &mut [f32], d: Option<&mut [f32]>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { wide::values_avx512(v) };
+            return unsafe { wide::avx512(v, d) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { wide::values_avx2(v) };
+            return unsafe { wide::avx2(v, d) };
         }
     }
-    values_kernel(v)
-}
-
-fn values_and_derivatives(v: &mut [f32], d: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { wide::both_avx512(v, d) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { wide::both_avx2(v, d) };
-        }
-    }
-    values_and_derivatives_kernel(v, d)
+    kernel(v, d)
 }
 
 /// `(Φ(x), x·φ(x))`, the two terms of GELU's derivative, of which the first also gives GELU.
@@ -156,6 +134,8 @@ fn exp_non_positive(w: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use burn::tensor::Device;
+
     use super::*;
 
     /// Φ(x) and x·φ(x) in f64 from libm's `erf`, the reference.

@@ -208,7 +208,7 @@ where
             .try_into_vec::<T>()
             .map_err(|e| format!("cannot read results back from the device: {e:?}"))
     };
-    let width = if device.clone().without_autodiff() == Device::flex() { 2 } else { 1 };
+    let width = if crate::kit::compute::is_cpu(device) { 2 } else { 1 };
     for (g, group) in batches.chunks(width).enumerate() {
         let outs = crate::kit::compute::on_threads(group, |ids| one(ids));
         for (k, out) in outs.into_iter().enumerate() {
