@@ -283,11 +283,10 @@ pub fn embed_inputs(
         }
     }
     done(inputs.len() - missing.len());
-    let tokens: Vec<crate::kit::encoder::Tokens> =
-        missing.iter().map(|&i| crate::kit::encoder::Tokens { ids: inputs[i].clone(), truncated: false }).collect();
-    let batches = length_batches(&tokens, batch_size);
+    let lengths: Vec<usize> = missing.iter().map(|&i| inputs[i].len()).collect();
+    let batches = length_batches(&lengths, batch_size);
     let ids: Vec<Vec<&[u32]>> =
-        batches.iter().map(|rows| rows.iter().map(|&r| tokens[r].ids.as_slice()).collect()).collect();
+        batches.iter().map(|rows| rows.iter().map(|&r| inputs[missing[r]].as_slice()).collect()).collect();
     let forward = |ids: &[&[u32]], device: &Device| encoder.bert.embed(&TokenBatch::new(ids, device));
     crate::kit::encoder::embed_batches(&ids, encoder.device(), forward, |b, vectors: &[f32]| {
         for (k, &r) in batches[b].iter().enumerate() {
@@ -448,6 +447,31 @@ impl Tuned {
     /// Rewards of a batch of inputs, `[batch]`.
     pub fn forward(&self, batch: &TokenBatch) -> Tensor<1> {
         self.head.forward(self.bert.embed(batch)).squeeze_dim::<1>(1)
+    }
+
+    /// The reward of each laid-out input on `device` (a model without autodiff), in input
+    /// order, `batch_size` inputs of similar length at a time; `done(n)` after each `n`.
+    pub fn rewards(
+        &self,
+        inputs: &[Vec<u32>],
+        batch_size: usize,
+        device: &Device,
+        mut done: impl FnMut(usize),
+    ) -> Result<Vec<f32>, String> {
+        let lengths: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        let batches = length_batches(&lengths, batch_size);
+        let ids: Vec<Vec<&[u32]>> =
+            batches.iter().map(|rows| rows.iter().map(|&r| inputs[r].as_slice()).collect()).collect();
+        let forward = |ids: &[&[u32]], device: &Device| self.forward(&TokenBatch::new(ids, device)).unsqueeze_dim(1);
+        let mut out = vec![0f32; inputs.len()];
+        crate::kit::encoder::embed_batches(&ids, device, forward, |b, rewards: &[f32]| {
+            for (k, &v) in rewards.iter().enumerate() {
+                out[batches[b][k]] = v;
+            }
+            done(rewards.len());
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Every weight as one safetensors file (burn's tensor names), the same bytes for the same

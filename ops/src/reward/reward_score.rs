@@ -24,7 +24,7 @@ use drover_engine::{
 use serde::Deserialize;
 
 use crate::kit::compute::{self, DeviceChoice};
-use crate::kit::encoder::{ModelSpec, SentenceEncoder, TokenBatch, Tokens, length_batches, resolve_model};
+use crate::kit::encoder::{ModelSpec, SentenceEncoder, resolve_model};
 use crate::kit::reward::{self, Head, Layout, RewardConfig, Tuned};
 use crate::kit::table;
 
@@ -248,19 +248,13 @@ fn score(params: RewardScoreParams, choice: DeviceChoice, cx: RunCx) -> Result<(
     let read = |t: burn::tensor::Tensor<1>| -> Result<Vec<f32>, OpError> {
         t.into_data().try_to_vec::<f32>().map_err(|e| OpError::failed(format!("cannot read rewards back: {e:?}")))
     };
-    let mut rewards = vec![0f32; inputs.len()];
-    let computed = if config.encoder_mode == "finetune" {
+    let (rewards, computed) = if config.encoder_mode == "finetune" {
         // The encoder's weights are the model's own: nothing to share with other stages.
         let tuned = Tuned::from_safetensors(bytes, &model.config, &what, &plain).map_err(OpError::failed)?;
-        let tokens: Vec<Tokens> = inputs.iter().map(|ids| Tokens { ids: ids.clone(), truncated: false }).collect();
-        for batch in length_batches(&tokens, params.batch_size) {
-            let ids: Vec<&[u32]> = batch.iter().map(|&r| inputs[r].as_slice()).collect();
-            for (k, v) in read(tuned.forward(&TokenBatch::new(&ids, &plain)))?.into_iter().enumerate() {
-                rewards[batch[k]] = v;
-            }
-            cx.progress.advance(batch.len() as u64);
-        }
-        inputs.len()
+        let rewards = tuned
+            .rewards(&inputs, params.batch_size, &plain, |n| cx.progress.advance(n as u64))
+            .map_err(OpError::failed)?;
+        (rewards, inputs.len())
     } else {
         let identity = reward::memo_identity(&hash, backend, config.encoder.max_tokens);
         let (embeddings, computed) =
@@ -270,14 +264,16 @@ fn score(params: RewardScoreParams, choice: DeviceChoice, cx: RunCx) -> Result<(
             .map_err(OpError::failed)?;
         let head = Head::from_safetensors(&bytes, &what, &plain).map_err(OpError::failed)?;
         let dim = config.encoder.dim;
-        if !inputs.is_empty() {
+        let rewards = if inputs.is_empty() {
+            Vec::new()
+        } else {
             let x = burn::tensor::Tensor::<2>::from_data(
                 burn::tensor::TensorData::new(embeddings, [inputs.len(), dim]),
                 &plain,
             );
-            rewards = read(head.forward(x))?;
-        }
-        computed
+            read(head.forward(x))?
+        };
+        (rewards, computed)
     };
     let mut values: Vec<Option<f64>> = vec![None; input.num_rows()];
     for ((row, _, _), v) in rows.iter().zip(rewards) {

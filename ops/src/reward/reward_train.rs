@@ -702,25 +702,7 @@ impl Trainee {
                 Ok(out)
             }
             Trainee::Tuned { model, inputs } => {
-                let model = model.valid();
-                let tokens: Vec<crate::kit::encoder::Tokens> = inputs
-                    .iter()
-                    .map(|ids| crate::kit::encoder::Tokens { ids: ids.clone(), truncated: false })
-                    .collect();
-                let mut out = vec![0f32; inputs.len()];
-                let batches = crate::kit::encoder::length_batches(&tokens, batch_size);
-                let ids: Vec<Vec<&[u32]>> =
-                    batches.iter().map(|rows| rows.iter().map(|&r| inputs[r].as_slice()).collect()).collect();
-                let forward =
-                    |ids: &[&[u32]], device: &Device| model.forward(&TokenBatch::new(ids, device)).unsqueeze_dim(1);
-                crate::kit::encoder::embed_batches(&ids, plain, forward, |b, rewards: &[f32]| {
-                    for (k, &v) in rewards.iter().enumerate() {
-                        out[batches[b][k]] = v;
-                    }
-                    Ok(())
-                })
-                .map_err(OpError::failed)?;
-                Ok(out)
+                model.valid().rewards(inputs, batch_size, plain, |_| {}).map_err(OpError::failed)
             }
         }
     }

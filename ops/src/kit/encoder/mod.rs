@@ -152,7 +152,8 @@ impl SentenceEncoder {
         let tokens = self.tokenize(texts, max_tokens)?;
         let dim = self.dim();
         let mut vectors = vec![0f32; texts.len() * dim];
-        let batches = length_batches(&tokens, batch_size);
+        let lengths: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
+        let batches = length_batches(&lengths, batch_size);
         let ids: Vec<Vec<&[u32]>> =
             batches.iter().map(|rows| rows.iter().map(|&r| tokens[r].ids.as_slice()).collect()).collect();
         let padded_tokens = ids.iter().map(|b| b.len() * b.iter().map(|r| r.len()).max().unwrap_or(0)).sum();
@@ -179,11 +180,11 @@ impl SentenceEncoder {
 }
 
 /// Row indices in batches of at most `batch_size`, rows of similar token length together
-/// (sorted by length, ties in input order), so that a batch pads little. The same tokens always
-/// give the same batches.
-pub fn length_batches(tokens: &[Tokens], batch_size: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..tokens.len()).collect();
-    order.sort_by_key(|&i| (tokens[i].ids.len(), i));
+/// (sorted by `lengths`, each row's token count, ties in input order), so that a batch pads
+/// little. The same lengths always give the same batches.
+pub fn length_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| (lengths[i], i));
     order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
 }
 
@@ -293,10 +294,9 @@ mod tests {
 
     #[test]
     fn batches_group_rows_of_similar_length_and_keep_ties_in_order() {
-        let t = |n: usize| Tokens { ids: vec![1; n], truncated: false };
-        let tokens = [t(5), t(3), t(9), t(3), t(4)];
-        assert_eq!(length_batches(&tokens, 2), [vec![1, 3], vec![4, 0], vec![2]]);
-        assert_eq!(length_batches(&tokens, 0), [vec![1], vec![3], vec![4], vec![0], vec![2]]);
+        let lengths = [5, 3, 9, 3, 4];
+        assert_eq!(length_batches(&lengths, 2), [vec![1, 3], vec![4, 0], vec![2]]);
+        assert_eq!(length_batches(&lengths, 0), [vec![1], vec![3], vec![4], vec![0], vec![2]]);
         assert_eq!(length_batches(&[], 4), Vec::<Vec<usize>>::new());
     }
 
